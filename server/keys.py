@@ -1,0 +1,69 @@
+"""Every Redis key the server uses, in one place.
+
+Per-customer keys carry the hash tag `{c:<id>}` so one customer's keys share a Redis Cluster
+slot and a Lua script may touch them together. Ids must be validated (server.ids) first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "nbo:"
+
+    # -- per customer ------------------------------------------------------------------------
+    def features(self, customer_id: str) -> str:
+        return f"{self.prefix}{{c:{customer_id}}}:features"
+
+    def contacts(self, customer_id: str) -> str:
+        """Hash: per-offer decline time, presented-without-response counts, suppression."""
+        return f"{self.prefix}{{c:{customer_id}}}:contacts"
+
+    def channel_contacts(self, customer_id: str, channel: str) -> str:
+        """Sorted set of award ids scored by award time, for frequency caps."""
+        return f"{self.prefix}{{c:{customer_id}}}:sent:{channel}"
+
+    def request(self, customer_id: str, request_id: str) -> str:
+        return f"{self.prefix}{{c:{customer_id}}}:req:{request_id}"
+
+    def decision(self, customer_id: str, decision_id: str) -> str:
+        return f"{self.prefix}{{c:{customer_id}}}:dec:{decision_id}"
+
+    def outcome_event(self, customer_id: str, event_digest: str) -> str:
+        return f"{self.prefix}{{c:{customer_id}}}:ev:{event_digest}"
+
+    def features_pattern(self) -> str:
+        return f"{self.prefix}{{c:*}}:features"
+
+    # -- global -------------------------------------------------------------------------------
+    @property
+    def schema_current(self) -> str:
+        return f"{self.prefix}schema:current"
+
+    def schema(self, version: int) -> str:
+        return f"{self.prefix}schema:v{version}"
+
+    @property
+    def catalog_current(self) -> str:
+        return f"{self.prefix}catalog:current"
+
+    def catalog(self, version: int) -> str:
+        return f"{self.prefix}catalog:v{version}"
+
+    @property
+    def catalog_seq(self) -> str:
+        return f"{self.prefix}catalog:seq"
+
+    def budget(self, offer_id: str) -> str:
+        """Award counter of an offer; tagged per offer so its script stays in one slot."""
+        return f"{self.prefix}{{o:{offer_id}}}:budget:awards"
+
+    @property
+    def decision_stream(self) -> str:
+        return f"{self.prefix}log:decisions"
+
+    @property
+    def outcome_stream(self) -> str:
+        return f"{self.prefix}log:outcomes"
