@@ -69,7 +69,9 @@ class FeatureSchema:
         """True when vectors written under `older` decode identically under self."""
         if self.layout_hash != older.layout_hash:
             return False
-        return all(new.levels[: len(old.levels)] == old.levels for new, old in zip(self.features, older.features))
+        return all(
+            new.levels[: len(old.levels)] == old.levels for new, old in zip(self.features, older.features, strict=True)
+        )
 
     def _body(self) -> str:
         return json.dumps(
@@ -85,9 +87,7 @@ class FeatureSchema:
         data = json.loads(text)
         return cls(
             version=int(data["version"]),
-            features=tuple(
-                FeatureSpec(f["name"], f["kind"], tuple(f.get("levels", ()))) for f in data["features"]
-            ),
+            features=tuple(FeatureSpec(f["name"], f["kind"], tuple(f.get("levels", ()))) for f in data["features"]),
         )
 
 

@@ -1,0 +1,86 @@
+"""The server's one Settings object: every knob, its default and its meaning.
+
+Values come from (highest first) command-line flags, `NBO_*` environment variables, a `.env`
+file, then the defaults here. `REDIS_URL` is also accepted without the prefix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="NBO_", env_file=".env", extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds; use 0.0.0.0 or [::] to serve other machines."""
+
+    port: int = Field(50051, ge=0, le=65535)
+    """gRPC port, shared by all worker processes (SO_REUSEPORT). 0 picks a free port."""
+
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
+    """Worker processes; one per core is the sweet spot for a CPU-bound Python server."""
+
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("NBO_REDIS_URL", "REDIS_URL"))
+    """redis://, rediss:// or unix:// URL of the shared Redis. Unset: start a private one."""
+
+    data_dir: Path = Path(".nbo")
+    """Where the embedded Redis keeps its data and its URL file (when redis_url is unset)."""
+
+    key_prefix: str = "nbo:"
+    """Prefix of every Redis key, so several deployments can share one Redis."""
+
+    catalog: Path | None = None
+    """Catalog YAML to validate and publish at start-up (if it differs from the live one)."""
+
+    max_offers_limit: int = Field(25, ge=1, le=1000)
+    """Largest DecideRequest.max_offers accepted; above it is INVALID_ARGUMENT."""
+
+    request_id_ttl_seconds: int = Field(86_400, ge=1)
+    """How long a request_id is remembered: a repeat inside this window replays the decision."""
+
+    decision_ttl_seconds: int = Field(30 * 86_400, ge=60)
+    """How long a decision can receive outcomes (ReportOutcome) after it was made."""
+
+    outcome_event_ttl_seconds: int = Field(35 * 86_400, ge=60)
+    """How long an outcome event id is remembered for de-duplication."""
+
+    contact_history_ttl_seconds: int = Field(180 * 86_400, ge=60)
+    """Idle time after which a customer's contact history expires."""
+
+    catalog_poll_seconds: float = Field(1.0, gt=0, le=5)
+    """How often workers check Redis for a new catalog or feature schema (hot reload)."""
+
+    redis_timeout_seconds: float = Field(0.25, gt=0)
+    """Socket timeout of hot-path Redis calls; past it the decision degrades (fails closed)."""
+
+    redis_pool_size: int = Field(32, ge=1)
+    """Connections per worker process."""
+
+    grace_seconds: float = Field(10.0, ge=0)
+    """On SIGTERM, how long in-flight calls may take to finish before the server stops."""
+
+    decision_stream_maxlen: int = Field(1_000_000, ge=1000)
+    """Approximate length cap of the decision and outcome streams."""
+
+    log_flush_seconds: float = Field(0.05, gt=0)
+    """Longest a decision waits in memory before its log record is written to Redis."""
+
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """If set, worker i serves Prometheus metrics on metrics_port + i."""
+
+    log_level: str = "INFO"
+    """Python logging level of the server."""
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_is_safe(cls, value: str) -> str:
+        if not value or any(ch in value for ch in "{} \n"):
+            raise ValueError("must be non-empty without braces or whitespace")
+        return value

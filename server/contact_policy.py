@@ -1,0 +1,64 @@
+"""Contact policy: which offers a customer's contact history rules out right now.
+
+The history lives in Redis (see server.state): a hash with, per offer, the time of the last
+decline (`d:<offer>`), the count of presentations without a response (`p:<offer>`) and the end
+of a suppression (`s:<offer>`); and a per-channel sorted set of recent awards for frequency caps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from server.catalog import ContactPolicy
+from server.domain import Channel
+
+
+@dataclass(frozen=True, slots=True)
+class ContactHistory:
+    declined_at: Mapping[str, float]
+    suppressed_until: Mapping[str, float]
+    sent_in_window: int
+
+    @classmethod
+    def from_hash(cls, fields: Mapping[bytes, bytes], sent_in_window: int) -> ContactHistory:
+        declined: dict[str, float] = {}
+        suppressed: dict[str, float] = {}
+        for raw_key, raw_value in fields.items():
+            key = raw_key.decode()
+            if key.startswith("d:"):
+                declined[key[2:]] = float(raw_value)
+            elif key.startswith("s:"):
+                suppressed[key[2:]] = float(raw_value)
+        return cls(declined, suppressed, sent_in_window)
+
+
+EMPTY_HISTORY = ContactHistory({}, {}, 0)
+
+
+def channel_room(policy: ContactPolicy, channel: Channel, history: ContactHistory) -> int | None:
+    """How many more offers the channel cap allows in the window; None when uncapped."""
+    cap = policy.max_per_window.get(channel)
+    return None if cap is None else max(cap - history.sent_in_window, 0)
+
+
+def blocked_offers(
+    policy: ContactPolicy, history: ContactHistory, offer_ids: Sequence[str], now: float
+) -> dict[int, str]:
+    """Positions in `offer_ids` that the history rules out, with a readable reason."""
+    out: dict[int, str] = {}
+    if not history.declined_at and not history.suppressed_until:
+        return out
+    for pos, offer_id in enumerate(offer_ids):
+        declined = history.declined_at.get(offer_id)
+        if declined is not None and now - declined < policy.decline_cooldown_seconds:
+            days = (policy.decline_cooldown_seconds - (now - declined)) / 86400
+            out[pos] = f"declined recently; cooldown ends in {days:.1f} days"
+            continue
+        until = history.suppressed_until.get(offer_id)
+        if until is not None and now < until:
+            out[pos] = (
+                f"presented {policy.max_presented_without_response} times without a response; "
+                f"suppressed for {(until - now) / 86400:.1f} more days"
+            )
+    return out

@@ -1,0 +1,547 @@
+"""The decision pipeline, free of any transport: validate, read, filter, score, arbitrate, award, log.
+
+One Redis round trip reads everything the decision needs; one script call awards the chosen
+offers atomically (channel cap, budgets, contact history and request id together). Filtering
+and scoring run over arrays of the channel's offers, never one Redis call per offer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+from redis.exceptions import RedisError
+
+from server.arbitration import rank
+from server.catalog import TIER_NAMES, Catalog, ChannelView
+from server.config import Settings
+from server.contact_policy import blocked_offers, channel_room
+from server.control_groups import in_holdout
+from server.decision_log import (
+    CandidateRecord,
+    DecisionRecord,
+    LogWriter,
+    OutcomeRecord,
+    decode_decision,
+    encode_decision,
+)
+from server.domain import (
+    CampaignType,
+    DecideRequest,
+    Decision,
+    NoOfferReason,
+    NotFoundError,
+    OutcomeReport,
+    OutcomeResult,
+    RankedOffer,
+    RequestError,
+    SuppressedOffer,
+)
+from server.ids import id_problem, new_decision_id, split_decision_id
+from server.metrics import Metrics
+from server.rules import Now
+from server.schema import FeatureSchema
+from server.scoring import PriorScorer, Scorer, ScoringInput
+from server.state import CAPPED, REPLAY, Candidate, CustomerState, StateStore
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+
+_CONTEXT_KEY = re.compile(r"[a-z_][a-z0-9_]{0,63}")
+MAX_EVENTS = 32
+MAX_CONTEXT = 64
+
+# Why a candidate left the pipeline, in pipeline order; the furthest stage any candidate reached
+# names the decision's no-offer reason.
+ALIVE, NOT_LIVE, NOT_FIRED, NOT_TARGETED, INELIGIBLE, HELD_OUT, CONTACT, BELOW, BUDGET, RANKED_OUT = range(10)
+_STAGE_REASON = {
+    NOT_LIVE: NoOfferReason.NO_ELIGIBLE_OFFER,
+    NOT_FIRED: NoOfferReason.NO_ELIGIBLE_OFFER,
+    NOT_TARGETED: NoOfferReason.NO_ELIGIBLE_OFFER,
+    INELIGIBLE: NoOfferReason.NO_ELIGIBLE_OFFER,
+    HELD_OUT: NoOfferReason.CONTROL_GROUP,
+    CONTACT: NoOfferReason.CONTACT_POLICY,
+    BELOW: NoOfferReason.BELOW_THRESHOLD,
+    BUDGET: NoOfferReason.BUDGET_EXHAUSTED,
+}
+_STAGE_STATUS = {
+    NOT_LIVE: "campaign not live now",
+    NOT_FIRED: "trigger event not present",
+    NOT_TARGETED: "customer not in a target group of the campaign",
+    INELIGIBLE: "offer eligibility rule not met",
+    HELD_OUT: "customer in the campaign's control group",
+    CONTACT: "contact policy",
+    BELOW: "expected value below the catalog minimum",
+    BUDGET: "budget exhausted",
+    RANKED_OUT: "ranked below the offers returned",
+}
+
+
+class ServiceUnavailable(RuntimeError):
+    """Shared state cannot be reached; the caller may retry (UNAVAILABLE)."""
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """What the hot path reads, swapped as one reference when a catalog or schema changes."""
+
+    catalog: Catalog
+    schema: FeatureSchema
+    readable_versions: frozenset[int]  # vector schema versions this catalog's indices apply to
+    scorer: Scorer = field(default_factory=PriorScorer)
+
+
+def validate_request(req: DecideRequest, max_offers_limit: int) -> int:
+    """Raise RequestError naming the field; return the effective max_offers."""
+    if problem := id_problem(req.customer_id):
+        raise RequestError("customer_id", problem)
+    if req.max_offers < 0:
+        raise RequestError("max_offers", f"must be >= 0, got {req.max_offers}")
+    if req.max_offers > max_offers_limit:
+        raise RequestError("max_offers", f"must be at most {max_offers_limit}, got {req.max_offers}")
+    if len(req.context) > MAX_CONTEXT:
+        raise RequestError("context", f"at most {MAX_CONTEXT} entries, got {len(req.context)}")
+    for key, value in req.context.items():
+        if not _CONTEXT_KEY.fullmatch(key):
+            raise RequestError(f"context[{key!r}]", "keys are lower_snake_case, at most 64 characters")
+        if not math.isfinite(value):
+            raise RequestError(f"context[{key!r}]", f"must be finite, got {value}")
+    if len(req.events) > MAX_EVENTS:
+        raise RequestError("events", f"at most {MAX_EVENTS} events, got {len(req.events)}")
+    for i, event in enumerate(req.events):
+        if problem := id_problem(event):
+            raise RequestError(f"events[{i}]", problem)
+    if req.placement and (problem := id_problem(req.placement)):
+        raise RequestError("placement", problem)
+    if req.request_id and (problem := id_problem(req.request_id, 128)):
+        raise RequestError("request_id", problem)
+    return req.max_offers or 1
+
+
+class _Scores(NamedTuple):
+    propensity: npt.NDArray[np.float64]
+    from_model: npt.NDArray[np.bool_]
+    expected: npt.NDArray[np.float64]
+    score: npt.NDArray[np.float64]
+
+
+@dataclass
+class _Work:
+    """Per-decision scratch state."""
+
+    req: DecideRequest
+    live: LiveConfig
+    now: float
+    decision_id: str
+    k: int
+    state: CustomerState | None = None
+    control_group: bool = False
+    degraded: bool = False
+    notes: dict[int, str] = field(default_factory=dict)  # position -> extra detail for explain
+    segments: dict[int, bool] = field(default_factory=dict)  # segment index -> customer is in it
+    records: list[CandidateRecord] = field(default_factory=list)
+
+
+class DecisionService:
+    def __init__(
+        self,
+        store: StateStore,
+        writer: LogWriter,
+        metrics: Metrics,
+        settings: Settings,
+        clock: Clock = time.time,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.metrics = metrics
+        self.settings = settings
+        self.clock = clock
+        self.live: LiveConfig | None = None
+
+    # -- Decide ------------------------------------------------------------------------------
+    async def decide(self, req: DecideRequest) -> Decision:
+        started = time.perf_counter()
+        try:
+            k = validate_request(req, self.settings.max_offers_limit)
+        except RequestError as err:
+            self.metrics.invalid_requests.labels(err.field.split("[")[0]).inc()
+            raise
+        live = self.live
+        now = self.clock()
+        if live is None:
+            # no catalog yet (or none valid): fail closed rather than guess
+            return self._finish_empty(req, None, now, NoOfferReason.DEGRADED, degraded=True, started=started)
+        work = _Work(req, live, now, new_decision_id(req.customer_id, now), k)
+        decision = await self._decide(work)
+        self.metrics.decisions.labels(req.channel.value, decision.no_offer_reason.value).inc()
+        self.metrics.decision_latency.labels(req.channel.value).observe(time.perf_counter() - started)
+        return decision
+
+    def _finish_empty(
+        self,
+        req: DecideRequest,
+        catalog: Catalog | None,
+        now: float,
+        reason: NoOfferReason,
+        *,
+        degraded: bool,
+        started: float,
+    ) -> Decision:
+        self.metrics.decisions.labels(req.channel.value, reason.value).inc()
+        self.metrics.decision_latency.labels(req.channel.value).observe(time.perf_counter() - started)
+        return Decision(
+            decision_id=new_decision_id(req.customer_id, now),
+            offers=(),
+            no_offer_reason=reason,
+            model_version="",
+            catalog_version=catalog.version if catalog else "",
+            degraded=degraded,
+        )
+
+    async def _decide(self, w: _Work) -> Decision:
+        req, catalog = w.req, w.live.catalog
+        policy = catalog.contact_policy
+        try:
+            w.state = await self.store.read(
+                req.customer_id, req.channel.value, w.now, policy.window_seconds, req.request_id
+            )
+        except RedisError as err:
+            self.metrics.redis_errors.labels("read").inc()
+            log.warning("feature/contact read failed, degrading: %s", err)
+            return self._empty(w, NoOfferReason.DEGRADED, degraded=True)
+        if w.state.replay_decision_id is not None:
+            return await self._replay(req.customer_id, w.state.replay_decision_id)
+        vector = w.state.vector
+        if vector is None or w.state.vector_schema not in w.live.readable_versions:
+            return self._empty(w, NoOfferReason.UNKNOWN_CUSTOMER)
+        if in_holdout(catalog.control_salt, req.customer_id, catalog.control_fraction):
+            w.control_group = True
+            return self._empty(w, NoOfferReason.CONTROL_GROUP)
+        consent_at = catalog.consent.get(req.channel)
+        if consent_at is not None:
+            flag = float(vector[consent_at])
+            if (catalog.consent_missing_allows if math.isnan(flag) else flag > 0) is False:
+                return self._empty(w, NoOfferReason.OPTED_OUT)
+
+        view = catalog.views[req.channel]
+        if not view.offers:
+            return self._empty(w, NoOfferReason.NO_ELIGIBLE_OFFER)
+        stage = self._filter(w, view, vector)
+
+        alive = np.flatnonzero(stage == ALIVE)
+        room = channel_room(policy, req.channel, w.state.history)
+        if room == 0 and alive.size:
+            stage[alive] = CONTACT
+            for pos in alive:
+                w.notes[int(pos)] = f"channel limit of {policy.max_per_window[req.channel]} offers reached"
+            alive = alive[:0]
+        propensity = np.zeros(len(view.offers))
+        from_model = np.zeros(len(view.offers), dtype=np.bool_)
+        expected = np.zeros(len(view.offers))
+        score = np.zeros(len(view.offers))
+        ranked: npt.NDArray[np.intp] = alive
+        if alive.size:
+            p, m = w.live.scorer.score(ScoringInput(catalog, req.channel, vector, req.context, alive))
+            propensity[alive], from_model[alive] = p, m
+            ranking = rank(view, alive, p, catalog.min_expected_value)
+            expected[alive], score[alive] = ranking.expected_value, ranking.score
+            stage[alive[ranking.below]] = BELOW
+            ranked = alive[ranking.order]
+        self.metrics.candidates.observe(alive.size)
+
+        awarded: list[int] = []
+        capped = False
+        award_ran = False
+        if ranked.size or req.request_id:
+            k = w.k if room is None else min(w.k, room)
+            n_budgeted = 0
+            walk: list[Candidate] = []
+            for pos in ranked:
+                offer = catalog.offers[view.offers[pos]]
+                if offer.budget_total_awards is not None:
+                    n_budgeted += 1
+                    walk.append(Candidate(offer.id, self.store.keys.budget(offer.id), offer.budget_total_awards))
+                else:
+                    walk.append(Candidate(offer.id, None, 0))
+                if len(walk) >= k + n_budgeted:
+                    break  # a longer walk can only be needed to skip exhausted budgets
+            try:
+                result = await self.store.award(
+                    customer_id=req.customer_id,
+                    channel=req.channel.value,
+                    decision_id=w.decision_id,
+                    request_id=req.request_id,
+                    now=w.now,
+                    window_seconds=policy.window_seconds,
+                    max_awards=k,
+                    channel_cap=policy.max_per_window.get(req.channel),
+                    candidates=walk,
+                    decision_ttl=self.settings.decision_ttl_seconds,
+                    request_ttl=self.settings.request_id_ttl_seconds,
+                    history_ttl=self.settings.contact_history_ttl_seconds,
+                )
+            except RedisError as err:
+                # budgets and caps cannot be checked: award nothing (fail closed)
+                self.metrics.redis_errors.labels("award").inc()
+                log.warning("award failed, degrading: %s", err)
+                return self._empty(w, NoOfferReason.DEGRADED, degraded=True)
+            award_ran = True
+            if result.status == REPLAY:
+                return await self._replay(req.customer_id, result.decision_id)
+            capped = result.status == CAPPED
+            by_id = {catalog.offers[view.offers[p]].id: int(p) for p in ranked}
+            awarded = [by_id[o] for o in result.awarded]
+            for offer_id in result.exhausted:
+                stage[by_id[offer_id]] = BUDGET
+            if capped:
+                for p in ranked:
+                    stage[p] = CONTACT
+                    w.notes[int(p)] = "channel limit reached"
+            chosen = set(awarded)
+            for p in ranked:
+                if stage[p] == ALIVE and int(p) not in chosen:
+                    stage[p] = RANKED_OUT
+
+        offers = tuple(
+            self._ranked_offer(catalog, view, pos, i + 1, _Scores(propensity, from_model, expected, score), w)
+            for i, pos in enumerate(awarded)
+        )
+        if offers:
+            reason = NoOfferReason.NONE
+        else:
+            reached = [s for s in stage.tolist() if s != RANKED_OUT]
+            reason = (
+                _STAGE_REASON.get(max(reached), NoOfferReason.NO_ELIGIBLE_OFFER)
+                if reached
+                else (NoOfferReason.NO_ELIGIBLE_OFFER)
+            )
+        suppressed = self._explain(catalog, view, stage, w) if req.explain else ()
+        decision = Decision(
+            decision_id=w.decision_id,
+            offers=offers,
+            no_offer_reason=reason,
+            model_version=w.live.scorer.version,
+            catalog_version=catalog.version,
+            suppressed=suppressed,
+        )
+        records = [
+            CandidateRecord(
+                offer_id=catalog.offers[view.offers[p]].id,
+                campaign_id=catalog.offers[view.offers[p]].campaign_id,
+                propensity=float(propensity[p]),
+                expected_value=float(expected[p]),
+                score=float(score[p]),
+                selection_probability=1.0 if p in awarded else 0.0,
+                status="chosen" if p in awarded else _status(int(s), w.notes.get(p)),
+            )
+            for p, s in enumerate(stage.tolist())
+            if s in (ALIVE, BELOW, BUDGET, RANKED_OUT, CONTACT)
+        ]
+        self._log(w, decision, records, keep=award_ran)
+        return decision
+
+    def _filter(self, w: _Work, view: ChannelView, vector: npt.NDArray[np.float32]) -> npt.NDArray[np.int8]:
+        """Stage of each offer on the channel after campaign, eligibility and history checks."""
+        req, catalog = w.req, w.live.catalog
+        feats = vector.tolist()
+        now_parts = Now.from_datetime(datetime.fromtimestamp(w.now, catalog.timezone))
+        segment_cache = w.segments
+
+        def in_segment(s: int) -> bool:
+            hit = segment_cache.get(s)
+            if hit is None:
+                hit = segment_cache[s] = catalog.segments[s].rule(feats, req.context, now_parts)
+            return hit
+
+        events = set(req.events)
+        camp_stage = np.zeros(len(view.campaigns), dtype=np.int8)
+        for cpos, ci in enumerate(view.campaigns):
+            camp = catalog.campaigns[ci]
+            if not camp.live(w.now):
+                camp_stage[cpos] = NOT_LIVE
+            elif camp.type is CampaignType.TRIGGER and not (camp.events & events):
+                camp_stage[cpos] = NOT_FIRED
+            elif camp.target and not any(in_segment(s) for s in camp.target):
+                camp_stage[cpos] = NOT_TARGETED
+            elif in_holdout(camp.holdout_salt, req.customer_id, camp.holdout):
+                camp_stage[cpos] = HELD_OUT
+        stage = camp_stage[view.offer_campaign]
+        for pos, rule in view.rules:
+            if stage[pos] == ALIVE and not rule(feats, req.context, now_parts):
+                stage[pos] = INELIGIBLE
+        assert w.state is not None
+        history = w.state.history
+        if history.declined_at or history.suppressed_until:
+            alive = np.flatnonzero(stage == ALIVE)
+            ids = [catalog.offers[view.offers[p]].id for p in alive]
+            for i, why in blocked_offers(catalog.contact_policy, history, ids, w.now).items():
+                stage[alive[i]] = CONTACT
+                w.notes[int(alive[i])] = why
+        return stage
+
+    def _ranked_offer(
+        self,
+        catalog: Catalog,
+        view: ChannelView,
+        pos: int,
+        rank_no: int,
+        scores: _Scores,
+        w: _Work,
+    ) -> RankedOffer:
+        propensity, from_model, expected, score = scores
+        offer = catalog.offers[view.offers[pos]]
+        camp = catalog.campaigns[offer.campaign]
+        reasons = [f"Campaign: {camp.name} ({TIER_NAMES[camp.tier]})"]
+        if camp.type is CampaignType.TRIGGER:
+            fired = sorted(camp.events & set(w.req.events))
+            reasons.append(f"Triggered by: {', '.join(fired)}")
+        matched = [catalog.segments[s].description for s in camp.target if w.segments.get(s)]
+        reasons.append(f"Target groups: {', '.join(matched)}" if matched else "Open to all customers")
+        p = float(propensity[pos])
+        source = "model" if from_model[pos] else "catalog estimate"
+        reasons.append(f"Likelihood to accept: {p:.0%} ({source})")
+        reasons.append(f"Expected value: {expected[pos]:.2f} (value {offer.value:.2f}, cost {offer.cost:.2f})")
+        weight = float(view.weight[pos])
+        if weight != 1.0:
+            reasons.append(f"Channel fit x{weight:g}")
+        if offer.lever != 1.0:
+            reasons.append(f"Business priority x{offer.lever:g}")
+        return RankedOffer(
+            offer_id=offer.id,
+            campaign_id=camp.id,
+            campaign_type=camp.type,
+            rank=rank_no,
+            propensity=p,
+            expected_value=float(expected[pos]),
+            score=float(score[pos]),
+            selection_probability=1.0,
+            reasons=tuple(reasons),
+            title=offer.title,
+            script=offer.script,
+        )
+
+    def _explain(
+        self, catalog: Catalog, view: ChannelView, stage: npt.NDArray[np.int8], w: _Work
+    ) -> tuple[SuppressedOffer, ...]:
+        out = []
+        for pos, s in enumerate(stage.tolist()):
+            if s == ALIVE:
+                continue
+            offer = catalog.offers[view.offers[pos]]
+            out.append(SuppressedOffer(offer.id, offer.campaign_id, _status(s, w.notes.get(pos))))
+        return tuple(out)
+
+    def _empty(self, w: _Work, reason: NoOfferReason, *, degraded: bool = False) -> Decision:
+        decision = Decision(
+            decision_id=w.decision_id,
+            offers=(),
+            no_offer_reason=reason,
+            model_version=w.live.scorer.version,
+            catalog_version=w.live.catalog.version,
+            degraded=degraded,
+        )
+        if not degraded:
+            self._log(w, decision, [], keep=False)
+        return decision
+
+    def _log(self, w: _Work, decision: Decision, records: list[CandidateRecord], *, keep: bool) -> None:
+        req, state = w.req, w.state
+        record = DecisionRecord(
+            decision_id=decision.decision_id,
+            ts=w.now,
+            customer_id=req.customer_id,
+            channel=req.channel.value,
+            placement=req.placement,
+            context=dict(req.context),
+            events=list(req.events),
+            request_id=req.request_id,
+            schema_version=state.vector_schema if state else None,
+            features=state.vector.tolist() if state is not None and state.vector is not None else None,
+            candidates=records,
+            chosen=[o.offer_id for o in decision.offers],
+            no_offer_reason=decision.no_offer_reason.value,
+            model_version=decision.model_version,
+            catalog_version=decision.catalog_version,
+            degraded=decision.degraded,
+            control_group=w.control_group,
+        )
+        # the award script created the decision key; keep the full answer there for replays
+        replay_key = self.store.keys.decision(req.customer_id, decision.decision_id) if keep else None
+        self.writer.decision(record, replay_key, encode_decision(decision) if keep else None)
+
+    async def _replay(self, customer_id: str, decision_id: str) -> Decision:
+        # the original's answer is written by the log writer within log_flush_seconds
+        for _ in range(50):
+            raw = await self.store.replay(customer_id, decision_id)
+            if raw is not None:
+                return decode_decision(raw)
+            await asyncio.sleep(0.02)
+        raise ServiceUnavailable(f"request_id repeat: decision {decision_id} is still being written; retry")
+
+    # -- ReportOutcome -----------------------------------------------------------------------
+    async def report_outcome(self, report: OutcomeReport) -> OutcomeResult:
+        parts = split_decision_id(report.decision_id)
+        if parts is None:
+            raise RequestError("decision_id", "not a decision id returned by Decide")
+        customer_id = parts[1]
+        if problem := id_problem(report.offer_id):
+            raise RequestError("offer_id", problem)
+        if not math.isfinite(report.value) or report.value < 0:
+            raise RequestError("value", f"must be finite and >= 0, got {report.value}")
+        if report.event_id and (problem := id_problem(report.event_id, 200)):
+            raise RequestError("event_id", problem)
+        event_id = report.event_id or f"{report.decision_id}:{report.offer_id}:{report.outcome.value}"
+        live = self.live
+        policy = live.catalog.contact_policy if live else None
+        now = self.clock()
+        try:
+            result = await self.store.record_outcome(
+                customer_id=customer_id,
+                decision_id=report.decision_id,
+                offer_id=report.offer_id,
+                outcome=report.outcome.value,
+                event_id=event_id,
+                now=now,
+                event_ttl=self.settings.outcome_event_ttl_seconds,
+                max_presented=policy.max_presented_without_response if policy else 3,
+                suppression_seconds=policy.suppression_seconds if policy else 30 * 86400,
+                history_ttl=self.settings.contact_history_ttl_seconds,
+            )
+        except RedisError as err:
+            self.metrics.redis_errors.labels("outcome").inc()
+            raise ServiceUnavailable(f"could not record the outcome: {err}") from err
+        if result == -1:
+            self.metrics.outcomes.labels(report.outcome.value, "not_found").inc()
+            raise NotFoundError(f"decision_id: no decision {report.decision_id!r} (unknown or expired)")
+        if result == -2:
+            self.metrics.outcomes.labels(report.outcome.value, "invalid").inc()
+            raise RequestError("offer_id", f"offer {report.offer_id!r} was not offered in this decision")
+        recorded = result == 1
+        self.metrics.outcomes.labels(report.outcome.value, "recorded" if recorded else "duplicate").inc()
+        if recorded:
+            self.writer.outcome(
+                OutcomeRecord(
+                    event_id=event_id,
+                    decision_id=report.decision_id,
+                    customer_id=customer_id,
+                    offer_id=report.offer_id,
+                    outcome=report.outcome.value,
+                    value=report.value,
+                    ts=now,
+                )
+            )
+        return OutcomeResult(recorded=recorded, duplicate=not recorded)
+
+
+def _status(stage: int, note: str | None) -> str:
+    base = _STAGE_STATUS.get(stage, "suppressed")
+    return f"{base}: {note}" if note else base

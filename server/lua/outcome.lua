@@ -1,0 +1,38 @@
+-- Record one outcome against a customer's contact history, once per event id.
+-- KEYS[1] decision key   KEYS[2] event key   KEYS[3] contacts hash   (all one customer's slot)
+-- ARGV: offer_id, outcome, now, event_ttl, max_presented, suppression_s, history_ttl
+-- Returns 1 recorded, 0 duplicate, -1 unknown decision, -2 offer not in the decision.
+local offers = redis.call('HGET', KEYS[1], 'offers')
+if not offers then
+  return -1
+end
+local offer = ARGV[1]
+local found = false
+for o in string.gmatch(offers, '[^,]+') do
+  if o == offer then
+    found = true
+    break
+  end
+end
+if not found then
+  return -2
+end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then
+  return 0
+end
+local outcome = ARGV[2]
+if outcome == 'presented' then
+  local shown = redis.call('HINCRBY', KEYS[3], 'p:' .. offer, 1)
+  if shown >= tonumber(ARGV[5]) then
+    redis.call('HSET', KEYS[3], 's:' .. offer, tonumber(ARGV[3]) + tonumber(ARGV[6]))
+    redis.call('HDEL', KEYS[3], 'p:' .. offer)
+  end
+elseif outcome == 'declined' then
+  redis.call('HSET', KEYS[3], 'd:' .. offer, ARGV[3])
+  redis.call('HDEL', KEYS[3], 'p:' .. offer)
+else
+  -- any response resets the count of presentations without one
+  redis.call('HDEL', KEYS[3], 'p:' .. offer)
+end
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+return 1

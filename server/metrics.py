@@ -1,0 +1,31 @@
+"""Every Prometheus metric of the server, in one place, on a registry the caller passes in."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# decisions take well under 10 ms; the buckets resolve the sub-millisecond range
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+CANDIDATE_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter(
+            "nbo_decisions", "Decisions made, by channel and no-offer reason", ["channel", "reason"], registry=r
+        )
+        self.decision_latency = Histogram(
+            "nbo_decision_seconds", "Time to decide, server side", ["channel"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.candidates = Histogram(
+            "nbo_candidates", "Offers scored per decision", buckets=CANDIDATE_BUCKETS, registry=r
+        )
+        self.outcomes = Counter("nbo_outcomes", "Outcomes reported", ["outcome", "result"], registry=r)
+        self.invalid_requests = Counter("nbo_invalid_requests", "Requests rejected as invalid", ["field"], registry=r)
+        self.redis_errors = Counter("nbo_redis_errors", "Redis failures on the hot path", ["op"], registry=r)
+        self.log_written = Counter("nbo_log_records_written", "Decision/outcome log records written", registry=r)
+        self.log_dropped = Counter("nbo_log_records_dropped", "Log records lost (queue full or Redis down)", registry=r)
+        self.catalog_reloads = Counter("nbo_catalog_reloads", "Catalog reload attempts", ["result"], registry=r)
+        self.catalog_version = Gauge("nbo_catalog_version", "Sequence number of the live catalog", registry=r)

@@ -1,0 +1,1 @@
+"""Offline side of NBO: the synthetic world, dataset building, training and evaluation."""
