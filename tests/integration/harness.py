@@ -1,0 +1,111 @@
+"""An in-process server for integration tests: real Redis, real gRPC server, real channel."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis
+
+from server.app import Worker
+from server.catalog_store import publish
+from server.config import Settings
+from server.features import FeatureStore, read_feature_file
+from server.gen.nbo.v1 import decisioning_pb2 as pb
+from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
+from server.keys import Keys
+
+COLUMNS = ("tier", "tenure_months", "churn_risk", "consent_web", "consent_call")
+
+
+class Clock:
+    """A settable clock, so cooldowns and windows can be crossed without waiting."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def load_customers(redis_url: str, rows: Mapping[str, Mapping[str, Any]], tmp: Path) -> None:
+    path = tmp / "customers.csv"
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["customer_id", *COLUMNS])
+        for cid, values in rows.items():
+            out.writerow([cid, *(values.get(c, "") for c in COLUMNS)])
+    client = redis.Redis.from_url(redis_url)
+    store = FeatureStore(client, Keys())
+    table = read_feature_file(path, ["tier"], base=store.current_schema())
+    assert not table.errors, table.errors
+    store.load(table)
+    client.close()
+
+
+def publish_text(redis_url: str, text: str) -> str:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return publish(client, Keys(), text).version
+    finally:
+        client.close()
+
+
+class Harness:
+    def __init__(self, redis_url: str, clock: Clock, **settings: Any) -> None:
+        self.settings = Settings(
+            redis_url=redis_url,
+            port=0,
+            workers=1,
+            catalog_poll_seconds=0.1,
+            log_flush_seconds=0.01,
+            grace_seconds=1.0,
+            **settings,
+        )
+        self.clock = clock
+        self.worker = Worker(self.settings, redis_url, 0, clock=clock)
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: Any = None
+
+    async def start(self) -> None:
+        port = await self.worker.start()
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = pb_grpc.DecisioningStub(self.channel)
+
+    async def stop(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+        await self.worker.stop(grace=0.5)
+
+    async def decide(
+        self,
+        customer_id: str,
+        channel: int = pb.WEB,
+        *,
+        max_offers: int = 0,
+        events: Sequence[str] = (),
+        context: Mapping[str, float] | None = None,
+        explain: bool = False,
+        request_id: str = "",
+    ) -> Any:
+        return await self.stub.Decide(
+            pb.DecideRequest(
+                customer_id=customer_id,
+                channel=channel,
+                max_offers=max_offers,
+                events=list(events),
+                context=dict(context or {}),
+                explain=explain,
+                request_id=request_id,
+            ),
+            timeout=5,
+        )
+
+    async def report(self, decision_id: str, offer_id: str, outcome: int, event_id: str = "") -> Any:
+        return await self.stub.ReportOutcome(
+            pb.ReportOutcomeRequest(decision_id=decision_id, offer_id=offer_id, outcome=outcome, event_id=event_id),
+            timeout=5,
+        )

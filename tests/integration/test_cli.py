@@ -1,0 +1,122 @@
+"""The `nbo` command as a user runs it: real processes, real Redis."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from server.client import NboClient
+from tests.unit.catalog_fixtures import BASE
+
+NBO = [sys.executable, "-m", "server.cli"]
+
+
+def run(args: list[str], redis_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REDIS_URL": redis_url, "COLUMNS": "200"}
+    return subprocess.run([*NBO, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
+
+
+GOOD = """\
+customer_id,tier,tenure_months,churn_risk,consent_web,consent_call
+vip,A,40,0.1,1,1
+regular,B,5,0.2,1,
+"""
+
+
+def test_features_load_get_and_bad_rows_write_nothing(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(GOOD + "x{1},A,1,0.1,1,1\nok2,A,abc,0.1,1,1\n")
+    result = run(["features", "load", str(bad), "--categorical", "tier"], redis_url, tmp_path)
+    assert result.returncode == 2
+    assert f"{bad}:4: customer_id:" in result.stderr
+    assert f'{bad}:5: tenure_months: not a number: "abc"' in result.stderr
+    assert "nothing was loaded" in result.stderr
+    assert redis_client.dbsize() == 0
+
+    result = run(["features", "load", str(bad), "--categorical", "tier", "--skip-invalid"], redis_url, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "loaded 2 customers x 5 features" in result.stdout
+    rejects = (tmp_path / "bad.csv.rejects").read_text().splitlines()
+    assert len(rejects) == 2 and rejects[1].startswith(f"{bad}:5: tenure_months")
+
+    result = run(["features", "get", "regular"], redis_url, tmp_path)
+    assert result.returncode == 0
+    lines = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in result.stdout.strip().splitlines())
+    assert lines == {
+        "tier": "B",
+        "tenure_months": "5.0",
+        "churn_risk": "0.20000000298023224",
+        "consent_web": "1.0",
+        "consent_call": "(missing)",
+    }
+    assert run(["features", "get", "nobody"], redis_url, tmp_path).returncode == 1
+
+
+def test_catalog_validate_and_load(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> None:
+    customers = tmp_path / "c.csv"
+    customers.write_text(GOOD)
+    bad = tmp_path / "catalog.yaml"
+    bad.write_text(BASE.replace("channels: [web]\n    channel_weight", "channels: [fax]\n    channel_weight"))
+    result = run(["catalog", "validate", str(bad), "--features", str(customers), "--categorical", "tier"], redis_url, tmp_path)
+    assert result.returncode == 1
+    assert f'{bad}:63:15: offers[2].channels[0]: unknown channel "fax"' in result.stderr
+
+    assert run(["catalog", "load", str(bad)], redis_url, tmp_path).returncode == 2  # no schema yet
+    assert run(["features", "load", str(customers), "--categorical", "tier"], redis_url, tmp_path).returncode == 0
+    result = run(["catalog", "load", str(bad)], redis_url, tmp_path)
+    assert result.returncode == 1 and "nothing was published" in result.stderr
+    assert redis_client.get("nbo:catalog:current") is None
+
+    good = tmp_path / "good.yaml"
+    good.write_text(BASE)
+    result = run(["catalog", "load", str(good)], redis_url, tmp_path)
+    assert result.returncode == 0 and "catalog 1-" in result.stdout
+    assert "unchanged" in run(["catalog", "load", str(good)], redis_url, tmp_path).stdout
+    assert run(["catalog", "validate", str(good)], redis_url, tmp_path).returncode == 0
+
+
+def test_serve_with_two_workers_answers_and_stops_cleanly_on_sigterm(redis_url: str, tmp_path: Path) -> None:
+    customers = tmp_path / "c.csv"
+    customers.write_text(GOOD)
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(BASE)
+    assert run(["features", "load", str(customers), "--categorical", "tier"], redis_url, tmp_path).returncode == 0
+    env = {**os.environ, "REDIS_URL": redis_url}
+    proc = subprocess.Popen(
+        [*NBO, "serve", "--workers", "2", "--port", "0", "--catalog", str(catalog)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        match = re.search(r"serving on (\S+) with 2 worker", banner)
+        assert match, banner
+        client = NboClient(match.group(1))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = client.decide("vip", "call_centre")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert [o.offer_id for o in response.offers] == ["o_adhoc"]
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
