@@ -22,7 +22,7 @@ OUTCOMES = {"presented": pb.PRESENTED, "accepted": pb.ACCEPTED, "declined": pb.D
 class NboClient:
     def __init__(self, target: str, timeout: float = 5.0) -> None:
         self.channel = grpc.insecure_channel(target)
-        self.stub = pb_grpc.DecisioningStub(self.channel)
+        self.stub = pb_grpc.DecisioningStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
 
     def decide(

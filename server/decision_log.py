@@ -70,7 +70,7 @@ class OutcomeRecord:
     ts: float
 
 
-def _fields(record: DecisionRecord | OutcomeRecord) -> dict[str, str]:
+def _fields(record: DecisionRecord | OutcomeRecord) -> dict[Any, Any]:
     # NaN (missing feature) is not JSON; None round-trips as missing
     data = asdict(record)
     if isinstance(record, DecisionRecord) and record.features is not None:

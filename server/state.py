@@ -129,8 +129,8 @@ class StateStore:
         return AwardResult(status, found_id, tuple(names[:n]), tuple(names[n:]))
 
     async def replay(self, customer_id: str, decision_id: str) -> bytes | None:
-        value: bytes | None = await self.client.hget(self.keys.decision(customer_id, decision_id), "response")
-        return value
+        value = await self.client.hget(self.keys.decision(customer_id, decision_id), "response")
+        return value.encode() if isinstance(value, str) else value
 
     async def record_outcome(
         self,

@@ -43,13 +43,15 @@ def load_with_positions(text: str) -> tuple[Any, dict[Path_, tuple[int, int]]]:
 
 
 def _build(node: yaml.Node, path: Path_, positions: dict[Path_, tuple[int, int]], c: yaml.SafeLoader) -> Any:
-    positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    # a mapping entry is located at its key (set by the caller), anything else at its start
+    positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = c.construct_object(key_node, deep=True)
             if key in out:
                 raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r}", problem_mark=key_node.start_mark)
+            positions[(*path, str(key))] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             out[key] = _build(value_node, (*path, str(key)), positions, c)
         return out
     if isinstance(node, yaml.SequenceNode):

@@ -8,6 +8,7 @@ customers buy more often, answer more channels and churn less) rather than indep
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +20,7 @@ CHANNEL_LEVELS = ("call_centre", "web", "mobile_app", "email")
 @dataclass(frozen=True)
 class Population:
     customer_ids: list[str]
-    columns: dict[str, npt.NDArray[np.float64] | list[str | None]]
+    columns: dict[str, Any]
 
     def write_csv(self, path: str) -> None:
         import csv

@@ -30,7 +30,9 @@ regular,B,5,0.2,1,
 """
 
 
-def test_features_load_get_and_bad_rows_write_nothing(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> None:
+def test_features_load_get_and_bad_rows_write_nothing(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text(GOOD + "x{1},A,1,0.1,1,1\nok2,A,abc,0.1,1,1\n")
     result = run(["features", "load", str(bad), "--categorical", "tier"], redis_url, tmp_path)
@@ -64,7 +66,9 @@ def test_catalog_validate_and_load(redis_url: str, redis_client: redis.Redis, tm
     customers.write_text(GOOD)
     bad = tmp_path / "catalog.yaml"
     bad.write_text(BASE.replace("channels: [web]\n    channel_weight", "channels: [fax]\n    channel_weight"))
-    result = run(["catalog", "validate", str(bad), "--features", str(customers), "--categorical", "tier"], redis_url, tmp_path)
+    result = run(
+        ["catalog", "validate", str(bad), "--features", str(customers), "--categorical", "tier"], redis_url, tmp_path
+    )
     assert result.returncode == 1
     assert f'{bad}:63:15: offers[2].channels[0]: unknown channel "fax"' in result.stderr
 

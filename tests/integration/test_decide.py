@@ -88,7 +88,11 @@ async def test_universal_control_group(nbo: Harness, redis_url: str) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         load_customers(redis_url, {inside: CUSTOMERS["vip"], outside: CUSTOMERS["vip"]}, Path(tmp))
-    await republish(nbo, redis_url, BASE.replace("min_expected_value: 0.5", "min_expected_value: 0.5\ncontrol_group: {fraction: 0.3, salt: ctl}"))
+    await republish(
+        nbo,
+        redis_url,
+        BASE.replace("min_expected_value: 0.5", "min_expected_value: 0.5\ncontrol_group: {fraction: 0.3, salt: ctl}"),
+    )
     assert (await nbo.decide(inside)).no_offer_reason == pb.CONTROL_GROUP
     assert (await nbo.decide(outside)).offers
 
@@ -188,7 +192,13 @@ async def test_an_answer_resets_the_presented_count(nbo: Harness) -> None:
 async def test_outcome_errors(nbo: Harness) -> None:
     d = await nbo.decide("vip", pb.CALL_CENTRE)
     cases = [
-        ("01KAAAAAAAAAAAAAAAAAAAAAAA.vip", "o_adhoc", pb.ACCEPTED, grpc.StatusCode.NOT_FOUND, "decision_id: no decision"),
+        (
+            "01KAAAAAAAAAAAAAAAAAAAAAAA.vip",
+            "o_adhoc",
+            pb.ACCEPTED,
+            grpc.StatusCode.NOT_FOUND,
+            "decision_id: no decision",
+        ),
         ("garbage", "o_adhoc", pb.ACCEPTED, grpc.StatusCode.INVALID_ARGUMENT, "decision_id: not a decision id"),
         (d.decision_id, "o_life", pb.ACCEPTED, grpc.StatusCode.INVALID_ARGUMENT, "offer_id: offer 'o_life' was not"),
         (d.decision_id, "o_adhoc", pb.OUTCOME_UNSPECIFIED, grpc.StatusCode.INVALID_ARGUMENT, "outcome: must be set"),

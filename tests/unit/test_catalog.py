@@ -43,20 +43,20 @@ def test_dates_are_in_the_catalog_time_zone_and_a_bare_end_date_is_inclusive() -
         "    priority: 90\n", "    priority: 90\n    start: 2026-11-20\n    end: 2026-11-30\n"
     )
     camp = parse_catalog(text, SCHEMA).campaigns[0]
-    assert camp.start == 1763593200.0  # 2026-11-20T00:00+01:00
-    assert camp.end == 1764457200.0  # 2026-12-01T00:00+01:00
-    assert camp.live(1764457199.0) and not camp.live(1764457200.0) and not camp.live(1763593199.0)
+    assert camp.start == 1795129200.0  # 2026-11-20T00:00+01:00
+    assert camp.end == 1796079600.0  # 2026-12-01T00:00+01:00
+    assert camp.live(1796079599.0) and not camp.live(1796079600.0) and not camp.live(1795129199.0)
 
 
 INVALID = [
     pytest.param(
         ("channels: [web]\n    channel_weight", "channels: [fax]\n    channel_weight"),
-        ['c.yaml:63:15: offers[2].channels[0]: unknown channel "fax" (channels: call_centre, web, mobile_app, email)'],
+        ['c.yaml:49:16: offers[2].channels[0]: unknown channel "fax" (channels: call_centre, web, mobile_app, email)'],
         id="unknown-offer-channel",
     ),
     pytest.param(
         ("type: lifecycle", "type: journey"),
-        ['c.yaml:32:11: campaigns[2].type: unknown campaign type "journey" (types: ad_hoc, trigger, lifecycle)'],
+        ['c.yaml:30:5: campaigns[2].type: unknown campaign type "journey" (types: ad_hoc, trigger, lifecycle)'],
         id="unknown-type",
     ),
     pytest.param(
@@ -66,52 +66,52 @@ INVALID = [
     ),
     pytest.param(
         ("campaign: life", "campaign: lifecycle"),
-        ['c.yaml:58:15: offers[2].campaign: unknown campaign "lifecycle"; did you mean "life"?'],
+        ['c.yaml:46:5: offers[2].campaign: unknown campaign "lifecycle"; did you mean "life"?'],
         id="unknown-campaign",
     ),
     pytest.param(
         ("value: 20\n", "value: twenty\n"),
-        ["c.yaml:50:12: offers[1].value: must be a number, got 'twenty'"],
+        ["c.yaml:42:5: offers[1].value: must be a number, got 'twenty'"],
         id="value-not-a-number",
     ),
     pytest.param(
         ("prior_propensity: 0.3", "prior_propensity: 1.3"),
-        ["c.yaml:52:23: offers[1].prior_propensity: must be <= 1, got 1.3"],
+        ["c.yaml:44:5: offers[1].prior_propensity: must be <= 1.0, got 1.3"],
         id="propensity-above-one",
     ),
     pytest.param(
         ("    title: Ad hoc\n", ""),
-        ["c.yaml:37:5: offers[0].title: required field is missing"],
+        ["c.yaml:33:5: offers[0].title: required field is missing"],
         id="missing-title",
     ),
     pytest.param(
         ("    lever: 2\n", "    lever: 2\n    colour: red\n"),
-        ["c.yaml:65:12: offers[2].colour: unknown field"],
+        ["c.yaml:52:5: offers[2].colour: unknown field"],
         id="unknown-field",
     ),
     pytest.param(
         ("    events: [cart_abandoned]\n", ""),
-        ["c.yaml:25:5: campaigns[1].events: a trigger campaign must list the events that fire it"],
+        ["c.yaml:24:5: campaigns[1].events: a trigger campaign must list the events that fire it"],
         id="trigger-without-events",
     ),
     pytest.param(
         ("rule: 'churn_risk >= 0.5'", "rule: 'churn_rsk >= 0.5'"),
-        ['c.yaml:17:11: segments.at_risk.rule: col 1: unknown feature "churn_rsk"; did you mean "churn_risk"?'],
+        ['c.yaml:17:5: segments.at_risk.rule: col 1: unknown feature "churn_rsk"; did you mean "churn_risk"?'],
         id="rule-unknown-feature",
     ),
     pytest.param(
         ("'tier == \"A\"'", "'tier == \"Z\"'"),
-        ['c.yaml:14:11: segments.vip.rule: col 9: unknown level "Z" for tier (levels: A, B, C)'],
+        ['c.yaml:14:5: segments.vip.rule: col 9: unknown level "Z" for tier (levels: A, B, C)'],
         id="rule-unknown-level",
     ),
     pytest.param(
         ("context.cart_value >= 30", "context.basket >= 30"),
-        ['c.yaml:51:18: offers[1].eligibility: col 1: unknown context key "basket"'],
+        ['c.yaml:43:5: offers[1].eligibility: col 1: unknown context key "basket"'],
         id="rule-unknown-context",
     ),
     pytest.param(
         ("id: o_trig", "id: o_adhoc"),
-        ['c.yaml:46:9: offers[1].id: duplicate offer id "o_adhoc"'],
+        ['c.yaml:39:5: offers[1].id: duplicate offer id "o_adhoc"'],
         id="duplicate-offer",
     ),
     pytest.param(
@@ -121,20 +121,23 @@ INVALID = [
     ),
     pytest.param(
         ("    priority: 90\n", "    priority: 90\n    start: 2026-12-01\n    end: 2026-11-01\n"),
-        ["c.yaml:24:10: campaigns[0].end: end must be after start"],
+        ["c.yaml:23:5: campaigns[0].end: end must be after start"],
         id="end-before-start",
     ),
     pytest.param(
-        ("channels: [web]\n    events", "channels: [web, call_centre]\n    events: [x]\n    holdout: 1.5\n    x_events"),
+        (
+            "channels: [web]\n    events",
+            "channels: [web, call_centre]\n    events: [x]\n    holdout: 1.5\n    x_events",
+        ),
         [
-            "c.yaml:31:14: campaigns[1].holdout: must be < 1, got 1.5",
-            "c.yaml:32:5: campaigns[1].x_events: unknown field",
+            "c.yaml:29:5: campaigns[1].holdout: must be < 1.0, got 1.5",
+            "c.yaml:30:5: campaigns[1].x_events: unknown field",
         ],
         id="several-errors-at-once",
     ),
     pytest.param(
         ("campaigns:\n", "campaigns: [\n"),
-        ["c.yaml:20:3: (yaml): expected ',' or ']', but got '-'"],
+        ["c.yaml:19:3: (yaml): expected the node content, but found '-'"],
         id="yaml-syntax",
     ),
 ]
@@ -149,4 +152,6 @@ def test_invalid_catalogs_report_every_error_with_its_line(edit: tuple[str, str]
 
 def test_offer_channel_outside_its_campaign_is_an_error() -> None:
     text = BASE.replace("channels: [web]\n    channel_weight", "channels: [email]\n    channel_weight")
-    assert errors_of(text) == ['c.yaml:63:15: offers[2].channels[0]: channel "email" is not a channel of campaign "life"']
+    assert errors_of(text) == [
+        'c.yaml:49:16: offers[2].channels[0]: channel "email" is not a channel of campaign "life"'
+    ]
