@@ -45,7 +45,10 @@ and ``not`` need true/false; the whole rule must be true/false.
 Missing values (NaN) follow IEEE float semantics: every comparison with a missing value is
 false except ``!=`` (and ``not in``), which is true; arithmetic on a missing value is missing.
 Use ``is_missing(x)`` to test for one explicitly. Division or remainder by zero gives a missing
-value; evaluation never raises.
+value; evaluation never raises. ``%`` is Python's floored modulo (``-7 % 3 == 2``).
+
+Strings have no escapes: quote a level containing ``"`` with ``'`` and vice versa. Numbers in
+``in [...]`` lists may carry a minus sign. Constant sub-expressions are folded at compile time.
 """
 
 from __future__ import annotations
@@ -603,31 +606,20 @@ class _Parser:
         values: set[float] = set()
         self.expect("[")
         while True:
-            tok = self.peek()
-            item: _Str | _Num
+            tok = self.advance()
             if tok.kind == "str":
-                item = _Str(tok.text[1:-1], tok.col)
-                self.advance()
-            elif tok.kind == "num":
-                item = _Num(lambda f, c, n: 0.0, tok.col, const=float(tok.text))
-                self.advance()
-            elif tok.kind == "op" and tok.text == "-" and self.peek(1).kind == "num":
-                self.advance()
-                item = _Num(lambda f, c, n: 0.0, tok.col, const=-float(self.advance().text))
-            else:
-                raise RuleError("expected a number or a quoted string", tok.col)
-            if left.cat is not None:
-                if not isinstance(item, _Str):
+                if left.cat is None:
+                    raise RuleError("a string can only be compared with a categorical feature", tok.col)
+                values.add(self.level(left.cat, _Str(tok.text[1:-1], tok.col)))
+            elif tok.kind == "num" or (tok.kind == "op" and tok.text == "-" and self.peek().kind == "num"):
+                if left.cat is not None:
                     raise RuleError(
                         f"categorical feature {left.cat.name} must be compared with a quoted level, got a number",
-                        item.col,
+                        tok.col,
                     )
-                values.add(self.level(left.cat, item))
-            elif isinstance(item, _Str):
-                raise RuleError("a string can only be compared with a categorical feature", item.col)
+                values.add(float(tok.text) if tok.kind == "num" else -float(self.advance().text))
             else:
-                assert item.const is not None
-                values.add(item.const)
+                raise RuleError("expected a number or a quoted string", tok.col)
             sep = self.advance()
             if sep.kind == "op" and sep.text == "]":
                 break
