@@ -40,12 +40,11 @@ def generate(out: Path) -> None:
     for path in out.rglob("*.py*"):
         text = path.read_text()
         path.write_text(text.replace(IMPORT_FROM, IMPORT_TO))
-    for pkg in {p.parent for p in out.rglob("*_pb2.py")} | {out}:
-        while True:
+    for leaf in {p.parent for p in out.rglob("*_pb2.py")} | {out}:
+        for pkg in [leaf, *leaf.parents]:
             (pkg / "__init__.py").touch()
             if pkg == out:
                 break
-            pkg = pkg.parent
 
 
 def _tree(root: Path) -> dict[str, Path]:

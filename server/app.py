@@ -43,12 +43,15 @@ log = logging.getLogger("nbo")
 
 
 def async_client(url: str, settings: Settings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+    # a blocking pool queues a burst of calls for a connection instead of failing them
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         max_connections=settings.redis_pool_size,
+        timeout=settings.redis_timeout_seconds,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class Worker:
@@ -121,7 +124,7 @@ class Worker:
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         await self.reloader.stop()
         await self.writer.close()
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)
 
 
 async def _serve_worker(settings: Settings, redis_url: str, port: int, index: int) -> None:

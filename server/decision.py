@@ -27,7 +27,8 @@ from server.config import Settings
 from server.contact_policy import blocked_offers, channel_room
 from server.control_groups import in_holdout
 from server.decision_log import (
-    CandidateRecord,
+    NO_CANDIDATES,
+    Candidates,
     DecisionRecord,
     LogWriter,
     OutcomeRecord,
@@ -73,6 +74,7 @@ _STAGE_REASON = {
     BELOW: NoOfferReason.BELOW_THRESHOLD,
     BUDGET: NoOfferReason.BUDGET_EXHAUSTED,
 }
+_LOGGED_STAGES = (ALIVE, CONTACT, BELOW, BUDGET, RANKED_OUT)
 _STAGE_STATUS = {
     NOT_LIVE: "campaign not live now",
     NOT_FIRED: "trigger event not present",
@@ -148,7 +150,6 @@ class _Work:
     degraded: bool = False
     notes: dict[int, str] = field(default_factory=dict)  # position -> extra detail for explain
     segments: dict[int, bool] = field(default_factory=dict)  # segment index -> customer is in it
-    records: list[CandidateRecord] = field(default_factory=list)
 
 
 class DecisionService:
@@ -333,19 +334,18 @@ class DecisionService:
             catalog_version=catalog.version,
             suppressed=suppressed,
         )
-        records = [
-            CandidateRecord(
-                offer_id=catalog.offers[view.offers[p]].id,
-                campaign_id=catalog.offers[view.offers[p]].campaign_id,
-                propensity=float(propensity[p]),
-                expected_value=float(expected[p]),
-                score=float(score[p]),
-                selection_probability=1.0 if p in awarded else 0.0,
-                status="chosen" if p in awarded else _status(int(s), w.notes.get(p)),
-            )
-            for p, s in enumerate(stage.tolist())
-            if s in (ALIVE, BELOW, BUDGET, RANKED_OUT, CONTACT)
-        ]
+        logged = np.flatnonzero(np.isin(stage, _LOGGED_STAGES))
+        chosen_set = set(awarded)
+        ids = [catalog.offers[view.offers[p]].id for p in logged.tolist()]
+        records = Candidates(
+            offer_id=ids,
+            campaign_id=[catalog.offers[view.offers[p]].campaign_id for p in logged.tolist()],
+            propensity=propensity[logged].tolist(),
+            expected_value=expected[logged].tolist(),
+            score=score[logged].tolist(),
+            selection_probability=[1.0 if p in chosen_set else 0.0 for p in logged.tolist()],
+            status=["chosen" if p in chosen_set else _status(int(stage[p]), w.notes.get(p)) for p in logged.tolist()],
+        )
         self._log(w, decision, records, keep=award_ran)
         return decision
 
@@ -450,10 +450,10 @@ class DecisionService:
             degraded=degraded,
         )
         if not degraded:
-            self._log(w, decision, [], keep=False)
+            self._log(w, decision, NO_CANDIDATES, keep=False)
         return decision
 
-    def _log(self, w: _Work, decision: Decision, records: list[CandidateRecord], *, keep: bool) -> None:
+    def _log(self, w: _Work, decision: Decision, records: Candidates, *, keep: bool) -> None:
         req, state = w.req, w.state
         record = DecisionRecord(
             decision_id=decision.decision_id,

@@ -9,7 +9,7 @@ waits at most `log_flush_seconds` before it is in Redis.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import json
 import logging
 import math
@@ -28,14 +28,31 @@ RECORD_VERSION = "1"
 
 
 @dataclass(frozen=True, slots=True)
-class CandidateRecord:
-    offer_id: str
-    campaign_id: str
-    propensity: float
-    expected_value: float
-    score: float
-    selection_probability: float
-    status: str  # "chosen", or why it was not: "contact_policy: ...", "below_threshold", ...
+class Candidates:
+    """The candidates a decision considered, as columns (one entry per offer on the channel that
+    reached scoring or was stopped by contact policy, budget or rank)."""
+
+    offer_id: list[str]
+    campaign_id: list[str]
+    propensity: list[float]
+    expected_value: list[float]
+    score: list[float]
+    selection_probability: list[float]
+    status: list[str]  # "chosen", or why not: "contact policy: ...", "budget exhausted", ...
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        return {
+            "offer_id": self.offer_id,
+            "campaign_id": self.campaign_id,
+            "propensity": self.propensity,
+            "expected_value": self.expected_value,
+            "score": self.score,
+            "selection_probability": self.selection_probability,
+            "status": self.status,
+        }
+
+
+NO_CANDIDATES = Candidates([], [], [], [], [], [], [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +66,36 @@ class DecisionRecord:
     events: list[str]
     request_id: str
     schema_version: int | None
-    features: list[float] | None
-    candidates: list[CandidateRecord]
+    features: list[float] | None  # NaN (missing) is written as null
+    candidates: Candidates
     chosen: list[str]
     no_offer_reason: str
     model_version: str
     catalog_version: str
     degraded: bool
     control_group: bool
+
+    def to_fields(self) -> dict[Any, Any]:
+        data = {
+            "decision_id": self.decision_id,
+            "ts": self.ts,
+            "customer_id": self.customer_id,
+            "channel": self.channel,
+            "placement": self.placement,
+            "context": self.context,
+            "events": self.events,
+            "request_id": self.request_id,
+            "schema_version": self.schema_version,
+            "features": None if self.features is None else [None if math.isnan(f) else f for f in self.features],
+            "candidates": self.candidates.to_dict(),
+            "chosen": self.chosen,
+            "no_offer_reason": self.no_offer_reason,
+            "model_version": self.model_version,
+            "catalog_version": self.catalog_version,
+            "degraded": self.degraded,
+            "control_group": self.control_group,
+        }
+        return {"v": RECORD_VERSION, "r": _dumps(data)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,17 +108,16 @@ class OutcomeRecord:
     value: float
     ts: float
 
+    def to_fields(self) -> dict[Any, Any]:
+        return {"v": RECORD_VERSION, "r": _dumps(asdict(self))}
 
-def _fields(record: DecisionRecord | OutcomeRecord) -> dict[Any, Any]:
-    # NaN (missing feature) is not JSON; None round-trips as missing
-    data = asdict(record)
-    if isinstance(record, DecisionRecord) and record.features is not None:
-        data["features"] = [None if math.isnan(f) else f for f in record.features]
-    return {"v": RECORD_VERSION, "r": json.dumps(data, separators=(",", ":"))}
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
 
 
 def encode_decision(decision: Decision) -> bytes:
-    return json.dumps(asdict(decision), separators=(",", ":")).encode()
+    return _dumps(asdict(decision)).encode()
 
 
 def decode_decision(raw: bytes) -> Decision:
@@ -97,6 +135,40 @@ def decode_decision(raw: bytes) -> Decision:
         suppressed=tuple(SuppressedOffer(**s) for s in d["suppressed"]),
         replayed=True,
     )
+
+
+# (stream key, stream fields, key of the decision's replay payload, payload)
+_Item = tuple[str, dict[Any, Any], str | None, bytes | None]
+
+
+class _Buffer:
+    """A bounded FIFO whose items stay in it until taken, so cancelling the writer loses none."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: collections.deque[_Item] = collections.deque()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: _Item) -> None:
+        if len(self._items) >= self.limit:
+            raise asyncio.QueueFull
+        self._items.append(item)
+        self._ready.set()
+
+    def wake(self) -> None:
+        self._ready.set()
+
+    async def get_ready(self) -> None:
+        await self._ready.wait()
+
+    def take(self, n: int) -> list[_Item]:
+        out = [self._items.popleft() for _ in range(min(n, len(self._items)))]
+        if not self._items:
+            self._ready.clear()
+        return out
 
 
 class LogWriter:
@@ -117,19 +189,21 @@ class LogWriter:
         self.metrics = metrics
         self.flush_seconds = flush_seconds
         self.maxlen = maxlen
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(max_queue)
+        self._queue = _Buffer(max_queue)
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        self._closing = False
         self._task = asyncio.create_task(self._run(), name="log-writer")
 
     def decision(self, record: DecisionRecord, replay_key: str | None, payload: bytes | None) -> None:
-        self._put(("decision", (record, replay_key, payload)))
+        self._put((self.keys.decision_stream, record.to_fields(), replay_key, payload))
 
     def outcome(self, record: OutcomeRecord) -> None:
-        self._put(("outcome", record))
+        self._put((self.keys.outcome_stream, record.to_fields(), None, None))
 
-    def _put(self, item: tuple[str, Any]) -> None:
+    def _put(self, item: _Item) -> None:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -137,24 +211,20 @@ class LogWriter:
             self.metrics.log_dropped.inc()
 
     async def _run(self) -> None:
-        while True:
-            first = await self._queue.get()
-            await asyncio.sleep(self.flush_seconds)
-            batch = [first]
-            while not self._queue.empty() and len(batch) < 2000:
-                batch.append(self._queue.get_nowait())
-            await self._write(batch)
+        while not (self._closing and not len(self._queue)):
+            await self._queue.get_ready()
+            if not self._closing:
+                await asyncio.sleep(self.flush_seconds)
+            await self._write(self._queue.take(2000))
 
-    async def _write(self, batch: list[tuple[str, Any]]) -> None:
+    async def _write(self, batch: list[_Item]) -> None:
+        if not batch:
+            return
         pipe = self.client.pipeline(transaction=False)
-        for kind, item in batch:
-            if kind == "decision":
-                record, replay_key, payload = item
-                pipe.xadd(self.keys.decision_stream, _fields(record), maxlen=self.maxlen, approximate=True)
-                if replay_key is not None:
-                    pipe.hset(replay_key, "response", payload)
-            else:
-                pipe.xadd(self.keys.outcome_stream, _fields(item), maxlen=self.maxlen, approximate=True)
+        for stream, fields, replay_key, payload in batch:
+            pipe.xadd(stream, fields, maxlen=self.maxlen, approximate=True)
+            if replay_key is not None:
+                pipe.hset(replay_key, "response", payload)
         for attempt in range(5):
             try:
                 await pipe.execute()
@@ -165,14 +235,15 @@ class LogWriter:
                 await asyncio.sleep(0.1 * 2**attempt)
         self.metrics.log_dropped.inc(len(batch))
 
-    async def close(self) -> None:
-        """Write what is queued, then stop."""
+    async def close(self, wait_seconds: float = 10.0) -> None:
+        """Write everything queued, then stop (a batch being written is never abandoned)."""
+        self._closing = True
+        self._queue.wake()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        batch = []
-        while not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        if batch:
-            await self._write(batch)
+            try:
+                await asyncio.wait_for(self._task, wait_seconds)
+            except TimeoutError:
+                log.error(
+                    "decision log writer did not finish within %.0fs; %d records lost", wait_seconds, len(self._queue)
+                )
+            self._task = None

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 CATEGORICAL = ("tier", "preferred_channel")
 CHANNEL_LEVELS = ("call_centre", "web", "mobile_app", "email")

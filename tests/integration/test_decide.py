@@ -80,11 +80,11 @@ async def test_universal_control_group(nbo: Harness, redis_url: str) -> None:
     ids = [f"c{i}" for i in range(200)]
     inside = next(c for c in ids if in_holdout("ctl", c, 0.3))
     outside = next(c for c in ids if not in_holdout("ctl", c, 0.3))
-    from tests.integration.conftest import CUSTOMERS
-    from tests.integration.harness import load_customers
-
     import tempfile
     from pathlib import Path
+
+    from tests.integration.conftest import CUSTOMERS
+    from tests.integration.harness import load_customers
 
     with tempfile.TemporaryDirectory() as tmp:
         load_customers(redis_url, {inside: CUSTOMERS["vip"], outside: CUSTOMERS["vip"]}, Path(tmp))
@@ -226,8 +226,10 @@ async def test_decisions_and_outcomes_are_logged_as_typed_records(nbo: Harness, 
     assert record["chosen"] == ["o_adhoc"]
     assert record["context"] == {"cart_value": 3.0}
     assert record["features"] == [0.0, 40.0, pytest.approx(0.1), 1.0, 1.0]
-    assert record["candidates"][0]["offer_id"] == "o_adhoc"
-    assert record["candidates"][0]["selection_probability"] == 1.0
+    assert record["candidates"]["offer_id"] == ["o_adhoc"]
+    assert record["candidates"]["selection_probability"] == [1.0]
+    assert record["candidates"]["status"] == ["chosen"]
+    assert record["candidates"]["propensity"] == [pytest.approx(0.1)]
     assert record["catalog_version"] == d.catalog_version
     outcome = json.loads(outcomes[0][1][b"r"])
     assert (outcome["decision_id"], outcome["outcome"]) == (d.decision_id, "converted")
