@@ -172,7 +172,7 @@ def cmd_features_load(opts: argparse.Namespace) -> int:
                 )
                 return 2
             rejects = opts.rejects or opts.file.with_name(opts.file.name + ".rejects")
-            rejects.write_text("".join(f"{e}\n" for e in table.errors))
+            table.write_rejects(rejects)
             err_console.print(f"{len(table.errors)} bad row(s) skipped; written to {rejects}")
         with Progress(
             TextColumn("loading"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console
@@ -208,8 +208,13 @@ def cmd_features_get(opts: argparse.Namespace) -> int:
     settings = _settings(opts)
     with _with_redis(opts) as url:
         client = redis.Redis.from_url(url)
-        features = FeatureStore(client, Keys(settings.key_prefix)).get(opts.customer_id)
-        client.close()
+        try:
+            features = FeatureStore(client, Keys(settings.key_prefix)).get(opts.customer_id)
+        except ValueError as err:  # a vector the live schema can no longer read
+            err_console.print(f"error: {err}")
+            return 1
+        finally:
+            client.close()
     if features is None:
         err_console.print(f"unknown customer {opts.customer_id!r}")
         return 1

@@ -3,19 +3,22 @@ its worker processes, and a handful of real gRPC decisions printed for a person 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from importlib import resources
 
 import redis
 from rich.console import Console
 
-from server.app import ServerGroup, _configure_logging, redis_for
+from server.app import ServerGroup, _configure_logging
 from server.catalog_store import publish
 from server.client import NboClient, print_decision
 from server.config import Settings
 from server.control_groups import in_holdout
+from server.embedded_redis import EmbeddedRedis
 from server.features import FeatureStore, read_feature_file
 from server.keys import Keys
 from training.population import CATEGORICAL, Population, make_population
@@ -55,16 +58,22 @@ def _pick(pop: Population, want: dict[str, object], skip: set[str], salt: str, f
 
 
 def run_demo(settings: Settings, *, customers: int, seed: int, keep_serving: bool) -> int:
-    _configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
-    console = Console()
+    # the sample decisions are the output; routine worker logs would only interleave with them
+    if settings.log_level == "INFO":
+        settings = settings.model_copy(update={"log_level": "WARNING"})
+    _configure_logging(settings.log_level)
+    console = Console(width=max(Console().width, 110))
     if not settings.port:
         port = DEFAULT_PORT if _port_free(settings.host, DEFAULT_PORT) else 0
         settings = settings.model_copy(update={"port": port})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with redis_for(settings) as url:
-        console.print(f"[bold]Redis[/] {url}")
+    with _demo_redis(settings) as (url, settings):
+        console.print(f"[bold]Redis[/] {url} (keys under {settings.key_prefix!r})")
         keys = Keys(settings.key_prefix)
         client = redis.Redis.from_url(url)
+        # a fresh start each run: contact history from an earlier demo would change the answers
+        for key in client.scan_iter(match=f"{settings.key_prefix}*", count=1000):
+            client.unlink(key)
         pop = make_population(customers, seed=seed)
         csv_path = settings.data_dir / "demo_customers.csv"
         pop.write_csv(str(csv_path))
@@ -90,6 +99,19 @@ def run_demo(settings: Settings, *, customers: int, seed: int, keep_serving: boo
         finally:
             code = group.stop()
     return code
+
+
+@contextlib.contextmanager
+def _demo_redis(settings: Settings) -> Iterator[tuple[str, Settings]]:
+    """The demo's own throw-away Redis, or its own key prefix inside the configured one."""
+    url = settings.redis_url
+    if url:
+        if settings.key_prefix == Settings.model_fields["key_prefix"].default:
+            settings = settings.model_copy(update={"key_prefix": "nbo-demo:"})
+        yield url, settings
+        return
+    with EmbeddedRedis(settings.data_dir / "demo-redis", persist=False) as embedded:
+        yield embedded.url, settings
 
 
 def _sample_decisions(console: Console, target: str, pop: Population) -> None:
@@ -131,7 +153,7 @@ def _sample_decisions(console: Console, target: str, pop: Population) -> None:
             print_decision(
                 console,
                 f"Call centre again: {at_risk_vip} (the declined offer is now in its cooldown)",
-                client.decide(at_risk_vip, "call_centre", max_offers=3),
+                client.decide(at_risk_vip, "call_centre", max_offers=3, explain=True),
             )
         print_decision(console, f"Call centre: {opted_out} (no call consent)", client.decide(opted_out, "call_centre"))
         print_decision(console, f"Web: {control} (universal control group)", client.decide(control, "web"))

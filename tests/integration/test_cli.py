@@ -46,7 +46,9 @@ def test_features_load_get_and_bad_rows_write_nothing(
     assert result.returncode == 0, result.stderr
     assert "loaded 2 customers x 5 features" in result.stdout
     rejects = (tmp_path / "bad.csv.rejects").read_text().splitlines()
-    assert len(rejects) == 2 and rejects[1].startswith(f"{bad}:5: tenure_months")
+    assert rejects[0] == "line,errors,customer_id,tier,tenure_months,churn_risk,consent_web,consent_call"
+    assert rejects[2] == '5,"tenure_months: not a number: ""abc""",ok2,A,abc,0.1,1,1'
+    assert len(rejects) == 3
 
     result = run(["features", "get", "regular"], redis_url, tmp_path)
     assert result.returncode == 0
