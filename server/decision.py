@@ -32,6 +32,7 @@ from server.decision_log import (
     DecisionRecord,
     LogWriter,
     OutcomeRecord,
+    Replay,
     decode_decision,
     encode_decision,
 )
@@ -474,9 +475,23 @@ class DecisionService:
             degraded=decision.degraded,
             control_group=w.control_group,
         )
-        # the award script created the decision key; keep the full answer there for replays
-        replay_key = self.store.keys.decision(req.customer_id, decision.decision_id) if keep else None
-        self.writer.decision(record, replay_key, encode_decision(decision) if keep else None)
+        keys = self.store.keys
+        if keep:
+            # the award script created the decision key and the request key; add the full answer
+            replay = Replay(keys.decision(req.customer_id, decision.decision_id), encode_decision(decision))
+        elif req.request_id:
+            # nothing was awarded, so no script ran: remember the answer for repeats here
+            replay = Replay(
+                keys.decision(req.customer_id, decision.decision_id),
+                encode_decision(decision),
+                request_key=keys.request(req.customer_id, req.request_id),
+                decision_id=decision.decision_id,
+                request_ttl=self.settings.request_id_ttl_seconds,
+                decision_ttl=self.settings.decision_ttl_seconds,
+            )
+        else:
+            replay = None
+        self.writer.decision(record, replay)
 
     async def _replay(self, customer_id: str, decision_id: str) -> Decision:
         # the original's answer is written by the log writer within log_flush_seconds

@@ -137,8 +137,21 @@ def decode_decision(raw: bytes) -> Decision:
     )
 
 
-# (stream key, stream fields, key of the decision's replay payload, payload)
-_Item = tuple[str, dict[Any, Any], str | None, bytes | None]
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Where a decision's full answer is kept for request_id repeats."""
+
+    decision_key: str
+    payload: bytes
+    # set when no award script ran, so the request key must be written here (first writer wins)
+    request_key: str | None = None
+    decision_id: str = ""
+    request_ttl: int = 0
+    decision_ttl: int = 0
+
+
+# (stream key, stream fields, replay)
+_Item = tuple[str, dict[Any, Any], Replay | None]
 
 
 class _Buffer:
@@ -197,11 +210,11 @@ class LogWriter:
         self._closing = False
         self._task = asyncio.create_task(self._run(), name="log-writer")
 
-    def decision(self, record: DecisionRecord, replay_key: str | None, payload: bytes | None) -> None:
-        self._put((self.keys.decision_stream, record.to_fields(), replay_key, payload))
+    def decision(self, record: DecisionRecord, replay: Replay | None) -> None:
+        self._put((self.keys.decision_stream, record.to_fields(), replay))
 
     def outcome(self, record: OutcomeRecord) -> None:
-        self._put((self.keys.outcome_stream, record.to_fields(), None, None))
+        self._put((self.keys.outcome_stream, record.to_fields(), None))
 
     def _put(self, item: _Item) -> None:
         try:
@@ -221,10 +234,14 @@ class LogWriter:
         if not batch:
             return
         pipe = self.client.pipeline(transaction=False)
-        for stream, fields, replay_key, payload in batch:
+        for stream, fields, replay in batch:
             pipe.xadd(stream, fields, maxlen=self.maxlen, approximate=True)
-            if replay_key is not None:
-                pipe.hset(replay_key, "response", payload)
+            if replay is None:
+                continue
+            pipe.hset(replay.decision_key, "response", replay.payload)
+            if replay.request_key is not None:
+                pipe.expire(replay.decision_key, replay.decision_ttl)
+                pipe.set(replay.request_key, replay.decision_id, nx=True, ex=replay.request_ttl)
         for attempt in range(5):
             try:
                 await pipe.execute()

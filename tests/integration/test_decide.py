@@ -151,6 +151,13 @@ async def test_request_id_replays_the_decision_and_consumes_nothing_twice(nbo: H
     assert (again.no_offer_reason, again.replayed) == (pb.CONTACT_POLICY, True)
 
 
+async def test_request_id_replays_decisions_that_never_reached_the_award(nbo: Harness) -> None:
+    first = await nbo.decide("nobody", request_id="r-unknown")
+    await asyncio.sleep(0.1)  # past the log writer's flush, which stores the answer
+    again = await nbo.decide("nobody", request_id="r-unknown")
+    assert (again.decision_id, again.no_offer_reason, again.replayed) == (first.decision_id, pb.UNKNOWN_CUSTOMER, True)
+
+
 async def test_concurrent_repeats_of_one_request_id_award_once(nbo: Harness, redis_url: str) -> None:
     results = await asyncio.gather(*(nbo.decide("vip", request_id="same") for _ in range(20)))
     assert len({r.decision_id for r in results}) == 1
