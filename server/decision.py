@@ -75,7 +75,6 @@ _STAGE_REASON = {
     BELOW: NoOfferReason.BELOW_THRESHOLD,
     BUDGET: NoOfferReason.BUDGET_EXHAUSTED,
 }
-_LOGGED_STAGES = (ALIVE, CONTACT, BELOW, BUDGET, RANKED_OUT)
 _STAGE_STATUS = {
     NOT_LIVE: "campaign not live now",
     NOT_FIRED: "trigger event not present",
@@ -335,7 +334,8 @@ class DecisionService:
             catalog_version=catalog.version,
             suppressed=suppressed,
         )
-        logged = np.flatnonzero(np.isin(stage, _LOGGED_STAGES))
+        # logged: candidates that reached scoring or were stopped by contact policy or later
+        logged = np.flatnonzero((stage == ALIVE) | (stage >= CONTACT))
         chosen_set = set(awarded)
         ids = [catalog.offers[view.offers[p]].id for p in logged.tolist()]
         records = Candidates(
@@ -476,10 +476,12 @@ class DecisionService:
             control_group=w.control_group,
         )
         keys = self.store.keys
-        if keep:
+        if not req.request_id:
+            replay = None  # nobody can ask for this answer again
+        elif keep:
             # the award script created the decision key and the request key; add the full answer
             replay = Replay(keys.decision(req.customer_id, decision.decision_id), encode_decision(decision))
-        elif req.request_id:
+        else:
             # nothing was awarded, so no script ran: remember the answer for repeats here
             replay = Replay(
                 keys.decision(req.customer_id, decision.decision_id),
@@ -489,8 +491,6 @@ class DecisionService:
                 request_ttl=self.settings.request_id_ttl_seconds,
                 decision_ttl=self.settings.decision_ttl_seconds,
             )
-        else:
-            replay = None
         self.writer.decision(record, replay)
 
     async def _replay(self, customer_id: str, decision_id: str) -> Decision:

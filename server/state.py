@@ -53,6 +53,7 @@ class StateStore:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
+        self._read = client.register_script(_lua("read.lua"))
         self._award = client.register_script(_lua("award.lua"))
         self._outcome = client.register_script(_lua("outcome.lua"))
 
@@ -60,15 +61,18 @@ class StateStore:
         self, customer_id: str, channel: str, now: float, window_seconds: float, request_id: str
     ) -> CustomerState:
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(k.features(customer_id))
-        pipe.hgetall(k.contacts(customer_id))
-        pipe.zcount(k.channel_contacts(customer_id, channel), f"({now - window_seconds}", "+inf")
-        if request_id:
-            pipe.get(k.request(customer_id, request_id))
-        results = await pipe.execute()
-        blob, contacts, sent = results[0], results[1], results[2]
-        replay = results[3].decode() if request_id and results[3] else None
+        # one script call instead of a pipeline: same single round trip, a quarter of the
+        # client-side command packing, which dominates the cost of a decision's I/O
+        blob, contacts, sent, replay_raw = await self._read(
+            keys=[
+                k.features(customer_id),
+                k.contacts(customer_id),
+                k.channel_contacts(customer_id, channel),
+                k.request(customer_id, request_id or "-"),
+            ],
+            args=[f"({now - window_seconds}", 1 if request_id else 0],
+        )
+        replay = replay_raw.decode() if replay_raw else None
         vector: npt.NDArray[np.float32] | None = None
         version: int | None = None
         if blob is not None:
@@ -76,7 +80,8 @@ class StateStore:
                 version, vector = decode_vector(blob)
             except ValueError:
                 vector = None
-        return CustomerState(vector, version, ContactHistory.from_hash(contacts, int(sent)), replay)
+        fields = dict(zip(contacts[::2], contacts[1::2], strict=True))
+        return CustomerState(vector, version, ContactHistory.from_hash(fields, int(sent)), replay)
 
     async def award(
         self,
