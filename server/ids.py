@@ -7,7 +7,7 @@ import re
 
 MAX_ID_LENGTH = 64
 # No '{', '}' (Redis Cluster hash tags) and no ':' (our key separator) may reach a key.
-_ID_RE = re.compile(r"[A-Za-z0-9_.@-]+")
+ID_RE = re.compile(r"[A-Za-z0-9_.@-]+")
 
 
 def id_problem(value: str, max_length: int = MAX_ID_LENGTH) -> str | None:
@@ -16,8 +16,8 @@ def id_problem(value: str, max_length: int = MAX_ID_LENGTH) -> str | None:
         return "must not be empty"
     if len(value) > max_length:
         return f"must be at most {max_length} characters, got {len(value)}"
-    if not _ID_RE.fullmatch(value):
-        bad = next(ch for ch in value if not _ID_RE.fullmatch(ch))
+    if not ID_RE.fullmatch(value):
+        bad = next(ch for ch in value if not ID_RE.fullmatch(ch))
         return f"contains {bad!r}; allowed are letters, digits and _ . @ -"
     return None
 

@@ -126,3 +126,25 @@ def test_serve_with_two_workers_answers_and_stops_cleanly_on_sigterm(redis_url: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_demo_runs_end_to_end_and_exits_0(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> None:
+    env = {**os.environ, "REDIS_URL": redis_url, "COLUMNS": "200"}
+    result = subprocess.run(
+        [*NBO, "demo", "--customers", "2000", "--workers", "1", "--port", "0"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "2000 synthetic customers x 15 features" in out
+    assert "#1 " in out and "Say:" in out  # at least one ranked offer with talking points
+    for reason in ("OPTED_OUT", "CONTROL_GROUP", "UNKNOWN_CUSTOMER"):
+        assert f"Send nothing: {reason}" in out
+    assert "recorded=True; the same report again: duplicate=True" in out
+    # the demo keeps to its own key prefix in a shared Redis
+    assert redis_client.exists("nbo-demo:catalog:current") and not redis_client.exists("nbo:catalog:current")
