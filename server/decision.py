@@ -180,33 +180,19 @@ class DecisionService:
         now = self.clock()
         if live is None:
             # no catalog yet (or none valid): fail closed rather than guess
-            return self._finish_empty(req, None, now, NoOfferReason.DEGRADED, degraded=True, started=started)
-        work = _Work(req, live, now, new_decision_id(req.customer_id, now), k)
-        decision = await self._decide(work)
+            decision = Decision(
+                decision_id=new_decision_id(req.customer_id, now),
+                offers=(),
+                no_offer_reason=NoOfferReason.DEGRADED,
+                model_version="",
+                catalog_version="",
+                degraded=True,
+            )
+        else:
+            decision = await self._decide(_Work(req, live, now, new_decision_id(req.customer_id, now), k))
         self.metrics.decisions.labels(req.channel.value, decision.no_offer_reason.value).inc()
         self.metrics.decision_latency.labels(req.channel.value).observe(time.perf_counter() - started)
         return decision
-
-    def _finish_empty(
-        self,
-        req: DecideRequest,
-        catalog: Catalog | None,
-        now: float,
-        reason: NoOfferReason,
-        *,
-        degraded: bool,
-        started: float,
-    ) -> Decision:
-        self.metrics.decisions.labels(req.channel.value, reason.value).inc()
-        self.metrics.decision_latency.labels(req.channel.value).observe(time.perf_counter() - started)
-        return Decision(
-            decision_id=new_decision_id(req.customer_id, now),
-            offers=(),
-            no_offer_reason=reason,
-            model_version="",
-            catalog_version=catalog.version if catalog else "",
-            degraded=degraded,
-        )
 
     async def _decide(self, w: _Work) -> Decision:
         req, catalog = w.req, w.live.catalog
