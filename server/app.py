@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -36,7 +37,8 @@ from server.decision_log import LogWriter
 from server.embedded_redis import EmbeddedRedis, free_port, running_url
 from server.keys import Keys
 from server.metrics import Metrics
-from server.scoring import PriorScorer
+from server.model_loader import ModelReloader
+from server.scoring import ModelScorer, PriorScorer
 from server.state import StateStore
 
 log = logging.getLogger("nbo")
@@ -77,6 +79,16 @@ class Worker:
         self.reloader = CatalogReloader(
             self.client, self.keys, self.metrics, self._swap, poll_seconds=settings.catalog_poll_seconds
         )
+        self.model_reloader = ModelReloader(
+            self.client,
+            self.keys,
+            self.metrics,
+            lambda: self.service.live.schema if self.service.live else None,
+            self._swap_scorer,
+            poll_seconds=settings.catalog_poll_seconds,
+            cache_dir=settings.model_cache_dir,
+        )
+        self._pending_scorer: ModelScorer | None = None
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[
@@ -98,8 +110,15 @@ class Worker:
 
     def _swap(self, snap: LiveSnapshot) -> None:
         old = self.service.live
-        scorer = old.scorer if old is not None else PriorScorer()
+        scorer = old.scorer if old is not None else self._pending_scorer or PriorScorer()
         self.service.live = LiveConfig(snap.catalog, snap.schema, snap.readable_versions, scorer)
+
+    def _swap_scorer(self, scorer: ModelScorer) -> None:
+        old = self.service.live
+        if old is None:
+            self._pending_scorer = scorer
+        else:
+            self.service.live = dataclasses.replace(old, scorer=scorer)
 
     async def start(self) -> int:
         self.writer.start()
@@ -108,6 +127,11 @@ class Worker:
         except Exception as err:  # Redis may come up later; the reloader keeps trying
             log.warning("no catalog at start-up: %s", err)
         self.reloader.start()
+        try:
+            await self.model_reloader.check()
+        except Exception as err:
+            log.warning("no model at start-up: %s", err)
+        self.model_reloader.start()
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.port}")
         await self.server.start()
         for name in ("", grpc_api.SERVICE_NAME):
@@ -123,6 +147,7 @@ class Worker:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         await self.reloader.stop()
+        await self.model_reloader.stop()
         await self.writer.close()
         await self.client.aclose(close_connection_pool=True)
 

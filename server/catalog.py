@@ -220,6 +220,8 @@ class ChannelView:
     """Everything about the offers on one channel, as arrays the pipeline can vectorise over."""
 
     offers: tuple[int, ...]
+    offer_ids: tuple[str, ...]
+    campaign_types: tuple[str, ...]
     offer_campaign: npt.NDArray[np.intp]  # position in `campaigns` of each offer's campaign
     campaigns: tuple[int, ...]
     prior: npt.NDArray[np.float64]
@@ -524,6 +526,8 @@ def _view(channel: Channel, campaigns: list[Campaign], offers: list[Offer]) -> C
     rules = tuple((p, offers[i].eligibility) for p, i in enumerate(on) if offers[i].eligibility is not None)
     return ChannelView(
         offers=tuple(on),
+        offer_ids=tuple(offers[i].id for i in on),
+        campaign_types=tuple(campaigns[offers[i].campaign].type.value for i in on),
         offer_campaign=np.array([camp_pos[offers[i].campaign] for i in on], dtype=np.intp),
         campaigns=tuple(camp_ids),
         prior=np.array([offers[i].prior_propensity for i in on], dtype=np.float64),

@@ -9,7 +9,6 @@ a catalog that does not compile is never swapped in and the old one keeps servin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -18,11 +17,11 @@ from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from server.catalog import Catalog, CatalogInvalid, content_hash, parse_catalog
 from server.keys import Keys
 from server.metrics import Metrics
+from server.polling import Poller
 from server.schema import FeatureSchema
 
 log = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ class LiveSnapshot:
     readable_versions: frozenset[int]
 
 
-class CatalogReloader:
+class CatalogReloader(Poller):
     """Polls Redis and calls `on_change` with a freshly compiled snapshot when anything changed."""
 
     def __init__(
@@ -121,7 +120,6 @@ class CatalogReloader:
         self.on_change = on_change
         self.poll_seconds = poll_seconds
         self._seen: tuple[int, int] | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def check(self) -> bool:
         """Load a new snapshot if the pointers moved; True when one was swapped in."""
@@ -157,20 +155,3 @@ class CatalogReloader:
         self.metrics.catalog_version.set(seq)
         log.info("serving catalog %s (feature schema v%d)", catalog.version, schema_version)
         return True
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="catalog-reloader")
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.check()
-            except (RedisError, OSError, ValueError) as err:
-                log.warning("catalog reload check failed: %s", err)
-            await asyncio.sleep(self.poll_seconds)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

@@ -54,8 +54,11 @@ class Settings(BaseSettings):
     contact_history_ttl_seconds: int = Field(180 * 86_400, ge=60)
     """Idle time after which a customer's contact history expires."""
 
+    model_cache_dir: Path | None = Path(".nbo/models")
+    """Where compiled models (lleaves object files) are cached; unset = never compile."""
+
     catalog_poll_seconds: float = Field(1.0, gt=0, le=5)
-    """How often workers check Redis for a new catalog or feature schema (hot reload)."""
+    """How often workers check Redis for a new catalog, feature schema or model (hot reload)."""
 
     redis_timeout_seconds: float = Field(0.25, gt=0)
     """Socket timeout of hot-path Redis calls; past it the decision degrades (fails closed)."""

@@ -56,6 +56,18 @@ class Keys:
     def catalog_seq(self) -> str:
         return f"{self.prefix}catalog:seq"
 
+    def model(self, version: str) -> str:
+        return f"{self.prefix}model:v:{version}"
+
+    @property
+    def model_current(self) -> str:
+        return f"{self.prefix}model:current"
+
+    @property
+    def model_history(self) -> str:
+        """List of published versions, oldest first; rollback pops the live one."""
+        return f"{self.prefix}model:history"
+
     def budget(self, offer_id: str) -> str:
         """Award counter of an offer; tagged per offer so its script stays in one slot."""
         return f"{self.prefix}{{o:{offer_id}}}:budget:awards"

@@ -28,4 +28,5 @@ class Metrics:
         self.log_written = Counter("nbo_log_records_written", "Decision/outcome log records written", registry=r)
         self.log_dropped = Counter("nbo_log_records_dropped", "Log records lost (queue full or Redis down)", registry=r)
         self.catalog_reloads = Counter("nbo_catalog_reloads", "Catalog reload attempts", ["result"], registry=r)
+        self.model_loads = Counter("nbo_model_loads", "Model load attempts", ["result"], registry=r)
         self.catalog_version = Gauge("nbo_catalog_version", "Sequence number of the live catalog", registry=r)
