@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +157,25 @@ def booster_predict(model_text: str) -> Any:
     return lambda rows: booster.predict(rows, num_threads=1)
 
 
+def _load_and_verify(artifact: Artifact) -> None:
+    try:
+        predict = booster_predict(artifact.model_text)
+    except Exception as err:  # lightgbm raises its own error type for a corrupt model
+        raise ModelRejected(f"model.txt does not load: {err}") from err
+    verify_scores(artifact, predict)
+
+
+def validate_in_child(artifact: Artifact) -> None:
+    """Load and score the model in a child process: some malformed models make LightGBM abort
+    the whole process, which must cost a rejected publish, not the caller."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        try:
+            pool.submit(_load_and_verify, artifact).result(timeout=300)
+        except BrokenProcessPool as err:
+            raise ModelRejected("model.txt crashed LightGBM while loading (malformed model)") from err
+
+
 def publish(client: redis.Redis, keys: Keys, directory: Path, schema: FeatureSchema | None) -> str:
     """Validate an artifact and make it the live model; return its version."""
     artifact = read_artifact(directory)
@@ -161,11 +183,7 @@ def publish(client: redis.Redis, keys: Keys, directory: Path, schema: FeatureSch
         raise ModelRejected("no feature schema in Redis: load customer features first")
     if problem := schema_problem(artifact.spec, schema):
         raise ModelRejected(f"feature schema mismatch: {problem}")
-    try:
-        predict = booster_predict(artifact.model_text)
-    except Exception as err:  # lightgbm raises its own error type for a corrupt model
-        raise ModelRejected(f"model.txt does not load: {err}") from err
-    verify_scores(artifact, predict)
+    validate_in_child(artifact)
     record = {
         "version": artifact.version,
         "model": artifact.model_text,
