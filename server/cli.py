@@ -99,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_catalog_list)
 
+    model = sub.add_parser("model", help="propensity-model artifacts").add_subparsers(
+        dest="model_command", required=True
+    )
+    p = model.add_parser("publish", help="validate an artifact directory and make it the live model")
+    _common(p)
+    p.add_argument("directory", type=Path)
+    p.set_defaults(func=cmd_model_publish)
+    p = model.add_parser("rollback", help="return to the model published before the live one")
+    _common(p)
+    p.set_defaults(func=cmd_model_rollback)
+    p = model.add_parser("list", help="published models; * marks the live one")
+    _common(p)
+    p.set_defaults(func=cmd_model_list)
+
+    p = sub.add_parser("train", help="train a propensity model from a logged-interaction dataset")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="see `nbo train --help`")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("decide", help="ask a running server for a decision")
     p.add_argument("customer_id")
     p.add_argument("--target", default="127.0.0.1:50051")
@@ -322,6 +340,71 @@ def cmd_catalog_list(opts: argparse.Namespace) -> int:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
         console.print(f"{'*' if live else ' '} {version:<14} {stamp}  {source}", highlight=False)
     return 0
+
+
+def cmd_model_publish(opts: argparse.Namespace) -> int:
+    from server.catalog_store import current_schema
+    from server.keys import Keys
+    from server.model_registry import ModelRejected, publish
+
+    settings = _settings(opts)
+    with _with_redis(opts) as url:
+        client = redis.Redis.from_url(url)
+        try:
+            keys = Keys(settings.key_prefix)
+            version = publish(client, keys, opts.directory, current_schema(client, keys))
+        except ModelRejected as err:
+            err_console.print(f"rejected: {err}\nnothing was published; the live model is unchanged")
+            return 1
+        finally:
+            client.close()
+    console.print(f"model {version} published; servers swap to it after loading and verifying it")
+    return 0
+
+
+def cmd_model_rollback(opts: argparse.Namespace) -> int:
+    from server.keys import Keys
+    from server.model_registry import ModelRejected, rollback
+
+    settings = _settings(opts)
+    with _with_redis(opts) as url:
+        client = redis.Redis.from_url(url)
+        try:
+            version = rollback(client, Keys(settings.key_prefix))
+        except ModelRejected as err:
+            err_console.print(f"error: {err}")
+            return 1
+        finally:
+            client.close()
+    console.print(f"rolled back: model {version} is live again")
+    return 0
+
+
+def cmd_model_list(opts: argparse.Namespace) -> int:
+    from server.keys import Keys
+    from server.model_registry import list_models
+
+    settings = _settings(opts)
+    with _with_redis(opts) as url:
+        client = redis.Redis.from_url(url)
+        models = list_models(client, Keys(settings.key_prefix))
+        client.close()
+    if not models:
+        console.print("no model published; decisions use the catalog's prior propensities")
+    for version, live, meta in models:
+        metrics = meta.get("metrics", {})
+        auc = metrics.get("auc")
+        console.print(
+            f"{'*' if live else ' '} {version}  auc={auc if auc is None else round(auc, 4)}  ece={metrics.get('ece')}",
+            highlight=False,
+        )
+    return 0
+
+
+def cmd_train(opts: argparse.Namespace) -> int:
+    from training.train import main as train_main
+
+    return train_main(opts.args)
 
 
 def cmd_decide(opts: argparse.Namespace) -> int:
