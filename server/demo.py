@@ -1,5 +1,6 @@
-"""`nbo demo`: a private Redis, 10,000 synthetic customers, the demo catalog, the real server in
-its worker processes, and a handful of real gRPC decisions printed for a person to read."""
+"""`nbo demo`: a private Redis, a synthetic world of 10,000 customers and its catalog, a propensity
+model trained on its simulated history, the real server in its worker processes, and a handful
+of real gRPC decisions printed for a person to read."""
 
 from __future__ import annotations
 
@@ -7,27 +8,30 @@ import contextlib
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
-from importlib import resources
+from pathlib import Path
 
 import redis
 from rich.console import Console
 
 from server.app import ServerGroup, _configure_logging
-from server.catalog_store import publish
+from server.catalog_store import current_schema, publish
 from server.client import NboClient, print_decision
 from server.config import Settings
 from server.control_groups import in_holdout
 from server.embedded_redis import EmbeddedRedis
+from server.feature_file import FeatureTable, merged_schema
 from server.features import FeatureStore, read_feature_file
 from server.keys import Keys
-from training.population import CATEGORICAL, Population, make_population
+from server.model_registry import publish as model_publish
+from training.dataset import write_dataset
+from training.population import CATEGORICAL, Population
+from training.train import train
+from training.world import World
 
 DEFAULT_PORT = 50051
-
-
-def demo_catalog_text() -> str:
-    return resources.files("server").joinpath("demo", "catalog.yaml").read_text()
+DEMO_LOG_DECISIONS = 60_000
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -74,9 +78,9 @@ def run_demo(settings: Settings, *, customers: int, seed: int, keep_serving: boo
         # a fresh start each run: contact history from an earlier demo would change the answers
         for key in client.scan_iter(match=f"{settings.key_prefix}*", count=1000):
             client.unlink(key)
-        pop = make_population(customers, seed=seed)
+        world = World.create(n_customers=customers, seed=seed)
         csv_path = settings.data_dir / "demo_customers.csv"
-        pop.write_csv(str(csv_path))
+        world.write_features(csv_path)
         store = FeatureStore(client, keys)
         table = read_feature_file(csv_path, CATEGORICAL, base=store.current_schema())
         result = store.load(table, replace_schema=True)
@@ -84,21 +88,51 @@ def run_demo(settings: Settings, *, customers: int, seed: int, keep_serving: boo
             f"[bold]Features[/] {result.rows} synthetic customers x {len(table.specs)} features "
             f"loaded from {csv_path} (schema v{result.schema_version})"
         )
-        published = publish(client, keys, demo_catalog_text(), source="demo catalog")
+        catalog_path = settings.data_dir / "demo_catalog.yaml"
+        catalog_path.write_text(world.catalog_yaml())
+        published = publish(client, keys, catalog_path.read_text(), source=str(catalog_path))
+        console.print(f"[bold]Catalog[/] {catalog_path} {published.version}: {world.n_offers} offers")
+        version = _train_and_publish(console, client, keys, world, settings.data_dir, table)
         client.close()
-        console.print(f"[bold]Catalog[/] demo catalog {published.version}")
+        console.print(f"[bold]Model[/] {version} published")
+        pop = world.population
 
         group = ServerGroup(settings, url)
         group.start()
         try:
             group.wait_ready()
             console.print(f"[bold]Server[/] {settings.workers} worker(s) on {group.target}\n")
-            _sample_decisions(console, group.target, pop)
+            _sample_decisions(console, group.target, pop, seed)
             if keep_serving:
                 _serve_until_signal(console, group, url)
         finally:
             code = group.stop()
     return code
+
+
+def _train_and_publish(
+    console: Console, client: redis.Redis, keys: Keys, world: World, data_dir: Path, table: FeatureTable
+) -> str:
+    """Train a propensity model on a simulated history of this world and make it live."""
+    started = time.perf_counter()
+    log_path = data_dir / "demo_log.parquet"
+    write_dataset(log_path, world.simulate_log(n_decisions=DEMO_LOG_DECISIONS, seed=11))
+    out = data_dir / "demo_model"
+    result = train(
+        log_path,
+        out,
+        catalog=data_dir / "demo_catalog.yaml",
+        progress=False,
+        oracle=world.oracle_for_log,
+        live_schema=merged_schema(table, None),
+    )
+    m = result.metrics
+    console.print(
+        f"[bold]Training[/] {DEMO_LOG_DECISIONS:,} simulated past decisions -> validation AUC {m['auc']:.3f} "
+        f"(oracle {m['oracle_auc']:.3f}, catalog priors {m['prior_auc']:.3f}), calibration error {m['ece']:.3f}, "
+        f"{time.perf_counter() - started:.1f}s"
+    )
+    return model_publish(client, keys, out, current_schema(client, keys))
 
 
 @contextlib.contextmanager
@@ -114,8 +148,8 @@ def _demo_redis(settings: Settings) -> Iterator[tuple[str, Settings]]:
         yield embedded.url, settings
 
 
-def _sample_decisions(console: Console, target: str, pop: Population) -> None:
-    salt, fraction = "demo-2026", 0.05
+def _sample_decisions(console: Console, target: str, pop: Population, seed: int) -> None:
+    salt, fraction = f"world-{seed}", 0.05  # the world catalog's universal control group
     used: set[str] = set()
     at_risk_vip = _pick(pop, {"tier": "A", "churn_risk": lambda v: v >= 0.3, "consent_call": 1.0}, used, salt, fraction)
     newbie = _pick(pop, {"days_since_signup": lambda v: v <= 90, "consent_web": 1.0}, used, salt, fraction)
@@ -132,14 +166,19 @@ def _sample_decisions(console: Console, target: str, pop: Population) -> None:
             console,
             f"Call centre, caller mentions a billing problem after a long absence: {returning}",
             client.decide(
-                returning, "call_centre", max_offers=3, explain=True, events=["login_after_absence", "billing_call"]
+                returning,
+                "call_centre",
+                max_offers=3,
+                explain=True,
+                events=["login_after_absence", "billing_call"],
+                context={"call_reason_billing": 1.0},
             ),
         )
         print_decision(console, f"Web, one offer: {newbie} (new customer)", client.decide(newbie, "web"))
         print_decision(
             console,
-            f"Web, cart abandoned with 95 EUR in it: {shopper}",
-            client.decide(shopper, "web", context={"cart_value": 95.0}, events=["cart_abandoned"]),
+            f"Web, viewing a cart with 95 EUR in it: {shopper}",
+            client.decide(shopper, "web", context={"cart_value": 95.0}, events=["cart_view"]),
         )
         if first.offers:
             best = first.offers[0]
@@ -152,7 +191,7 @@ def _sample_decisions(console: Console, target: str, pop: Population) -> None:
             )
             print_decision(
                 console,
-                f"Call centre again: {at_risk_vip} (the declined offer is now in its cooldown)",
+                f"Call centre again: {at_risk_vip} (the declined offer is in its cooldown; the daily call cap is used)",
                 client.decide(at_risk_vip, "call_centre", max_offers=3, explain=True),
             )
         print_decision(console, f"Call centre: {opted_out} (no call consent)", client.decide(opted_out, "call_centre"))
@@ -177,4 +216,4 @@ def _serve_until_signal(console: Console, group: ServerGroup, url: str) -> None:
             break
 
 
-__all__ = ["demo_catalog_text", "run_demo"]
+__all__ = ["run_demo"]

@@ -24,6 +24,9 @@ def _arrays(y: npt.ArrayLike, p: npt.ArrayLike) -> tuple[FloatArray, FloatArray]
         raise ValueError(f"y and p differ in length: {ya.size} != {pa.size}")
     if ya.size == 0:
         raise ValueError("no rows to evaluate")
+    bad = int(np.count_nonzero(~np.isfinite(pa)))
+    if bad:
+        raise ValueError(f"{bad} of {pa.size} scores are not finite numbers")
     return ya, pa
 
 

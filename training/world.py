@@ -136,6 +136,20 @@ TITLES = {
     "gift": "A birthday gift from us",
 }
 
+# agent talking points per offer kind
+SCRIPTS = {
+    "discount": "Thank them for staying with us; the discount applies automatically to the next three bills.",
+    "upgrade": "Offer the Premium upgrade at no cost; mention the extra data and priority support.",
+    "cart": "The discount applies at checkout to everything in the cart.",
+    "billing": "Offer to spread the bill interest-free; no credit check is needed.",
+    "loyalty": "The bonus points are added to their account today.",
+    "digital": "Suggest the app; the bonus points arrive after the first login.",
+    "gift": "Wish them a happy birthday month; a gift voucher is waiting in their account.",
+}
+# serving-side targeting (the simulator's logging policy ignores it: it only narrows candidates)
+TARGETS = {"winter_retention": ["churn_risk", "high_value", "price_sensitive"], "lifecycle_onboarding": ["everyone"]}
+HOLDOUTS = {"winter_retention": 0.1}
+
 
 def _sigmoid(x: F64) -> F64:
     out: F64 = 1.0 / (1.0 + np.exp(-x))
@@ -480,6 +494,10 @@ class World:
             spec["channels"] = list(c.channels)
             if c.events:
                 spec["events"] = list(c.events)
+            if c.id in TARGETS:
+                spec["target"] = TARGETS[c.id]
+            if c.id in HOLDOUTS:
+                spec["holdout"] = HOLDOUTS[c.id]
             campaigns.append(spec)
         offers = []
         for j, oid in enumerate(self.offer_ids):
@@ -489,6 +507,7 @@ class World:
                 "id": oid,
                 "campaign": self.offer_campaign[j],
                 "title": title,
+                "script": SCRIPTS[kind],
                 "value": float(self.offer_value[j]),
                 "cost": float(self.offer_cost[j]),
                 "channels": list(self.offer_channels[j]),
@@ -511,6 +530,7 @@ class World:
                 "max_presented_without_response": 3,
                 "suppression_days": 14,
             },
+            "control_group": {"fraction": 0.05, "salt": f"world-{self.seed}"},
             "segments": {name: {"rule": rule, "description": desc} for name, (rule, desc) in SEGMENTS.items()},
             "campaigns": campaigns,
             "offers": offers,
