@@ -113,9 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_model_list)
 
-    p = sub.add_parser("train", help="train a propensity model from a logged-interaction dataset")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="see `nbo train --help`")
-    p.set_defaults(func=cmd_train)
+    sub.add_parser("train", help="train a propensity model from a logged-interaction dataset (nbo train --help)")
 
     p = sub.add_parser("decide", help="ask a running server for a decision")
     p.add_argument("customer_id")
@@ -131,7 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    opts = build_parser().parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["train"]:
+        # `nbo train` has its own parser (training.train); argparse cannot pass options through
+        from training.train import main as train_main
+
+        return train_main(args[1:])
+    opts = build_parser().parse_args(args)
     try:
         return int(opts.func(opts))
     except KeyboardInterrupt:
@@ -399,12 +403,6 @@ def cmd_model_list(opts: argparse.Namespace) -> int:
             highlight=False,
         )
     return 0
-
-
-def cmd_train(opts: argparse.Namespace) -> int:
-    from training.train import main as train_main
-
-    return train_main(opts.args)
 
 
 def cmd_decide(opts: argparse.Namespace) -> int:

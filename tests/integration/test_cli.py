@@ -148,3 +148,14 @@ def test_demo_runs_end_to_end_and_exits_0(redis_url: str, redis_client: redis.Re
     assert "recorded=True; the same report again: duplicate=True" in out
     # the demo keeps to its own key prefix in a shared Redis
     assert redis_client.exists("nbo-demo:catalog:current") and not redis_client.exists("nbo:catalog:current")
+
+
+def test_train_and_model_commands_are_reachable(redis_url: str, tmp_path: Path) -> None:
+    result = run(["train", "--help"], redis_url, tmp_path)
+    assert result.returncode == 0 and "--data" in result.stdout
+    result = run(["train", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "m")], redis_url, tmp_path)
+    assert result.returncode == 2 and "missing.csv" in result.stderr
+    result = run(["model", "list"], redis_url, tmp_path)
+    assert result.returncode == 0 and "no model published" in result.stdout
+    result = run(["model", "publish", str(tmp_path)], redis_url, tmp_path)
+    assert result.returncode == 1 and "missing model.txt" in result.stderr
