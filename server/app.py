@@ -88,7 +88,6 @@ class Worker:
             poll_seconds=settings.catalog_poll_seconds,
             cache_dir=settings.model_cache_dir,
         )
-        self._pending_scorer: ModelScorer | None = None
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[
@@ -110,14 +109,13 @@ class Worker:
 
     def _swap(self, snap: LiveSnapshot) -> None:
         old = self.service.live
-        scorer = old.scorer if old is not None else self._pending_scorer or PriorScorer()
+        scorer = old.scorer if old is not None else PriorScorer()
         self.service.live = LiveConfig(snap.catalog, snap.schema, snap.readable_versions, scorer)
 
     def _swap_scorer(self, scorer: ModelScorer) -> None:
+        # the model reloader only runs once a catalog (and so a schema) is live
         old = self.service.live
-        if old is None:
-            self._pending_scorer = scorer
-        else:
+        if old is not None:
             self.service.live = dataclasses.replace(old, scorer=scorer)
 
     async def start(self) -> int:
