@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,13 +141,25 @@ class Worker:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop taking calls, let in-flight ones finish within `grace`, flush the log."""
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.grace_seconds if grace is None else grace)
-        await self.reloader.stop()
-        await self.model_reloader.stop()
-        await self.writer.close()
-        await self.client.aclose(close_connection_pool=True)
+        """Stop taking calls, let in-flight ones finish within `grace`, flush the log.
+
+        Every step is bounded, so a stuck one is logged and skipped instead of hanging the exit.
+        """
+        grace = self.settings.grace_seconds if grace is None else grace
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("health", self.health.enter_graceful_shutdown),
+            ("grpc server", lambda: self.server.stop(grace)),
+            ("catalog reloader", self.reloader.stop),
+            ("model reloader", self.model_reloader.stop),
+            ("decision log", self.writer.close),
+            ("redis client", lambda: self.client.aclose(close_connection_pool=True)),
+        ]
+        for name, step in steps:
+            try:
+                async with asyncio.timeout(grace + 12):
+                    await step()
+            except TimeoutError:
+                log.error("shutdown step %r did not finish in %.0fs; skipped", name, grace + 12)
 
 
 async def _serve_worker(settings: Settings, redis_url: str, port: int, index: int) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,7 +79,11 @@ class Harness:
 
     async def stop(self) -> None:
         if self.channel is not None:
-            await self.channel.close()
+            try:
+                async with asyncio.timeout(5):
+                    await self.channel.close()
+            except TimeoutError:
+                logging.getLogger(__name__).error("test channel did not close within 5 s")
         await self.worker.stop(grace=0.5)
 
     async def decide(
