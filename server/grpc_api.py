@@ -8,7 +8,7 @@ or NOT_FOUND naming the field, never UNKNOWN or INTERNAL.
 from __future__ import annotations
 
 import logging
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
@@ -112,16 +112,20 @@ def outcome_from_pb(msg: Any) -> domain.OutcomeReport:
 
 
 # -- servicer -----------------------------------------------------------------------------------
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: Exception) -> NoReturn:
+def _fail(context: grpc.aio.ServicerContext[Any, Any], err: Exception) -> None:
+    """Set the error status. Not `context.abort()`: aborted RPCs are known to make grpc.aio's
+    server.stop() wait or hang (grpc#37239), which we saw in our own shutdowns."""
     if isinstance(err, domain.RequestError):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-    if isinstance(err, domain.NotFoundError):
-        await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
-    if isinstance(err, ServiceUnavailable):
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
-    log.exception("internal error", exc_info=err)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-    raise AssertionError("unreachable: abort raises")
+        code, details = grpc.StatusCode.INVALID_ARGUMENT, str(err)
+    elif isinstance(err, domain.NotFoundError):
+        code, details = grpc.StatusCode.NOT_FOUND, str(err)
+    elif isinstance(err, ServiceUnavailable):
+        code, details = grpc.StatusCode.UNAVAILABLE, str(err)
+    else:
+        log.exception("internal error", exc_info=err)
+        code, details = grpc.StatusCode.INTERNAL, "internal error; see the server log"
+    context.set_code(code)
+    context.set_details(details)
 
 
 class DecisioningServicer(pb_grpc.DecisioningServicer):
@@ -132,14 +136,16 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
         try:
             decision = await self.service.decide(decide_request_from_pb(request))
         except Exception as err:
-            await _abort(context, err)
+            _fail(context, err)
+            return pb.DecideResponse()
         return decide_response_to_pb(decision)
 
     async def ReportOutcome(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             result = await self.service.report_outcome(outcome_from_pb(request))
         except Exception as err:
-            await _abort(context, err)
+            _fail(context, err)
+            return pb.ReportOutcomeResponse()
         return pb.ReportOutcomeResponse(recorded=result.recorded, duplicate=result.duplicate)
 
 
