@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import redis
 from pydantic import ValidationError
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from server.config import Settings
+from server.keys import Keys
 
 console = Console()
 err_console = Console(stderr=True)
@@ -158,10 +159,18 @@ def cmd_demo(opts: argparse.Namespace) -> int:
     return run_demo(_settings(opts), customers=opts.customers, seed=opts.seed, keep_serving=opts.serve)
 
 
-def _with_redis(opts: argparse.Namespace) -> Any:
+@contextlib.contextmanager
+def _redis(opts: argparse.Namespace) -> Iterator[tuple[redis.Redis, Keys]]:
+    """A client of the configured (or private) Redis and the key names, closed on exit."""
     from server.app import redis_for
 
-    return redis_for(_settings(opts))
+    settings = _settings(opts)
+    with redis_for(settings) as url:
+        client = redis.Redis.from_url(url)
+        try:
+            yield client, Keys(settings.key_prefix)
+        finally:
+            client.close()
 
 
 def _names(text: str) -> list[str]:
@@ -170,12 +179,9 @@ def _names(text: str) -> list[str]:
 
 def cmd_features_load(opts: argparse.Namespace) -> int:
     from server.features import FeatureStore, SchemaMismatch, read_feature_file
-    from server.keys import Keys
 
-    settings = _settings(opts)
-    with _with_redis(opts) as url:
-        client = redis.Redis.from_url(url)
-        store = FeatureStore(client, Keys(settings.key_prefix))
+    with _redis(opts) as (client, keys):
+        store = FeatureStore(client, keys)
         started = time.perf_counter()
         try:
             table = read_feature_file(opts.file, _names(opts.categorical), base=store.current_schema())
@@ -215,28 +221,22 @@ def cmd_features_load(opts: argparse.Namespace) -> int:
             f"(read {read_s:.1f}s, write {result.seconds:.1f}s); feature schema v{result.schema_version}"
             + (" (new)" if result.schema_changed else "")
         )
-        client.close()
     return 0
 
 
 def cmd_features_get(opts: argparse.Namespace) -> int:
     from server.features import FeatureStore
     from server.ids import id_problem
-    from server.keys import Keys
 
     if problem := id_problem(opts.customer_id):
         err_console.print(f"error: customer_id: {problem}")
         return 2
-    settings = _settings(opts)
-    with _with_redis(opts) as url:
-        client = redis.Redis.from_url(url)
+    with _redis(opts) as (client, keys):
         try:
-            features = FeatureStore(client, Keys(settings.key_prefix)).get(opts.customer_id)
+            features = FeatureStore(client, keys).get(opts.customer_id)
         except ValueError as err:  # a vector the live schema can no longer read
             err_console.print(f"error: {err}")
             return 1
-        finally:
-            client.close()
     if features is None:
         err_console.print(f"unknown customer {opts.customer_id!r}")
         return 1
@@ -248,13 +248,9 @@ def cmd_features_get(opts: argparse.Namespace) -> int:
 
 def cmd_features_schema(opts: argparse.Namespace) -> int:
     from server.features import FeatureStore
-    from server.keys import Keys
 
-    settings = _settings(opts)
-    with _with_redis(opts) as url:
-        client = redis.Redis.from_url(url)
-        schema = FeatureStore(client, Keys(settings.key_prefix)).current_schema()
-        client.close()
+    with _redis(opts) as (client, keys):
+        schema = FeatureStore(client, keys).current_schema()
     if schema is None:
         err_console.print("no feature schema yet: run `nbo features load FILE`")
         return 1
@@ -267,7 +263,6 @@ def cmd_features_schema(opts: argparse.Namespace) -> int:
 def cmd_catalog_validate(opts: argparse.Namespace) -> int:
     from server.catalog import CatalogInvalid, parse_catalog
     from server.catalog_store import current_schema
-    from server.keys import Keys
 
     try:
         text = opts.file.read_text()
@@ -280,11 +275,8 @@ def cmd_catalog_validate(opts: argparse.Namespace) -> int:
         table = read_feature_file(opts.features, _names(opts.categorical))
         schema = merged_schema(table, None)
     else:
-        settings = _settings(opts)
-        with _with_redis(opts) as url:
-            client = redis.Redis.from_url(url)
-            found = current_schema(client, Keys(settings.key_prefix))
-            client.close()
+        with _redis(opts) as (client, keys):
+            found = current_schema(client, keys)
         if found is None:
             err_console.print("error: no feature schema in Redis; load features first or pass --features FILE")
             return 2
@@ -305,18 +297,15 @@ def cmd_catalog_validate(opts: argparse.Namespace) -> int:
 def cmd_catalog_load(opts: argparse.Namespace) -> int:
     from server.catalog import CatalogInvalid
     from server.catalog_store import NoSchema, publish
-    from server.keys import Keys
 
-    settings = _settings(opts)
     try:
         text = opts.file.read_text()
     except OSError as err:
         err_console.print(f"error: {err}")
         return 2
-    with _with_redis(opts) as url:
-        client = redis.Redis.from_url(url)
+    with _redis(opts) as (client, keys):
         try:
-            published = publish(client, Keys(settings.key_prefix), text, source=str(opts.file))
+            published = publish(client, keys, text, source=str(opts.file))
         except CatalogInvalid as err:
             err_console.print(err.format_all(str(opts.file)), highlight=False, markup=False)
             err_console.print(f"{len(err.errors)} error(s); nothing was published, the live catalog is unchanged")
@@ -324,8 +313,6 @@ def cmd_catalog_load(opts: argparse.Namespace) -> int:
         except NoSchema as err:
             err_console.print(f"error: {err}")
             return 2
-        finally:
-            client.close()
     state = "published; servers switch within seconds" if published.changed else "unchanged (already live)"
     console.print(f"catalog {published.version}: {state}")
     return 0
@@ -333,13 +320,9 @@ def cmd_catalog_load(opts: argparse.Namespace) -> int:
 
 def cmd_catalog_list(opts: argparse.Namespace) -> int:
     from server.catalog_store import list_versions
-    from server.keys import Keys
 
-    settings = _settings(opts)
-    with _with_redis(opts) as url:
-        client = redis.Redis.from_url(url)
-        versions = list_versions(client, Keys(settings.key_prefix))
-        client.close()
+    with _redis(opts) as (client, keys):
+        versions = list_versions(client, keys)
     for _seq, version, source, at, live in versions:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
         console.print(f"{'*' if live else ' '} {version:<14} {stamp}  {source}", highlight=False)
@@ -348,51 +331,36 @@ def cmd_catalog_list(opts: argparse.Namespace) -> int:
 
 def cmd_model_publish(opts: argparse.Namespace) -> int:
     from server.catalog_store import current_schema
-    from server.keys import Keys
     from server.model_registry import ModelRejected, publish
 
-    settings = _settings(opts)
-    with _with_redis(opts) as url:
-        client = redis.Redis.from_url(url)
+    with _redis(opts) as (client, keys):
         try:
-            keys = Keys(settings.key_prefix)
             version = publish(client, keys, opts.directory, current_schema(client, keys))
         except ModelRejected as err:
             err_console.print(f"rejected: {err}\nnothing was published; the live model is unchanged")
             return 1
-        finally:
-            client.close()
     console.print(f"model {version} published; servers swap to it after loading and verifying it")
     return 0
 
 
 def cmd_model_rollback(opts: argparse.Namespace) -> int:
-    from server.keys import Keys
     from server.model_registry import ModelRejected, rollback
 
-    settings = _settings(opts)
-    with _with_redis(opts) as url:
-        client = redis.Redis.from_url(url)
+    with _redis(opts) as (client, keys):
         try:
-            version = rollback(client, Keys(settings.key_prefix))
+            version = rollback(client, keys)
         except ModelRejected as err:
             err_console.print(f"error: {err}")
             return 1
-        finally:
-            client.close()
     console.print(f"rolled back: model {version} is live again")
     return 0
 
 
 def cmd_model_list(opts: argparse.Namespace) -> int:
-    from server.keys import Keys
     from server.model_registry import list_models
 
-    settings = _settings(opts)
-    with _with_redis(opts) as url:
-        client = redis.Redis.from_url(url)
-        models = list_models(client, Keys(settings.key_prefix))
-        client.close()
+    with _redis(opts) as (client, keys):
+        models = list_models(client, keys)
     if not models:
         console.print("no model published; decisions use the catalog's prior propensities")
     for version, live, meta in models:
