@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from server.budgets import Limits, PaceOver, Pacing, cents
 from server.domain import CampaignType, Channel
 from server.ids import id_problem
 from server.rules import Rule, RuleError, compile_rule
@@ -52,10 +53,24 @@ class CampaignSpec(_Spec):
     events: list[str] = []
     holdout: float = Field(0.0, ge=0.0, lt=1.0)
     holdout_salt: str | None = None
+    budget: BudgetSpec | None = None
+
+
+class PacingSpec(_Spec):
+    over: str = "day"
+    slack: float = Field(0.02, ge=0.0, le=1.0)
 
 
 class BudgetSpec(_Spec):
     total_awards: int | None = Field(None, ge=0)
+    daily_awards: int | None = Field(None, ge=0)
+    total_spend: float | None = Field(None, ge=0)
+    per_customer: int | None = Field(None, ge=0)
+    pacing: PacingSpec | None = None
+
+
+class ChannelSpec(_Spec):
+    capacity_per_hour: int | None = Field(None, ge=0)
 
 
 class OfferSpec(_Spec):
@@ -100,6 +115,7 @@ class CatalogSpec(_Spec):
     contact_policy: ContactPolicySpec = ContactPolicySpec()
     control_group: ControlGroupSpec = ControlGroupSpec()
     arbitration: ArbitrationSpec = ArbitrationSpec()
+    channels: dict[str, ChannelSpec] = {}
     segments: dict[str, SegmentSpec] = {}
     campaigns: list[CampaignSpec]
     offers: list[OfferSpec]
@@ -193,6 +209,7 @@ class Campaign:
     events: frozenset[str]
     holdout: float
     holdout_salt: str
+    limits: Limits | None
 
     def live(self, now: float) -> bool:
         return (self.start is None or now >= self.start) and (self.end is None or now < self.end)
@@ -212,7 +229,7 @@ class Offer:
     channel_weight: Mapping[Channel, float]
     lever: float
     prior_propensity: float
-    budget_total_awards: int | None
+    limits: Limits | None
 
 
 @dataclass(frozen=True)
@@ -261,6 +278,7 @@ class Catalog:
     contact_policy: ContactPolicy
     control_fraction: float
     control_salt: str
+    channel_capacity: Mapping[Channel, int]  # awards per hour
     segments: tuple[Segment, ...]
     campaigns: tuple[Campaign, ...]
     offers: tuple[Offer, ...]
@@ -436,6 +454,7 @@ def _compile(spec: CatalogSpec, schema: FeatureSchema, version: str, digest: str
                 events=frozenset(c.events),
                 holdout=c.holdout,
                 holdout_salt=c.holdout_salt or c.id,
+                limits=_limits(check, (*base, "budget"), c.budget, start, end),
             )
         )
 
@@ -490,9 +509,14 @@ def _compile(spec: CatalogSpec, schema: FeatureSchema, version: str, digest: str
                 channel_weight=weights,
                 lever=o.lever,
                 prior_propensity=o.prior_propensity,
-                budget_total_awards=o.budget.total_awards if o.budget else None,
+                limits=_limits(check, (*base, "budget"), o.budget, camp.start, camp.end),
             )
         )
+    capacity: dict[Channel, int] = {}
+    for ch_name, ch_spec in spec.channels.items():
+        ch = check.channel(("channels", ch_name), ch_name)
+        if ch is not None and ch_spec.capacity_per_hour is not None:
+            capacity[ch] = ch_spec.capacity_per_hour
     if not offers and not check.errors:
         check.add(("offers",), "the catalog has no offers")
     if check.errors:
@@ -511,11 +535,39 @@ def _compile(spec: CatalogSpec, schema: FeatureSchema, version: str, digest: str
         contact_policy=policy,
         control_fraction=spec.control_group.fraction,
         control_salt=spec.control_group.salt,
+        channel_capacity=capacity,
         segments=tuple(segments),
         campaigns=tuple(campaigns),
         offers=tuple(offers),
         views=views,
         offer_index={o.id: i for i, o in enumerate(offers)},
+    )
+
+
+def _limits(
+    check: _Checker, path: Path_, spec: BudgetSpec | None, start: float | None, end: float | None
+) -> Limits | None:
+    if spec is None:
+        return None
+    pacing = None
+    if spec.pacing is not None:
+        over = PaceOver(spec.pacing.over) if spec.pacing.over in {p.value for p in PaceOver} else None
+        if over is None:
+            check.add((*path, "pacing", "over"), f'must be "day" or "window", got "{spec.pacing.over}"')
+        elif over is PaceOver.DAY and spec.daily_awards is None:
+            check.add((*path, "pacing"), "pacing over the day needs daily_awards")
+        elif over is PaceOver.WINDOW and (start is None or end is None):
+            check.add((*path, "pacing"), "pacing over the window needs the campaign's start and end")
+        elif over is PaceOver.WINDOW and spec.total_awards is None and spec.total_spend is None:
+            check.add((*path, "pacing"), "pacing over the window needs total_awards or total_spend")
+        else:
+            pacing = Pacing(over, spec.pacing.slack)
+    return Limits(
+        total_awards=spec.total_awards,
+        daily_awards=spec.daily_awards,
+        total_spend_cents=None if spec.total_spend is None else cents(spec.total_spend),
+        per_customer=spec.per_customer,
+        pacing=pacing,
     )
 
 

@@ -1,14 +1,15 @@
 """Contact policy: which offers a customer's contact history rules out right now.
 
 The history lives in Redis (see server.state): a hash with, per offer, the time of the last
-decline (`d:<offer>`), the count of presentations without a response (`p:<offer>`) and the end
-of a suppression (`s:<offer>`); and a per-channel sorted set of recent awards for frequency caps.
+decline (`d:<offer>`), the count of presentations without a response (`p:<offer>`), the end
+of a suppression (`s:<offer>`) and, for offers and campaigns with a per-customer cap, the
+awards so far (`a:o:<offer>`, `a:c:<campaign>`); and a per-channel sorted set of recent awards for frequency caps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server.catalog import ContactPolicy
 from server.domain import Channel
@@ -19,18 +20,22 @@ class ContactHistory:
     declined_at: Mapping[str, float]
     suppressed_until: Mapping[str, float]
     sent_in_window: int
+    awards: Mapping[str, int] = field(default_factory=dict)  # "o:<offer>" / "c:<campaign>" -> count
 
     @classmethod
     def from_hash(cls, fields: Mapping[bytes, bytes], sent_in_window: int) -> ContactHistory:
         declined: dict[str, float] = {}
         suppressed: dict[str, float] = {}
+        awards: dict[str, int] = {}
         for raw_key, raw_value in fields.items():
             key = raw_key.decode()
             if key.startswith("d:"):
                 declined[key[2:]] = float(raw_value)
             elif key.startswith("s:"):
                 suppressed[key[2:]] = float(raw_value)
-        return cls(declined, suppressed, sent_in_window)
+            elif key.startswith("a:"):
+                awards[key[2:]] = int(raw_value)
+        return cls(declined, suppressed, sent_in_window, awards)
 
 
 EMPTY_HISTORY = ContactHistory({}, {}, 0)
@@ -43,13 +48,30 @@ def channel_room(policy: ContactPolicy, channel: Channel, history: ContactHistor
 
 
 def blocked_offers(
-    policy: ContactPolicy, history: ContactHistory, offer_ids: Sequence[str], now: float
+    policy: ContactPolicy,
+    history: ContactHistory,
+    offer_ids: Sequence[str],
+    now: float,
+    caps: Sequence[tuple[str, int, int]] = (),
 ) -> dict[int, str]:
-    """Positions in `offer_ids` that the history rules out, with a readable reason."""
+    """Positions in `offer_ids` that the history rules out, with a readable reason.
+
+    `caps` gives, per offer, (campaign id, offer's per-customer cap, campaign's per-customer
+    cap), -1 meaning none; empty when no offer has such a cap.
+    """
     out: dict[int, str] = {}
-    if not history.declined_at and not history.suppressed_until:
+    if not history.declined_at and not history.suppressed_until and not history.awards:
         return out
     for pos, offer_id in enumerate(offer_ids):
+        if caps and history.awards:
+            campaign_id, own, shared = caps[pos]
+            if own >= 0 and history.awards.get(f"o:{offer_id}", 0) >= own:
+                out[pos] = f"awarded {history.awards[f'o:{offer_id}']} times; at most {own} per customer"
+                continue
+            if shared >= 0 and history.awards.get(f"c:{campaign_id}", 0) >= shared:
+                n = history.awards[f"c:{campaign_id}"]
+                out[pos] = f"campaign {campaign_id} awarded {n} times; at most {shared} per customer"
+                continue
         declined = history.declined_at.get(offer_id)
         if declined is not None and now - declined < policy.decline_cooldown_seconds:
             days = (policy.decline_cooldown_seconds - (now - declined)) / 86400

@@ -1,7 +1,9 @@
 """The decision pipeline, free of any transport: validate, read, filter, score, arbitrate, award, log.
 
-One Redis round trip reads everything the decision needs; one script call awards the chosen
-offers atomically (channel cap, budgets, contact history and request id together). Filtering
+One Redis round trip reads everything the decision needs. Awarding is two script calls, each in
+one Cluster slot: a budget reservation that walks the ranked candidates (skipped when none is
+limited), then a commit of the contact history, per-customer caps and request id on the
+customer's side; whatever the commit refuses is released again. Filtering
 and scoring run over arrays of the channel's offers, never one Redis call per offer.
 """
 
@@ -22,6 +24,7 @@ import numpy.typing as npt
 from redis.exceptions import RedisError
 
 from server.arbitration import rank
+from server.budgets import Period, Reservation, exhausted_reason, per_customer_caps, reservation
 from server.catalog import TIER_NAMES, Catalog, ChannelView
 from server.config import Settings
 from server.contact_policy import blocked_offers, channel_room
@@ -53,7 +56,7 @@ from server.metrics import Metrics
 from server.rules import Now
 from server.schema import FeatureSchema
 from server.scoring import PriorScorer, Scorer, ScoringInput
-from server.state import CAPPED, REPLAY, Candidate, CustomerState, StateStore
+from server.state import CAMPAIGN_CAP, CHANNEL_CAP, OFFER_CAP, REPLAY, CustomerState, Pick, StateStore
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -85,6 +88,13 @@ _STAGE_STATUS = {
     BELOW: "expected value below the catalog minimum",
     BUDGET: "budget exhausted",
     RANKED_OUT: "ranked below the offers returned",
+}
+
+
+_REFUSED = {
+    CHANNEL_CAP: "channel limit reached",
+    OFFER_CAP: "per-customer limit of the offer reached",
+    CAMPAIGN_CAP: "per-customer limit of the campaign reached",
 }
 
 
@@ -147,6 +157,7 @@ class _Work:
     k: int
     state: CustomerState | None = None
     control_group: bool = False
+    would_offer: list[str] = field(default_factory=list)  # universal control group: what it would get
     degraded: bool = False
     notes: dict[int, str] = field(default_factory=dict)  # position -> extra detail for explain
     segments: dict[int, bool] = field(default_factory=dict)  # segment index -> customer is in it
@@ -210,18 +221,17 @@ class DecisionService:
         vector = w.state.vector
         if vector is None or w.state.vector_schema not in w.live.readable_versions:
             return self._empty(w, NoOfferReason.UNKNOWN_CUSTOMER)
-        if in_holdout(catalog.control_salt, req.customer_id, catalog.control_fraction):
-            w.control_group = True
-            return self._empty(w, NoOfferReason.CONTROL_GROUP)
         consent_at = catalog.consent.get(req.channel)
         if consent_at is not None:
             flag = float(vector[consent_at])
             if (catalog.consent_missing_allows if math.isnan(flag) else flag > 0) is False:
                 return self._empty(w, NoOfferReason.OPTED_OUT)
+        # after consent, so that treated and control customers are comparable for lift
+        w.control_group = in_holdout(catalog.control_salt, req.customer_id, catalog.control_fraction)
 
         view = catalog.views[req.channel]
         if not view.offers:
-            return self._empty(w, NoOfferReason.NO_ELIGIBLE_OFFER)
+            return self._empty(w, NoOfferReason.CONTROL_GROUP if w.control_group else NoOfferReason.NO_ELIGIBLE_OFFER)
         stage = self._filter(w, view, vector)
 
         alive = np.flatnonzero(stage == ALIVE)
@@ -236,9 +246,14 @@ class DecisionService:
         expected = np.zeros(len(view.offers))
         score = np.zeros(len(view.offers))
         ranked: npt.NDArray[np.intp] = alive
+        held = np.flatnonzero(stage == HELD_OUT)
+        scored = np.concatenate([alive, held]) if held.size else alive
+        if scored.size:
+            # held-out candidates are scored too, so lift can be measured against their propensity
+            p, m = w.live.scorer.score(ScoringInput(catalog, req.channel, vector, req.context, scored))
+            propensity[scored], from_model[scored] = p, m
         if alive.size:
-            p, m = w.live.scorer.score(ScoringInput(catalog, req.channel, vector, req.context, alive))
-            propensity[alive], from_model[alive] = p, m
+            p = propensity[alive]
             ranking = rank(view, alive, p, catalog.min_expected_value)
             expected[alive], score[alive] = ranking.expected_value, ranking.score
             stage[alive[ranking.below]] = BELOW
@@ -246,57 +261,17 @@ class DecisionService:
         self.metrics.candidates.observe(alive.size)
 
         awarded: list[int] = []
-        capped = False
         award_ran = False
-        if ranked.size or req.request_id:
-            k = w.k if room is None else min(w.k, room)
-            n_budgeted = 0
-            walk: list[Candidate] = []
-            for pos in ranked:
-                offer = catalog.offers[view.offers[pos]]
-                if offer.budget_total_awards is not None:
-                    n_budgeted += 1
-                    walk.append(Candidate(offer.id, self.store.keys.budget(offer.id), offer.budget_total_awards))
-                else:
-                    walk.append(Candidate(offer.id, None, 0))
-                if len(walk) >= k + n_budgeted:
-                    break  # a longer walk can only be needed to skip exhausted budgets
-            try:
-                result = await self.store.award(
-                    customer_id=req.customer_id,
-                    channel=req.channel.value,
-                    decision_id=w.decision_id,
-                    request_id=req.request_id,
-                    now=w.now,
-                    window_seconds=policy.window_seconds,
-                    max_awards=k,
-                    channel_cap=policy.max_per_window.get(req.channel),
-                    candidates=walk,
-                    decision_ttl=self.settings.decision_ttl_seconds,
-                    request_ttl=self.settings.request_id_ttl_seconds,
-                    history_ttl=self.settings.contact_history_ttl_seconds,
-                )
-            except RedisError as err:
-                # budgets and caps cannot be checked: award nothing (fail closed)
-                self.metrics.redis_errors.labels("award").inc()
-                log.warning("award failed, degrading: %s", err)
-                return self._empty(w, NoOfferReason.DEGRADED, degraded=True)
-            award_ran = True
-            if result.status == REPLAY:
-                return await self._replay(req.customer_id, result.decision_id)
-            capped = result.status == CAPPED
-            by_id = {catalog.offers[view.offers[p]].id: int(p) for p in ranked}
-            awarded = [by_id[o] for o in result.awarded]
-            for offer_id in result.exhausted:
-                stage[by_id[offer_id]] = BUDGET
-            if capped:
-                for p in ranked:
-                    stage[p] = CONTACT
-                    w.notes[int(p)] = "channel limit reached"
-            chosen = set(awarded)
+        if w.control_group:
+            # universal control group: nothing is awarded, but what would have been is logged
+            w.would_offer = [catalog.offers[view.offers[p]].id for p in ranked[: w.k if room is None else room]]
             for p in ranked:
-                if stage[p] == ALIVE and int(p) not in chosen:
-                    stage[p] = RANKED_OUT
+                stage[p] = RANKED_OUT
+        elif ranked.size or req.request_id:
+            outcome = await self._award(w, view, stage, ranked, room)
+            if isinstance(outcome, Decision):
+                return outcome
+            awarded, award_ran = outcome, True
 
         offers = tuple(
             self._ranked_offer(catalog, view, pos, i + 1, _Scores(propensity, from_model, expected, score), w)
@@ -304,6 +279,8 @@ class DecisionService:
         )
         if offers:
             reason = NoOfferReason.NONE
+        elif w.control_group:
+            reason = NoOfferReason.CONTROL_GROUP
         else:
             reached = [s for s in stage.tolist() if s != RANKED_OUT]
             reason = (
@@ -320,8 +297,9 @@ class DecisionService:
             catalog_version=catalog.version,
             suppressed=suppressed,
         )
-        # logged: candidates that reached scoring or were stopped by contact policy or later
-        logged = np.flatnonzero((stage == ALIVE) | (stage >= CONTACT))
+        # logged: candidates that reached scoring, were held out for lift measurement, or were
+        # stopped by contact policy or later
+        logged = np.flatnonzero((stage == ALIVE) | (stage >= HELD_OUT))
         chosen_set = set(awarded)
         ids = [catalog.offers[view.offers[p]].id for p in logged.tolist()]
         records = Candidates(
@@ -335,6 +313,98 @@ class DecisionService:
         )
         self._log(w, decision, records, keep=award_ran)
         return decision
+
+    async def _award(
+        self,
+        w: _Work,
+        view: ChannelView,
+        stage: npt.NDArray[np.int8],
+        ranked: npt.NDArray[np.intp],
+        room: int | None,
+    ) -> list[int] | Decision:
+        """Reserve budgets, then commit on the customer's side; positions awarded, or a finished
+        Decision (degraded or a replay)."""
+        req, catalog = w.req, w.live.catalog
+        policy = catalog.contact_policy
+        k = w.k if room is None else min(w.k, room)
+        period = Period.at(w.now, catalog.timezone)
+        walk: list[Reservation] = []
+        limited = 0
+        for pos in ranked:
+            offer = catalog.offers[view.offers[pos]]
+            res = reservation(catalog, offer, req.channel, w.now, period)
+            if res is None:
+                walk.append(Reservation(offer.id, ()))
+            else:
+                limited += 1
+                walk.append(res)
+            if len(walk) >= k + limited:
+                break  # a longer walk can only be needed to skip exhausted budgets
+        by_id = {catalog.offers[view.offers[p]].id: int(p) for p in ranked}
+        walk_by_id = {r.offer_id: r for r in walk}
+        granted: list[str] = [r.offer_id for r in walk[:k]]
+        if limited and k > 0:
+            try:
+                reserved = await self.store.reserve(period, k, walk)
+            except RedisError as err:
+                # budgets cannot be checked: award nothing (fail closed)
+                self.metrics.redis_errors.labels("reserve").inc()
+                log.warning("budget reservation failed, degrading: %s", err)
+                return self._empty(w, NoOfferReason.DEGRADED, degraded=True)
+            granted = list(reserved.awarded)
+            for offer_id, check_no, used in reserved.refused:
+                pos = by_id[offer_id]
+                stage[pos] = BUDGET
+                w.notes[pos] = exhausted_reason(walk_by_id[offer_id].checks[check_no - 1], used)
+        picks = []
+        for offer_id in granted:
+            offer = catalog.offers[view.offers[by_id[offer_id]]]
+            picks.append(Pick(offer_id, offer.campaign_id, *per_customer_caps(catalog, offer)))
+        try:
+            committed = await self.store.commit(
+                customer_id=req.customer_id,
+                channel=req.channel.value,
+                decision_id=w.decision_id,
+                request_id=req.request_id,
+                now=w.now,
+                window_seconds=policy.window_seconds,
+                channel_cap=policy.max_per_window.get(req.channel),
+                picks=picks,
+                decision_ttl=self.settings.decision_ttl_seconds,
+                request_ttl=self.settings.request_id_ttl_seconds,
+                history_ttl=self.settings.contact_history_ttl_seconds,
+            )
+        except RedisError as err:
+            self.metrics.redis_errors.labels("commit").inc()
+            log.warning("award commit failed, degrading: %s", err)
+            await self._release(period, [walk_by_id[o] for o in granted])
+            return self._empty(w, NoOfferReason.DEGRADED, degraded=True)
+        if committed.status == REPLAY:
+            await self._release(period, [walk_by_id[o] for o in granted])
+            return await self._replay(req.customer_id, committed.decision_id)
+        if committed.refused:
+            await self._release(period, [walk_by_id[o] for o, _ in committed.refused])
+            for offer_id, why in committed.refused:
+                pos = by_id[offer_id]
+                stage[pos] = CONTACT
+                w.notes[pos] = _REFUSED[why]
+        awarded = [by_id[o] for o in committed.awarded]
+        chosen = set(awarded)
+        for p in ranked:
+            if stage[p] == ALIVE and int(p) not in chosen:
+                stage[p] = RANKED_OUT
+        return awarded
+
+    async def _release(self, period: Period, reservations: list[Reservation]) -> None:
+        limited = [r for r in reservations if r.checks]
+        if not limited:
+            return
+        try:
+            await self.store.release(period, limited)
+        except RedisError as err:
+            # the counters stay high: budgets under-spend (fail closed) until `nbo budgets reconcile`
+            self.metrics.redis_errors.labels("release").inc()
+            log.warning("releasing %d reservation(s) failed: %s", len(limited), err)
 
     def _filter(self, w: _Work, view: ChannelView, vector: npt.NDArray[np.float32]) -> npt.NDArray[np.int8]:
         """Stage of each offer on the channel after campaign, eligibility and history checks."""
@@ -351,6 +421,7 @@ class DecisionService:
 
         events = set(req.events)
         camp_stage = np.zeros(len(view.campaigns), dtype=np.int8)
+        held_camp = np.zeros(len(view.campaigns), dtype=np.bool_)
         for cpos, ci in enumerate(view.campaigns):
             camp = catalog.campaigns[ci]
             if not camp.live(w.now):
@@ -360,17 +431,22 @@ class DecisionService:
             elif camp.target and not any(in_segment(s) for s in camp.target):
                 camp_stage[cpos] = NOT_TARGETED
             elif in_holdout(camp.holdout_salt, req.customer_id, camp.holdout):
-                camp_stage[cpos] = HELD_OUT
+                held_camp[cpos] = True
         stage = camp_stage[view.offer_campaign]
         for pos, rule in view.rules:
             if stage[pos] == ALIVE and not rule(feats, req.context, now_parts):
                 stage[pos] = INELIGIBLE
+        if held_camp.any():
+            # held out only where the offer was eligible: the control group of a lift measurement
+            stage[(stage == ALIVE) & held_camp[view.offer_campaign]] = HELD_OUT
         assert w.state is not None
         history = w.state.history
-        if history.declined_at or history.suppressed_until:
+        if history.declined_at or history.suppressed_until or history.awards:
             alive = np.flatnonzero(stage == ALIVE)
-            ids = [catalog.offers[view.offers[p]].id for p in alive]
-            for i, why in blocked_offers(catalog.contact_policy, history, ids, w.now).items():
+            offers = [catalog.offers[view.offers[p]] for p in alive]
+            ids = [o.id for o in offers]
+            caps = [(o.campaign_id, *per_customer_caps(catalog, o)) for o in offers] if history.awards else []
+            for i, why in blocked_offers(catalog.contact_policy, history, ids, w.now, caps).items():
                 stage[alive[i]] = CONTACT
                 w.notes[int(alive[i])] = why
         return stage
@@ -460,6 +536,7 @@ class DecisionService:
             catalog_version=decision.catalog_version,
             degraded=decision.degraded,
             control_group=w.control_group,
+            would_offer=w.would_offer,
         )
         keys = self.store.keys
         if not req.request_id:

@@ -73,7 +73,8 @@ class DecisionRecord:
     model_version: str
     catalog_version: str
     degraded: bool
-    control_group: bool
+    control_group: bool  # in the universal control group: nothing was awarded
+    would_offer: list[str]  # what a control-group customer would have been offered (for lift)
 
     def to_fields(self) -> dict[Any, Any]:
         data = {
@@ -94,6 +95,7 @@ class DecisionRecord:
             "catalog_version": self.catalog_version,
             "degraded": self.degraded,
             "control_group": self.control_group,
+            "would_offer": self.would_offer,
         }
         return {"v": RECORD_VERSION, "r": _dumps(data)}
 

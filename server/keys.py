@@ -1,7 +1,9 @@
 """Every Redis key the server uses, in one place.
 
 Per-customer keys carry the hash tag `{c:<id>}` so one customer's keys share a Redis Cluster
-slot and a Lua script may touch them together. Ids must be validated (server.ids) first.
+slot and a Lua script may touch them together; budget counters all carry `{b}` (see
+server.budgets). Every script touches one of those slots only. Ids must be validated
+(server.ids) first.
 """
 
 from __future__ import annotations
@@ -68,9 +70,16 @@ class Keys:
         """List of published versions, oldest first; rollback pops the live one."""
         return f"{self.prefix}model:history"
 
-    def budget(self, offer_id: str) -> str:
-        """Award counter of an offer; tagged per offer so its script stays in one slot."""
-        return f"{self.prefix}{{o:{offer_id}}}:budget:awards"
+    # -- budgets: one tag for all, so one script can walk candidates of several campaigns --------
+    @property
+    def budget_total(self) -> str:
+        return f"{self.prefix}{{b}}:total"
+
+    def budget_day(self, day: str) -> str:
+        return f"{self.prefix}{{b}}:day:{day}"
+
+    def budget_hour(self, hour: str) -> str:
+        return f"{self.prefix}{{b}}:hour:{hour}"
 
     @property
     def decision_stream(self) -> str:

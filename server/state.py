@@ -1,12 +1,16 @@
-"""The hot path's Redis I/O: one pipelined read per decision, one script call to award.
+"""The hot path's Redis I/O, one script call per step, each script inside one Cluster slot.
 
-Kept apart from the decision logic so that logic stays testable and a Cluster or another store
-can slot in behind the same methods.
+A decision reads the customer (customer slot), reserves budget by walking the ranked candidates
+(budget slot; skipped when no candidate is limited), then commits the awards on the customer's
+side (customer slot). A commit that refuses a reserved offer (a concurrent decision for the same
+customer used the cap first, or the request id was already decided) releases its reservation,
+so the counters end equal to the awards returned.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -14,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
 
+from server.budgets import DAY_KEY_TTL_SECONDS, HOUR_KEY_TTL_SECONDS, Period, Reservation
 from server.contact_policy import ContactHistory
 from server.keys import Keys
 from server.schema import decode_vector
@@ -32,21 +37,31 @@ class CustomerState:
 
 
 @dataclass(frozen=True, slots=True)
-class Candidate:
+class Pick:
+    """An offer the budget reservation granted, with the per-customer caps to re-check."""
+
     offer_id: str
-    budget_key: str | None
-    budget_cap: int
+    campaign_id: str
+    offer_cap: int  # -1: none
+    campaign_cap: int
 
 
 @dataclass(frozen=True, slots=True)
-class AwardResult:
-    status: int  # 1 awarded (maybe nothing), 2 replay of an earlier decision, 3 channel cap used up
+class Reserved:
+    awarded: tuple[str, ...]
+    refused: tuple[tuple[str, int, int], ...]  # (offer, failing check number from 1, its count)
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    status: int  # COMMITTED, or REPLAY of an earlier decision with the same request id
     decision_id: str
     awarded: tuple[str, ...]
-    exhausted: tuple[str, ...]
+    refused: tuple[tuple[str, int], ...]  # (offer, CHANNEL_CAP | OFFER_CAP | CAMPAIGN_CAP)
 
 
-AWARDED, REPLAY, CAPPED = 1, 2, 3
+COMMITTED, REPLAY = 1, 2
+CHANNEL_CAP, OFFER_CAP, CAMPAIGN_CAP = 1, 2, 3
 
 
 class StateStore:
@@ -54,7 +69,9 @@ class StateStore:
         self.client = client
         self.keys = keys
         self._read = client.register_script(_lua("read.lua"))
-        self._award = client.register_script(_lua("award.lua"))
+        self._reserve = client.register_script(_lua("reserve.lua"))
+        self._release = client.register_script(_lua("release.lua"))
+        self._commit = client.register_script(_lua("commit.lua"))
         self._outcome = client.register_script(_lua("outcome.lua"))
 
     async def read(
@@ -83,7 +100,34 @@ class StateStore:
         fields = dict(zip(contacts[::2], contacts[1::2], strict=True))
         return CustomerState(vector, version, ContactHistory.from_hash(fields, int(sent)), replay)
 
-    async def award(
+    def _budget_keys(self, period: Period) -> list[str]:
+        k = self.keys
+        return [k.budget_total, k.budget_day(period.day), k.budget_hour(period.hour)]
+
+    async def reserve(self, period: Period, max_awards: int, walk: Sequence[Reservation]) -> Reserved:
+        """Walk the ranked candidates in one budget-slot script; count exactly those awarded."""
+        args: list[str | int] = [max_awards, DAY_KEY_TTL_SECONDS, HOUR_KEY_TTL_SECONDS, len(walk)]
+        for r in walk:
+            args += [r.offer_id, len(r.checks)]
+            for c in r.checks:
+                args += c.args()
+        raw = await self._reserve(keys=self._budget_keys(period), args=args)
+        n = int(raw[0])
+        awarded = tuple(x.decode() for x in raw[1 : 1 + n])
+        rest = raw[1 + n :]
+        refused = tuple((rest[i].decode(), int(rest[i + 1]), int(rest[i + 2])) for i in range(0, len(rest), 3))
+        return Reserved(awarded, refused)
+
+    async def release(self, period: Period, reservations: Sequence[Reservation]) -> None:
+        """Give back reservations that were not awarded after all."""
+        args: list[str | int] = [sum(len(r.checks) for r in reservations)]
+        for r in reservations:
+            for c in r.checks:
+                args += [c.key, c.field, c.incr]
+        if args[0]:
+            await self._release(keys=self._budget_keys(period), args=args)
+
+    async def commit(
         self,
         *,
         customer_id: str,
@@ -92,23 +136,22 @@ class StateStore:
         request_id: str,
         now: float,
         window_seconds: float,
-        max_awards: int,
         channel_cap: int | None,
-        candidates: list[Candidate],
+        picks: Sequence[Pick],
         decision_ttl: int,
         request_ttl: int,
         history_ttl: int,
-    ) -> AwardResult:
+    ) -> Committed:
         k = self.keys
         keys = [
             k.channel_contacts(customer_id, channel),
             k.request(customer_id, request_id or "-"),
             k.decision(customer_id, decision_id),
+            k.contacts(customer_id),
         ]
         args: list[str | int | float] = [
             now,
             window_seconds,
-            max_awards,
             -1 if channel_cap is None else channel_cap,
             decision_id,
             decision_ttl,
@@ -116,22 +159,20 @@ class StateStore:
             1 if request_id else 0,
             history_ttl,
             channel,
-            len(candidates),
+            len(picks),
         ]
-        for c in candidates:
-            if c.budget_key is None:
-                args += [c.offer_id, 0, 0]
-            else:
-                keys.append(c.budget_key)
-                args += [c.offer_id, len(keys), c.budget_cap]
-        raw = await self._award(keys=keys, args=args)
+        for p in picks:
+            args += [p.offer_id, p.campaign_id, p.offer_cap, p.campaign_cap]
+        raw = await self._commit(keys=keys, args=args)
         status = int(raw[0])
         found_id = raw[1].decode()
         if status == REPLAY:
-            return AwardResult(status, found_id, (), ())
+            return Committed(status, found_id, (), ())
         n = int(raw[2])
-        names = [x.decode() for x in raw[3:]]
-        return AwardResult(status, found_id, tuple(names[:n]), tuple(names[n:]))
+        awarded = tuple(x.decode() for x in raw[3 : 3 + n])
+        rest = raw[3 + n :]
+        refused = tuple((rest[i].decode(), int(rest[i + 1])) for i in range(0, len(rest), 2))
+        return Committed(status, found_id, awarded, refused)
 
     async def replay(self, customer_id: str, decision_id: str) -> bytes | None:
         value = await self.client.hget(self.keys.decision(customer_id, decision_id), "response")

@@ -128,7 +128,9 @@ async def test_budget_exhausted_falls_to_the_next_offer_then_to_nothing(nbo: Har
     assert (await nbo.decide("vip", pb.CALL_CENTRE)).offers[0].offer_id == "o_adhoc"
     r = await nbo.decide("vip2", pb.CALL_CENTRE, explain=True)
     assert r.no_offer_reason == pb.BUDGET_EXHAUSTED
-    assert [(s.offer_id, s.reason) for s in r.suppressed] == [("o_adhoc", "budget exhausted")]
+    assert [(s.offer_id, s.reason) for s in r.suppressed] == [
+        ("o_adhoc", "budget exhausted: offer o_adhoc total awards: 1 of 1 used")
+    ]
     # on the web the next offer takes its place in the same call
     r = await nbo.decide("vip2", pb.WEB)
     assert [o.offer_id for o in r.offers] == ["o_life"]

@@ -1,0 +1,98 @@
+-- Commit one decision's awards on the customer's side, atomically: re-check the channel cap and
+-- the per-customer award caps (a concurrent decision for the same customer may have used them
+-- since the read), record the contacts, the decision and the request id. One customer's keys
+-- only (one Cluster slot); budgets were reserved before by reserve.lua.
+--
+-- KEYS[1] sent-zset of the channel   KEYS[2] request-id key (may be unused)
+-- KEYS[3] decision key               KEYS[4] contacts hash
+-- ARGV: now, window_s, channel_cap (-1 = none), decision_id, decision_ttl, request_ttl,
+--       has_request (0/1), history_ttl, channel, n, then n x (offer, campaign, offer_cap, campaign_cap)
+-- Returns {1, decision_id, n_committed, committed..., then per refused offer: offer, why}
+-- (why: 1 channel cap, 2 offer's per-customer cap, 3 campaign's per-customer cap), or
+-- {2, existing_decision_id} when the request id was already decided.
+local now = tonumber(ARGV[1])
+local cap = tonumber(ARGV[3])
+local decision_id = ARGV[4]
+local has_request = ARGV[7] == '1'
+local n = tonumber(ARGV[10])
+
+if has_request then
+  local existing = redis.call('GET', KEYS[2])
+  if existing then
+    return {2, existing}
+  end
+end
+
+-- checks, before any write
+local room = -1
+if cap >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+  room = cap - redis.call('ZCARD', KEYS[1])
+end
+local counts = {}
+local function count(field)
+  if counts[field] == nil then
+    counts[field] = tonumber(redis.call('HGET', KEYS[4], field) or '0')
+  end
+  return counts[field]
+end
+local committed, refused = {}, {}
+local n_ok = 0
+for i = 0, n - 1 do
+  local offer, campaign = ARGV[11 + 4 * i], ARGV[12 + 4 * i]
+  local offer_cap, campaign_cap = tonumber(ARGV[13 + 4 * i]), tonumber(ARGV[14 + 4 * i])
+  local fo, fc = 'a:o:' .. offer, 'a:c:' .. campaign
+  local why = 0
+  if cap >= 0 and n_ok >= room then
+    why = 1
+  elseif offer_cap >= 0 and count(fo) + 1 > offer_cap then
+    why = 2
+  elseif campaign_cap >= 0 and count(fc) + 1 > campaign_cap then
+    why = 3
+  end
+  if why == 0 then
+    n_ok = n_ok + 1
+    committed[#committed + 1] = offer
+    if offer_cap >= 0 or campaign_cap >= 0 then
+      counts[fo] = count(fo) + 1
+      counts[fc] = count(fc) + 1
+      committed[#committed + 1] = {fo, fc}
+    end
+  else
+    refused[#refused + 1] = offer
+    refused[#refused + 1] = why
+  end
+end
+
+-- writes
+local offers = {}
+local capped_awards = false
+for _, c in ipairs(committed) do
+  if type(c) == 'table' then
+    redis.call('HINCRBY', KEYS[4], c[1], 1)
+    redis.call('HINCRBY', KEYS[4], c[2], 1)
+    capped_awards = true
+  else
+    offers[#offers + 1] = c
+    redis.call('ZADD', KEYS[1], now, decision_id .. ':' .. c)
+  end
+end
+if #offers > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[8])
+end
+if capped_awards then
+  redis.call('EXPIRE', KEYS[4], ARGV[8])
+end
+redis.call('HSET', KEYS[3], 'offers', table.concat(offers, ','), 'channel', ARGV[9], 'ts', ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+if has_request then
+  redis.call('SET', KEYS[2], decision_id, 'EX', ARGV[6])
+end
+local out = {1, decision_id, #offers}
+for _, offer in ipairs(offers) do
+  out[#out + 1] = offer
+end
+for _, x in ipairs(refused) do
+  out[#out + 1] = x
+end
+return out
