@@ -264,7 +264,9 @@ class DecisionService:
         award_ran = False
         if w.control_group:
             # universal control group: nothing is awarded, but what would have been is logged
-            w.would_offer = [catalog.offers[view.offers[p]].id for p in ranked[: w.k if room is None else room]]
+            w.would_offer = [
+                catalog.offers[view.offers[p]].id for p in ranked[: w.k if room is None else min(w.k, room)]
+            ]
             for p in ranked:
                 stage[p] = RANKED_OUT
         elif ranked.size or req.request_id:

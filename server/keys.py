@@ -39,36 +39,36 @@ class Keys:
     def features_pattern(self) -> str:
         return f"{self.prefix}{{c:*}}:features"
 
-    # -- global -------------------------------------------------------------------------------
+    # -- global: one tag, so that publishing (a transaction over several) stays in one slot --
     @property
     def schema_current(self) -> str:
-        return f"{self.prefix}schema:current"
+        return f"{self.prefix}{{g}}:schema:current"
 
     def schema(self, version: int) -> str:
-        return f"{self.prefix}schema:v{version}"
+        return f"{self.prefix}{{g}}:schema:v{version}"
 
     @property
     def catalog_current(self) -> str:
-        return f"{self.prefix}catalog:current"
+        return f"{self.prefix}{{g}}:catalog:current"
 
     def catalog(self, version: int) -> str:
-        return f"{self.prefix}catalog:v{version}"
+        return f"{self.prefix}{{g}}:catalog:v{version}"
 
     @property
     def catalog_seq(self) -> str:
-        return f"{self.prefix}catalog:seq"
+        return f"{self.prefix}{{g}}:catalog:seq"
 
     def model(self, version: str) -> str:
-        return f"{self.prefix}model:v:{version}"
+        return f"{self.prefix}{{g}}:model:v:{version}"
 
     @property
     def model_current(self) -> str:
-        return f"{self.prefix}model:current"
+        return f"{self.prefix}{{g}}:model:current"
 
     @property
     def model_history(self) -> str:
         """List of published versions, oldest first; rollback pops the live one."""
-        return f"{self.prefix}model:history"
+        return f"{self.prefix}{{g}}:model:history"
 
     # -- budgets: one tag for all, so one script can walk candidates of several campaigns --------
     @property

@@ -78,7 +78,7 @@ def test_catalog_validate_and_load(redis_url: str, redis_client: redis.Redis, tm
     assert run(["features", "load", str(customers), "--categorical", "tier"], redis_url, tmp_path).returncode == 0
     result = run(["catalog", "load", str(bad)], redis_url, tmp_path)
     assert result.returncode == 1 and "nothing was published" in result.stderr
-    assert redis_client.get("nbo:catalog:current") is None
+    assert redis_client.get("nbo:{g}:catalog:current") is None
 
     good = tmp_path / "good.yaml"
     good.write_text(BASE)
@@ -147,7 +147,7 @@ def test_demo_runs_end_to_end_and_exits_0(redis_url: str, redis_client: redis.Re
         assert f"Send nothing: {reason}" in out
     assert "recorded=True; the same report again: duplicate=True" in out
     # the demo keeps to its own key prefix in a shared Redis
-    assert redis_client.exists("nbo-demo:catalog:current") and not redis_client.exists("nbo:catalog:current")
+    assert redis_client.exists("nbo-demo:{g}:catalog:current") and not redis_client.exists("nbo:{g}:catalog:current")
 
 
 def test_train_and_model_commands_are_reachable(redis_url: str, tmp_path: Path) -> None:

@@ -119,7 +119,7 @@ def test_corrupt_wrong_schema_and_nan_models_are_rejected(
     with pytest.raises(ModelRejected, match=r"crashed LightGBM|scored NaN"):
         publish_dir(redis_url, nan)
 
-    assert redis_client.get("nbo:model:current") == live.encode()
+    assert redis_client.get("nbo:{g}:model:current") == live.encode()
 
 
 async def test_rollback_and_a_swap_under_load_loses_no_request(served: Harness, redis_url: str, tmp_path: Path) -> None:

@@ -1,0 +1,149 @@
+"""The reservation, release and commit scripts against a real Redis: all checks before any write."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from server.budgets import DAY, HOUR, TOTAL, UNLIMITED, Check, Period, Reservation
+from server.keys import Keys
+from server.state import CAMPAIGN_CAP, CHANNEL_CAP, COMMITTED, OFFER_CAP, REPLAY, Committed, Pick, StateStore
+
+PERIOD = Period(day="2027-01-15", hour="2027-01-15T10", day_fraction=10 / 24)
+KEYS = Keys()
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[StateStore]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield StateStore(client, KEYS)
+    await client.aclose()
+
+
+def snapshot(client: redis.Redis) -> dict[bytes, bytes | None]:
+    return {key: client.dump(key) for key in sorted(client.keys("*"))}
+
+
+def offer(offer_id: str, campaign: str, *, total: int, spend: int, daily: int, cost: int = 250) -> Reservation:
+    return Reservation(
+        offer_id,
+        (
+            Check(TOTAL, f"o:{offer_id}:n", total, 1, "offer total"),
+            Check(TOTAL, f"o:{offer_id}:spend", spend, cost, "offer spend"),
+            Check(DAY, f"o:{offer_id}:n", daily, 1, "offer today"),
+            Check(TOTAL, f"c:{campaign}:n", UNLIMITED, 1, "campaign total"),
+            Check(HOUR, "ch:web:n", 100, 1, "web capacity"),
+        ),
+    )
+
+
+async def test_a_reservation_failing_its_third_check_changes_nothing(
+    store: StateStore, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(KEYS.budget_day(PERIOD.day), "o:a:n", 3)
+    redis_client.hset(KEYS.budget_total, mapping={"o:a:n": 3, "o:a:spend": 750})
+    before = snapshot(redis_client)
+    # checks 1 (3 < 10) and 2 (750 + 250 <= 5000) pass, check 3 (3 of 3 today) fails
+    result = await store.reserve(PERIOD, 1, [offer("a", "camp", total=10, spend=5000, daily=3)])
+    assert result.awarded == ()
+    assert result.refused == (("a", 3, 3),)
+    assert snapshot(redis_client) == before
+
+
+async def test_the_walk_awards_the_next_candidate_and_counts_exactly_it(
+    store: StateStore, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(KEYS.budget_total, "o:a:n", 10)
+    walk = [offer("a", "camp", total=10, spend=10**6, daily=100), offer("b", "camp", total=10, spend=10**6, daily=100)]
+    result = await store.reserve(PERIOD, 1, walk)
+    assert result.awarded == ("b",)
+    assert result.refused == (("a", 1, 10),)
+    assert redis_client.hgetall(KEYS.budget_total) == {
+        b"o:a:n": b"10",
+        b"o:b:n": b"1",
+        b"o:b:spend": b"250",
+        b"c:camp:n": b"1",
+    }
+    assert redis_client.hgetall(KEYS.budget_day(PERIOD.day)) == {b"o:b:n": b"1"}
+    assert redis_client.hgetall(KEYS.budget_hour(PERIOD.hour)) == {b"ch:web:n": b"1"}
+    assert redis_client.ttl(KEYS.budget_day(PERIOD.day)) > 0 and redis_client.ttl(KEYS.budget_hour(PERIOD.hour)) > 0
+
+
+async def test_two_offers_of_one_call_add_up_on_a_shared_counter(store: StateStore, redis_client: redis.Redis) -> None:
+    shared = Check(TOTAL, "c:camp:n", 1, 1, "campaign total")
+    walk = [Reservation("a", (shared,)), Reservation("b", (shared,)), Reservation("free", ())]
+    result = await store.reserve(PERIOD, 2, walk)
+    assert result.awarded == ("a", "free")
+    assert result.refused == (("b", 1, 1),)
+    assert redis_client.hget(KEYS.budget_total, "c:camp:n") == b"1"
+
+
+async def test_release_gives_back_exactly_what_was_reserved(store: StateStore, redis_client: redis.Redis) -> None:
+    walk = [offer("a", "camp", total=10, spend=10**6, daily=100)]
+    await store.reserve(PERIOD, 1, walk)
+    await store.release(PERIOD, walk)
+    counters = [redis_client.hgetall(k) for k in (KEYS.budget_total, KEYS.budget_day(PERIOD.day))]
+    assert all(set(c.values()) == {b"0"} for c in counters)
+
+
+async def commit(store: StateStore, picks: list[Pick], *, cap: int | None = None, request_id: str = "") -> Committed:
+    return await store.commit(
+        customer_id="c1",
+        channel="web",
+        decision_id=f"d{len(picks)}{request_id}",
+        request_id=request_id,
+        now=1000.0,
+        window_seconds=100.0,
+        channel_cap=cap,
+        picks=picks,
+        decision_ttl=60,
+        request_ttl=60,
+        history_ttl=60,
+    )
+
+
+async def test_commit_refusing_on_its_third_check_records_no_contact(
+    store: StateStore, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(KEYS.contacts("c1"), mapping={"a:o:x": 0, "a:c:camp": 2})
+    before = {k: redis_client.dump(k) for k in (KEYS.contacts("c1"), KEYS.channel_contacts("c1", "web"))}
+    # channel cap (check 1) has room, the offer cap (2) too, the campaign cap of 2 (3) is used up
+    result = await commit(store, [Pick("x", "camp", 1, 2)], cap=5)
+    assert (result.status, result.awarded, result.refused) == (COMMITTED, (), (("x", CAMPAIGN_CAP),))
+    assert {k: redis_client.dump(k) for k in before} == before
+
+
+async def test_commit_counts_per_customer_caps_and_the_channel_cap(
+    store: StateStore, redis_client: redis.Redis
+) -> None:
+    result = await commit(
+        store, [Pick("x", "camp", 1, -1), Pick("y", "camp", -1, -1), Pick("z", "other", -1, -1)], cap=2
+    )
+    assert result.awarded == ("x", "y")
+    assert result.refused == (("z", CHANNEL_CAP),)
+    assert redis_client.hgetall(KEYS.contacts("c1")) == {b"a:o:x": b"1", b"a:c:camp": b"1"}
+    again = await commit(store, [Pick("x", "camp", 1, -1)], request_id="r1")
+    assert again.refused == (("x", OFFER_CAP),)
+    repeat = await commit(store, [Pick("y", "camp", -1, -1)], request_id="r1")
+    assert (repeat.status, repeat.decision_id) == (REPLAY, "d1r1")
+
+
+def test_every_script_call_stays_in_one_cluster_slot() -> None:
+    budget = {key_slot(k.encode()) for k in (KEYS.budget_total, KEYS.budget_day("2027-01-01"), KEYS.budget_hour("x"))}
+    customer = {
+        key_slot(k.encode())
+        for k in (
+            KEYS.features("c1"),
+            KEYS.contacts("c1"),
+            KEYS.channel_contacts("c1", "web"),
+            KEYS.request("c1", "r"),
+            KEYS.decision("c1", "d"),
+            KEYS.outcome_event("c1", "e"),
+        )
+    }
+    published = {key_slot(k.encode()) for k in (KEYS.catalog_current, KEYS.catalog(3), KEYS.catalog_seq)}
+    assert len(budget) == len(customer) == len(published) == 1
