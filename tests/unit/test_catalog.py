@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from server.budgets import DAY, HOUR, TOTAL, Limits, PaceOver, Pacing, Period, per_customer_caps, reservation
 from server.catalog import CatalogInvalid, parse_catalog
 from server.domain import CampaignType, Channel
 from tests.unit.catalog_fixtures import BASE, SCHEMA
@@ -136,6 +139,37 @@ INVALID = [
         id="several-errors-at-once",
     ),
     pytest.param(
+        ("    cost: 1\n", "    cost: 1\n    budget: {total_awards: 10, pacing: {over: day}}\n"),
+        ["c.yaml:38:32: offers[0].budget.pacing: pacing over the day needs daily_awards"],
+        id="day-pacing-without-daily-cap",
+    ),
+    pytest.param(
+        (
+            "    priority: 90\n",
+            "    priority: 90\n    budget:\n      total_awards: 100\n      pacing: {over: window}\n",
+        ),
+        ["c.yaml:24:7: campaigns[0].budget.pacing: pacing over the window needs the campaign's start and end"],
+        id="window-pacing-without-window",
+    ),
+    pytest.param(
+        ("    cost: 1\n", "    cost: 1\n    budget: {daily_awards: 10, pacing: {over: week}}\n"),
+        ['c.yaml:38:41: offers[0].budget.pacing.over: must be "day" or "window", got "week"'],
+        id="unknown-pacing-period",
+    ),
+    pytest.param(
+        ("campaigns:\n", "channels:\n  fax: {capacity_per_hour: 3}\ncampaigns:\n"),
+        ['c.yaml:19:3: channels.fax: unknown channel "fax" (channels: call_centre, web, mobile_app, email)'],
+        id="capacity-of-unknown-channel",
+    ),
+    pytest.param(
+        ("    cost: 1\n", "    cost: 1\n    budget: {total_awards: -1, per_customer: 0.5}\n"),
+        [
+            "c.yaml:38:14: offers[0].budget.total_awards: must be >= 0, got -1",
+            "c.yaml:38:32: offers[0].budget.per_customer: must be a whole number, got 0.5",
+        ],
+        id="negative-and-fractional-budgets",
+    ),
+    pytest.param(
         ("campaigns:\n", "campaigns: [\n"),
         ["c.yaml:19:3: (yaml): expected the node content, but found '-'"],
         id="yaml-syntax",
@@ -155,3 +189,43 @@ def test_offer_channel_outside_its_campaign_is_an_error() -> None:
     assert errors_of(text) == [
         'c.yaml:49:16: offers[2].channels[0]: channel "email" is not a channel of campaign "life"'
     ]
+
+
+def test_budgets_capacity_and_pacing_compile_into_limits() -> None:
+    text = BASE.replace(
+        "    cost: 1\n",
+        "    cost: 1.25\n    budget: {total_awards: 10, daily_awards: 4, total_spend: 99.99, pacing: {over: day}}\n",
+    ).replace(
+        "    priority: 90\n",
+        "    priority: 90\n    start: 2027-01-01\n    end: 2027-01-31\n"
+        "    budget: {total_spend: 500, per_customer: 2, pacing: {over: window, slack: 0.1}}\n",
+    )
+    text = text.replace("campaigns:\n", "channels: {call_centre: {capacity_per_hour: 40}}\ncampaigns:\n")
+    catalog = parse_catalog(text, SCHEMA)
+    offer = catalog.offers[catalog.offer_index["o_adhoc"]]
+    assert offer.limits == Limits(10, 4, 9999, None, Pacing(PaceOver.DAY, 0.02))
+    assert catalog.campaigns[0].limits == Limits(None, None, 50000, 2, Pacing(PaceOver.WINDOW, 0.1))
+    assert catalog.campaigns[1].limits is None
+    assert catalog.channel_capacity == {Channel.CALL_CENTRE: 40}
+    period = Period.at(datetime(2027, 1, 16, 6, tzinfo=UTC).timestamp(), catalog.timezone)  # a quarter of a day
+    checks = reservation(catalog, offer, Channel.CALL_CENTRE, datetime(2027, 1, 16, 6, tzinfo=UTC).timestamp(), period)
+    assert checks is not None
+    assert [(c.key, c.field, c.limit, c.incr) for c in checks.checks] == [
+        (TOTAL, "o:o_adhoc:n", 10, 1),
+        (TOTAL, "o:o_adhoc:spend", 9999, 125),
+        (DAY, "o:o_adhoc:n", 2, 1),  # paced: floor(4 x 0.25 + max(0.02 x 4, 1))
+        (DAY, "o:o_adhoc:spend", -1, 125),
+        (TOTAL, "c:adhoc:n", -1, 1),
+        (TOTAL, "c:adhoc:spend", 29596, 125),  # paced: floor(50000 x 15.25/31 + 5000)
+        (DAY, "c:adhoc:n", -1, 1),
+        (DAY, "c:adhoc:spend", -1, 125),
+        (HOUR, "ch:call_centre:n", 40, 1),
+    ]
+    assert per_customer_caps(catalog, offer) == (-1, 2)
+
+
+def test_pacing_allows_the_even_share_plus_slack_never_more_than_the_cap() -> None:
+    pacing = Pacing(PaceOver.DAY, 0.05)
+    assert [pacing.allowed(100, f) for f in (-0.5, 0.0, 0.1, 0.5, 0.96, 1.0, 2.0)] == [5, 5, 15, 55, 100, 100, 100]
+    assert Pacing(PaceOver.DAY, 0.0).allowed(10, 0.0) == 1  # at least one award ahead of the line
+    assert Pacing(PaceOver.DAY, 0.0).allowed(0, 0.5) == 0
