@@ -354,6 +354,8 @@ class DecisionService:
                 log.warning("budget reservation failed, degrading: %s", err)
                 return self._empty(w, NoOfferReason.DEGRADED, degraded=True)
             granted = list(reserved.awarded)
+            if reserved.refused:
+                self.metrics.award_refusals.labels("reserve").inc(len(reserved.refused))
             for offer_id, check_no, used in reserved.refused:
                 pos = by_id[offer_id]
                 stage[pos] = BUDGET
@@ -385,6 +387,7 @@ class DecisionService:
             await self._release(period, [walk_by_id[o] for o in granted])
             return await self._replay(req.customer_id, committed.decision_id)
         if committed.refused:
+            self.metrics.award_refusals.labels("commit").inc(len(committed.refused))
             await self._release(period, [walk_by_id[o] for o, _ in committed.refused])
             for offer_id, why in committed.refused:
                 pos = by_id[offer_id]

@@ -24,6 +24,13 @@ class Metrics:
         )
         self.outcomes = Counter("nbo_outcomes", "Outcomes reported", ["outcome", "result"], registry=r)
         self.invalid_requests = Counter("nbo_invalid_requests", "Requests rejected as invalid", ["field"], registry=r)
+        self.award_refusals = Counter(
+            "nbo_award_refusals",
+            "Ranked offers refused at award time: by a budget, capacity or pacing limit (reserve) or by a "
+            "per-customer cap a concurrent decision used first (commit; its reservation is released)",
+            ["step"],
+            registry=r,
+        )
         self.redis_errors = Counter("nbo_redis_errors", "Redis failures on the hot path", ["op"], registry=r)
         self.log_written = Counter("nbo_log_records_written", "Decision/outcome log records written", registry=r)
         self.log_dropped = Counter("nbo_log_records_dropped", "Log records lost (queue full or Redis down)", registry=r)
