@@ -7,7 +7,9 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import redis
 from pydantic import ValidationError
@@ -33,10 +35,19 @@ def _settings(opts: argparse.Namespace) -> Settings:
         raise SystemExit(2) from None
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--redis-url", dest="redis_url", help="Redis URL (default: REDIS_URL, else a private redis-server)")
-    p.add_argument("--data-dir", type=Path, help="directory of the private redis-server (default .nbo)")
-    p.add_argument("--key-prefix", help="prefix of every Redis key (default nbo:)")
+def _common(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    # a nested subcommand must not reset, with its defaults, what its parent command was given
+    default = argparse.SUPPRESS if nested else None
+    p.add_argument(
+        "--redis-url",
+        dest="redis_url",
+        default=default,
+        help="Redis URL (default: REDIS_URL, else a private redis-server)",
+    )
+    p.add_argument(
+        "--data-dir", type=Path, default=default, help="directory of the private redis-server (default .nbo)"
+    )
+    p.add_argument("--key-prefix", default=default, help="prefix of every Redis key (default nbo:)")
 
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:
@@ -114,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_model_list)
 
+    _budget_parsers(sub)
+
     sub.add_parser("train", help="train a propensity model from a logged-interaction dataset (nbo train --help)")
 
     p = sub.add_parser("decide", help="ask a running server for a decision")
@@ -127,6 +140,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-id", default="")
     p.set_defaults(func=cmd_decide)
     return parser
+
+
+RECONCILE_HELP = """\
+Rebuild the budget counters (totals, days, hours) and the per-customer award counts from the
+decision log, using for each award the catalog version it was made under, and print every
+counter that differs (hash, field, stored, from log, difference). Unless --dry-run, the log's
+values are written: budget counters in one MULTI/EXEC, per-customer counts per customer.
+
+Only days the log covers, and hours it covers that have not expired, are touched; totals are
+set to the log's totals. When the log was trimmed or starts after a budgeted campaign started,
+counts before the log cannot be rebuilt: the command says so and stops unless --force.
+
+Awards in flight are not in the log yet (decisions reach it within log_flush_seconds, under a
+second), nor are records the log writer dropped (nbo_log_records_dropped_total): run it with traffic
+paused, or expect that drift.
+
+Exit status: 0 no drift, or drift fixed; 1 drift found with --dry-run; 3 the log does not reach
+back far enough (see --force)."""
+
+
+def _budget_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    budgets = sub.add_parser(
+        "budgets",
+        help="budget use and what is left; `nbo budgets reconcile` rebuilds the counters from the log",
+        description="Caps, use and what is left of every campaign and offer with a budget, and of "
+        "channel capacity, under the live catalog.",
+    )
+    _common(budgets)
+    budgets.add_argument("--at", help="ISO 8601 time whose day and hour to show (default now; naive = catalog zone)")
+    budgets.add_argument("--json", action="store_true", help="print JSON for scripts")
+    budgets.set_defaults(func=cmd_budgets)
+    nested = budgets.add_subparsers(dest="budgets_command")
+    p = nested.add_parser(
+        "reconcile",
+        help="rebuild the budget counters from the decision log",
+        description=RECONCILE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(p, nested=True)
+    p.add_argument("--dry-run", action="store_true", help="print the drift; write nothing")
+    p.add_argument("--force", action="store_true", help="use the log even if it may miss earlier awards")
+    p.set_defaults(func=cmd_budgets_reconcile)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -370,6 +425,99 @@ def cmd_model_list(opts: argparse.Namespace) -> int:
             f"{'*' if live else ' '} {version}  auc={auc if auc is None else round(auc, 4)}  ece={metrics.get('ece')}",
             highlight=False,
         )
+    return 0
+
+
+def _print_lines(lines: Sequence[str], *, stderr: bool = False) -> None:
+    for line in lines:
+        (err_console if stderr else console).print(line, highlight=False, markup=False, emoji=False, soft_wrap=True)
+
+
+def _plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
+def _parse_at(text: str | None, tz: ZoneInfo) -> float:
+    if text is None:
+        return time.time()
+    at = datetime.fromisoformat(text)
+    return (at if at.tzinfo is not None else at.replace(tzinfo=tz)).timestamp()
+
+
+def cmd_budgets(opts: argparse.Namespace) -> int:
+    from server.budget_report import NoCatalog, build_report, format_report, live_catalog, report_json
+
+    with _redis(opts) as (client, keys):
+        try:
+            catalog = live_catalog(client, keys)
+        except NoCatalog as err:
+            err_console.print(f"error: {err}")
+            return 1
+        try:
+            now = _parse_at(opts.at, catalog.timezone)
+        except ValueError as err:
+            err_console.print(f"error: --at: {err}")
+            return 2
+        report = build_report(client, keys, catalog, now)
+    if opts.json:
+        print(report_json(report))
+    else:
+        _print_lines(format_report(report))
+    return 0
+
+
+def cmd_budgets_reconcile(opts: argparse.Namespace) -> int:
+    from server.budget_report import (
+        NoCatalog,
+        apply_reconcile,
+        describe_scan,
+        format_drifts,
+        live_catalog,
+        plan_reconcile,
+    )
+
+    settings = _settings(opts)
+    with _redis(opts) as (client, keys):
+        try:
+            live = live_catalog(client, keys)
+        except NoCatalog as err:
+            err_console.print(f"error: {err}")
+            return 1
+        plan = plan_reconcile(
+            client,
+            keys,
+            live,
+            maxlen=settings.decision_stream_maxlen,
+            history_ttl=settings.contact_history_ttl_seconds,
+            now=time.time(),
+        )
+        _print_lines(describe_scan(plan, live.timezone))
+        _print_lines([f"warning: {gap}" for gap in plan.gaps], stderr=True)
+        found = plan.all_drifts
+        if found:
+            _print_lines(format_drifts(found))
+        summary = (
+            f"{_plural(len(found), 'drift')} in {_plural(len({d.key for d in found}), 'hash', 'hashes')} "
+            f"({_plural(len(plan.budget_drifts), 'budget counter')}, "
+            f"{_plural(len(plan.customers.drifts), 'per-customer count')})"
+        )
+        if plan.gaps and not opts.force:
+            _print_lines(
+                [
+                    "refused: awards before the log starts cannot be rebuilt from it; nothing was written. "
+                    "Pass --force to set the counters to what the log holds anyway."
+                ],
+                stderr=True,
+            )
+            return 3
+        if not found:
+            _print_lines(["no drift: every counter matches the decision log"])
+            return 0
+        if opts.dry_run:
+            _print_lines([f"{summary}; dry run: nothing written"])
+            return 1
+        apply_reconcile(client, plan, settings.contact_history_ttl_seconds)
+    _print_lines([f"{summary}: fixed"])
     return 0
 
 
