@@ -163,6 +163,12 @@ def reservation(catalog: Catalog, offer: Offer, channel: Channel, now: float, pe
     return Reservation(offer.id, tuple(checks)) if checks else None
 
 
+def has_budget(catalog: Catalog, offer: Offer) -> bool:
+    """Whether the offer or its campaign has a shared limit that can run out for this offer alone."""
+    camp = catalog.campaigns[offer.campaign]
+    return bool((offer.limits and offer.limits.shared) or (camp.limits and camp.limits.shared))
+
+
 def per_customer_caps(catalog: Catalog, offer: Offer) -> tuple[int, int]:
     """(offer cap, campaign cap) on awards per customer; UNLIMITED where none."""
     camp = catalog.campaigns[offer.campaign]

@@ -24,7 +24,7 @@ import numpy.typing as npt
 from redis.exceptions import RedisError
 
 from server.arbitration import rank
-from server.budgets import Period, Reservation, exhausted_reason, per_customer_caps, reservation
+from server.budgets import Period, Reservation, exhausted_reason, has_budget, per_customer_caps, reservation
 from server.catalog import TIER_NAMES, Catalog, ChannelView
 from server.config import Settings
 from server.contact_policy import blocked_offers, channel_room
@@ -56,7 +56,7 @@ from server.metrics import Metrics
 from server.rules import Now
 from server.schema import FeatureSchema
 from server.scoring import PriorScorer, Scorer, ScoringInput
-from server.state import CAMPAIGN_CAP, CHANNEL_CAP, OFFER_CAP, REPLAY, CustomerState, Pick, StateStore
+from server.state import CAMPAIGN_CAP, CHANNEL_CAP, OFFER_CAP, REPLAY, RETRY, CustomerState, Pick, StateStore
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -91,6 +91,7 @@ _STAGE_STATUS = {
 }
 
 
+_AWARD_ATTEMPTS = 2
 _REFUSED = {
     CHANNEL_CAP: "channel limit reached",
     OFFER_CAP: "per-customer limit of the offer reached",
@@ -326,26 +327,48 @@ class DecisionService:
     ) -> list[int] | Decision:
         """Reserve budgets, then commit on the customer's side; positions awarded, or a finished
         Decision (degraded or a replay)."""
-        req, catalog = w.req, w.live.catalog
-        policy = catalog.contact_policy
+        catalog = w.live.catalog
         k = w.k if room is None else min(w.k, room)
         period = Period.at(w.now, catalog.timezone)
-        walk: list[Reservation] = []
-        limited = 0
-        for pos in ranked:
-            offer = catalog.offers[view.offers[pos]]
-            res = reservation(catalog, offer, req.channel, w.now, period)
-            if res is None:
-                walk.append(Reservation(offer.id, ()))
-            else:
-                limited += 1
-                walk.append(res)
-            if len(walk) >= k + limited:
-                break  # a longer walk can only be needed to skip exhausted budgets
         by_id = {catalog.offers[view.offers[p]].id: int(p) for p in ranked}
+        # a concurrent decision for the same customer may use a per-customer cap between our read
+        # and our commit; the commit then writes nothing and the next candidates get one more try
+        for attempt in range(_AWARD_ATTEMPTS):
+            remaining = [int(p) for p in ranked if stage[p] == ALIVE]
+            outcome = await self._award_once(
+                w, view, stage, remaining, by_id, k, period, may_retry=attempt + 1 < _AWARD_ATTEMPTS
+            )
+            if outcome is not None:
+                return outcome
+        raise AssertionError("the last attempt never asks for a retry")
+
+    async def _award_once(
+        self,
+        w: _Work,
+        view: ChannelView,
+        stage: npt.NDArray[np.int8],
+        remaining: list[int],
+        by_id: dict[str, int],
+        k: int,
+        period: Period,
+        *,
+        may_retry: bool,
+    ) -> list[int] | Decision | None:
+        req, catalog = w.req, w.live.catalog
+        policy = catalog.contact_policy
+        walk: list[Reservation] = []
+        budgeted = 0
+        for at in remaining:
+            offer = catalog.offers[view.offers[at]]
+            res = reservation(catalog, offer, req.channel, w.now, period)
+            walk.append(res or Reservation(offer.id, ()))
+            # a channel capacity check is the same for every offer, so it never needs a longer walk
+            budgeted += has_budget(catalog, offer)
+            if len(walk) >= k + budgeted:
+                break  # a longer walk can only be needed to skip exhausted budgets
         walk_by_id = {r.offer_id: r for r in walk}
         granted: list[str] = [r.offer_id for r in walk[:k]]
-        if limited and k > 0:
+        if k > 0 and any(r.checks for r in walk):
             try:
                 reserved = await self.store.reserve(period, k, walk)
             except RedisError as err:
@@ -374,6 +397,7 @@ class DecisionService:
                 window_seconds=policy.window_seconds,
                 channel_cap=policy.max_per_window.get(req.channel),
                 picks=picks,
+                may_retry=may_retry and len(walk) > len(granted),
                 decision_ttl=self.settings.decision_ttl_seconds,
                 request_ttl=self.settings.request_id_ttl_seconds,
                 history_ttl=self.settings.contact_history_ttl_seconds,
@@ -393,10 +417,12 @@ class DecisionService:
                 pos = by_id[offer_id]
                 stage[pos] = CONTACT
                 w.notes[pos] = _REFUSED[why]
+        if committed.status == RETRY:
+            return None
         awarded = [by_id[o] for o in committed.awarded]
         chosen = set(awarded)
-        for p in ranked:
-            if stage[p] == ALIVE and int(p) not in chosen:
+        for p in remaining:
+            if stage[p] == ALIVE and p not in chosen:
                 stage[p] = RANKED_OUT
         return awarded
 
@@ -547,7 +573,7 @@ class DecisionService:
         if not req.request_id:
             replay = None  # nobody can ask for this answer again
         elif keep:
-            # the award script created the decision key and the request key; add the full answer
+            # the commit script created the decision key and the request key; add the full answer
             replay = Replay(keys.decision(req.customer_id, decision.decision_id), encode_decision(decision))
         else:
             # nothing was awarded, so no script ran: remember the answer for repeats here

@@ -145,7 +145,7 @@ class Replay:
 
     decision_key: str
     payload: bytes
-    # set when no award script ran, so the request key must be written here (first writer wins)
+    # set when no commit script ran, so the request key must be written here (first writer wins)
     request_key: str | None = None
     decision_id: str = ""
     request_ttl: int = 0

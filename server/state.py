@@ -54,13 +54,13 @@ class Reserved:
 
 @dataclass(frozen=True, slots=True)
 class Committed:
-    status: int  # COMMITTED, or REPLAY of an earlier decision with the same request id
+    status: int  # COMMITTED; REPLAY of an earlier decision with the same request id; or RETRY
     decision_id: str
     awarded: tuple[str, ...]
     refused: tuple[tuple[str, int], ...]  # (offer, CHANNEL_CAP | OFFER_CAP | CAMPAIGN_CAP)
 
 
-COMMITTED, REPLAY = 1, 2
+COMMITTED, REPLAY, RETRY = 1, 2, 3  # RETRY: per-customer caps refused every pick, nothing written
 CHANNEL_CAP, OFFER_CAP, CAMPAIGN_CAP = 1, 2, 3
 
 
@@ -138,6 +138,7 @@ class StateStore:
         window_seconds: float,
         channel_cap: int | None,
         picks: Sequence[Pick],
+        may_retry: bool,
         decision_ttl: int,
         request_ttl: int,
         history_ttl: int,
@@ -160,6 +161,7 @@ class StateStore:
             history_ttl,
             channel,
             len(picks),
+            1 if may_retry else 0,
         ]
         for p in picks:
             args += [p.offer_id, p.campaign_id, p.offer_cap, p.campaign_cap]

@@ -6,15 +6,19 @@
 -- KEYS[1] sent-zset of the channel   KEYS[2] request-id key (may be unused)
 -- KEYS[3] decision key               KEYS[4] contacts hash
 -- ARGV: now, window_s, channel_cap (-1 = none), decision_id, decision_ttl, request_ttl,
---       has_request (0/1), history_ttl, channel, n, then n x (offer, campaign, offer_cap, campaign_cap)
+--       has_request (0/1), history_ttl, channel, n, may_retry (0/1),
+--       then n x (offer, campaign, offer_cap, campaign_cap)
 -- Returns {1, decision_id, n_committed, committed..., then per refused offer: offer, why}
 -- (why: 1 channel cap, 2 offer's per-customer cap, 3 campaign's per-customer cap), or
--- {2, existing_decision_id} when the request id was already decided.
+-- {2, existing_decision_id} when the request id was already decided, or, when may_retry and a
+-- per-customer cap refused every pick, {3, decision_id, 0, refused...} having written nothing,
+-- so the caller can try the next candidates.
 local now = tonumber(ARGV[1])
 local cap = tonumber(ARGV[3])
 local decision_id = ARGV[4]
 local has_request = ARGV[7] == '1'
 local n = tonumber(ARGV[10])
+local may_retry = ARGV[11] == '1'
 
 if has_request then
   local existing = redis.call('GET', KEYS[2])
@@ -39,8 +43,8 @@ end
 local committed, refused = {}, {}
 local n_ok = 0
 for i = 0, n - 1 do
-  local offer, campaign = ARGV[11 + 4 * i], ARGV[12 + 4 * i]
-  local offer_cap, campaign_cap = tonumber(ARGV[13 + 4 * i]), tonumber(ARGV[14 + 4 * i])
+  local offer, campaign = ARGV[12 + 4 * i], ARGV[13 + 4 * i]
+  local offer_cap, campaign_cap = tonumber(ARGV[14 + 4 * i]), tonumber(ARGV[15 + 4 * i])
   local fo, fc = 'a:o:' .. offer, 'a:c:' .. campaign
   local why = 0
   if cap >= 0 and n_ok >= room then
@@ -61,6 +65,22 @@ for i = 0, n - 1 do
   else
     refused[#refused + 1] = offer
     refused[#refused + 1] = why
+  end
+end
+
+if may_retry and n_ok == 0 and n > 0 then
+  local customer_caps = false
+  for i = 2, #refused, 2 do
+    if refused[i] ~= 1 then
+      customer_caps = true
+    end
+  end
+  if customer_caps then
+    local out = {3, decision_id, 0}
+    for _, x in ipairs(refused) do
+      out[#out + 1] = x
+    end
+    return out
   end
 end
 

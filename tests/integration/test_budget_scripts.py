@@ -11,7 +11,7 @@ from redis.crc import key_slot
 
 from server.budgets import DAY, HOUR, TOTAL, UNLIMITED, Check, Period, Reservation
 from server.keys import Keys
-from server.state import CAMPAIGN_CAP, CHANNEL_CAP, COMMITTED, OFFER_CAP, REPLAY, Committed, Pick, StateStore
+from server.state import CAMPAIGN_CAP, CHANNEL_CAP, COMMITTED, OFFER_CAP, REPLAY, RETRY, Committed, Pick, StateStore
 
 PERIOD = Period(day="2027-01-15", hour="2027-01-15T10", day_fraction=10 / 24)
 KEYS = Keys()
@@ -90,7 +90,9 @@ async def test_release_gives_back_exactly_what_was_reserved(store: StateStore, r
     assert all(set(c.values()) == {b"0"} for c in counters)
 
 
-async def commit(store: StateStore, picks: list[Pick], *, cap: int | None = None, request_id: str = "") -> Committed:
+async def commit(
+    store: StateStore, picks: list[Pick], *, cap: int | None = None, request_id: str = "", may_retry: bool = False
+) -> Committed:
     return await store.commit(
         customer_id="c1",
         channel="web",
@@ -100,6 +102,7 @@ async def commit(store: StateStore, picks: list[Pick], *, cap: int | None = None
         window_seconds=100.0,
         channel_cap=cap,
         picks=picks,
+        may_retry=may_retry,
         decision_ttl=60,
         request_ttl=60,
         history_ttl=60,
@@ -130,6 +133,18 @@ async def test_commit_counts_per_customer_caps_and_the_channel_cap(
     assert again.refused == (("x", OFFER_CAP),)
     repeat = await commit(store, [Pick("y", "camp", -1, -1)], request_id="r1")
     assert (repeat.status, repeat.decision_id) == (REPLAY, "d1r1")
+
+
+async def test_commit_refused_by_a_customer_cap_writes_nothing_when_a_retry_may_follow(
+    store: StateStore, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(KEYS.contacts("c1"), "a:o:x", 1)
+    before = snapshot(redis_client)
+    result = await commit(store, [Pick("x", "camp", 1, -1)], request_id="r9", may_retry=True)
+    assert (result.status, result.awarded, result.refused) == (RETRY, (), (("x", OFFER_CAP),))
+    assert snapshot(redis_client) == before  # no decision key, no request key: the retry owns them
+    result = await commit(store, [Pick("y", "camp", -1, -1)], request_id="r9", may_retry=False)
+    assert (result.status, result.awarded) == (COMMITTED, ("y",))
 
 
 def test_every_script_call_stays_in_one_cluster_slot() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -221,10 +222,22 @@ def test_holdout_assignment_is_stable_per_salt_and_a_new_salt_redraws_it() -> No
 
 
 # -- Redis Cluster: every script and transaction must stay in one slot ---------------------------
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.fixture
 def cluster_url(tmp_path: Path) -> Iterator[str]:
     """A one-node Redis Cluster owning all slots: it refuses any multi-key call across slots."""
+    # a cluster node also listens on port + 10000 (its bus), so the port must leave room for it
     port = free_port()
+    while port + 10000 > 65535 or not port_is_free(port + 10000):
+        port = free_port()
     proc = subprocess.Popen(
         [
             find_redis_server(),
@@ -245,7 +258,7 @@ def cluster_url(tmp_path: Path) -> Iterator[str]:
         ],
         stdout=subprocess.DEVNULL,
     )
-    client = redis.Redis(port=port)
+    client = redis.Redis(port=port, socket_timeout=5)
     try:
         for _ in range(100):
             try:
@@ -258,6 +271,8 @@ def cluster_url(tmp_path: Path) -> Iterator[str]:
             if b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"):
                 break
             time.sleep(0.05)
+        else:
+            raise AssertionError("the one-node cluster did not reach cluster_state:ok")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         client.close()
