@@ -271,7 +271,7 @@ class DecisionService:
             for p in ranked:
                 stage[p] = RANKED_OUT
         elif ranked.size or req.request_id:
-            outcome = await self._award(w, view, stage, ranked, room)
+            outcome = await self._award(w, view, stage, ranked, room, propensity)
             if isinstance(outcome, Decision):
                 return outcome
             awarded, award_ran = outcome, True
@@ -324,6 +324,7 @@ class DecisionService:
         stage: npt.NDArray[np.int8],
         ranked: npt.NDArray[np.intp],
         room: int | None,
+        propensity: npt.NDArray[np.float64],
     ) -> list[int] | Decision:
         """Reserve budgets, then commit on the customer's side; positions awarded, or a finished
         Decision (degraded or a replay)."""
@@ -336,7 +337,7 @@ class DecisionService:
         for attempt in range(_AWARD_ATTEMPTS):
             remaining = [int(p) for p in ranked if stage[p] == ALIVE]
             outcome = await self._award_once(
-                w, view, stage, remaining, by_id, k, period, may_retry=attempt + 1 < _AWARD_ATTEMPTS
+                w, view, stage, remaining, by_id, k, period, propensity, may_retry=attempt + 1 < _AWARD_ATTEMPTS
             )
             if outcome is not None:
                 return outcome
@@ -351,6 +352,7 @@ class DecisionService:
         by_id: dict[str, int],
         k: int,
         period: Period,
+        propensity: npt.NDArray[np.float64],
         *,
         may_retry: bool,
     ) -> list[int] | Decision | None:
@@ -385,8 +387,9 @@ class DecisionService:
                 w.notes[pos] = exhausted_reason(walk_by_id[offer_id].checks[check_no - 1], used)
         picks = []
         for offer_id in granted:
-            offer = catalog.offers[view.offers[by_id[offer_id]]]
-            picks.append(Pick(offer_id, offer.campaign_id, *per_customer_caps(catalog, offer)))
+            pos = by_id[offer_id]
+            offer = catalog.offers[view.offers[pos]]
+            picks.append(Pick(offer_id, offer.campaign_id, *per_customer_caps(catalog, offer), float(propensity[pos])))
         try:
             committed = await self.store.commit(
                 customer_id=req.customer_id,
@@ -565,6 +568,7 @@ class DecisionService:
             no_offer_reason=decision.no_offer_reason.value,
             model_version=decision.model_version,
             catalog_version=decision.catalog_version,
+            bandit_version="",
             degraded=decision.degraded,
             control_group=w.control_group,
             would_offer=w.would_offer,
@@ -628,13 +632,13 @@ class DecisionService:
         except RedisError as err:
             self.metrics.redis_errors.labels("outcome").inc()
             raise ServiceUnavailable(f"could not record the outcome: {err}") from err
-        if result == -1:
+        if result.status == -1:
             self.metrics.outcomes.labels(report.outcome.value, "not_found").inc()
             raise NotFoundError(f"decision_id: no decision {report.decision_id!r} (unknown or expired)")
-        if result == -2:
+        if result.status == -2:
             self.metrics.outcomes.labels(report.outcome.value, "invalid").inc()
             raise RequestError("offer_id", f"offer {report.offer_id!r} was not offered in this decision")
-        recorded = result == 1
+        recorded = result.status == 1
         self.metrics.outcomes.labels(report.outcome.value, "recorded" if recorded else "duplicate").inc()
         if recorded:
             self.writer.outcome(
@@ -646,6 +650,8 @@ class DecisionService:
                     outcome=report.outcome.value,
                     value=report.value,
                     ts=now,
+                    channel=result.channel,
+                    propensity=result.propensity,
                 )
             )
         return OutcomeResult(recorded=recorded, duplicate=not recorded)

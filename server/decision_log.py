@@ -72,6 +72,7 @@ class DecisionRecord:
     no_offer_reason: str
     model_version: str
     catalog_version: str
+    bandit_version: str  # the exploration policy and learned parameters the decision used
     degraded: bool
     control_group: bool  # in the universal control group: nothing was awarded
     would_offer: list[str]  # what a control-group customer would have been offered (for lift)
@@ -93,6 +94,7 @@ class DecisionRecord:
             "no_offer_reason": self.no_offer_reason,
             "model_version": self.model_version,
             "catalog_version": self.catalog_version,
+            "bandit_version": self.bandit_version,
             "degraded": self.degraded,
             "control_group": self.control_group,
             "would_offer": self.would_offer,
@@ -109,9 +111,13 @@ class OutcomeRecord:
     outcome: str
     value: float
     ts: float
+    channel: str  # of the decision
+    propensity: float  # the offer's base propensity when it was decided (NaN: unknown)
 
     def to_fields(self) -> dict[Any, Any]:
-        return {"v": RECORD_VERSION, "r": _dumps(asdict(self))}
+        data = asdict(self)
+        data["propensity"] = None if math.isnan(self.propensity) else self.propensity
+        return {"v": RECORD_VERSION, "r": _dumps(data)}
 
 
 def _dumps(data: Any) -> str:

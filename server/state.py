@@ -10,6 +10,7 @@ so the counters end equal to the awards returned.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -44,6 +45,7 @@ class Pick:
     campaign_id: str
     offer_cap: int  # -1: none
     campaign_cap: int
+    propensity: float  # the base propensity the offer was ranked with, kept for the learner
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,13 @@ class Committed:
     decision_id: str
     awarded: tuple[str, ...]
     refused: tuple[tuple[str, int], ...]  # (offer, CHANNEL_CAP | OFFER_CAP | CAMPAIGN_CAP)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    status: int  # 1 recorded, 0 duplicate, -1 unknown decision, -2 offer not in the decision
+    channel: str  # of the decision, when recorded
+    propensity: float  # the offer's base propensity at decision time; NaN if not known
 
 
 COMMITTED, REPLAY, RETRY = 1, 2, 3  # RETRY: per-customer caps refused every pick, nothing written
@@ -164,7 +173,7 @@ class StateStore:
             1 if may_retry else 0,
         ]
         for p in picks:
-            args += [p.offer_id, p.campaign_id, p.offer_cap, p.campaign_cap]
+            args += [p.offer_id, p.campaign_id, p.offer_cap, p.campaign_cap, repr(p.propensity)]
         raw = await self._commit(keys=keys, args=args)
         status = int(raw[0])
         found_id = raw[1].decode()
@@ -193,11 +202,14 @@ class StateStore:
         max_presented: int,
         suppression_seconds: float,
         history_ttl: int,
-    ) -> int:
+    ) -> Recorded:
         k = self.keys
         digest = hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()
-        result = await self._outcome(
+        raw = await self._outcome(
             keys=[k.decision(customer_id, decision_id), k.outcome_event(customer_id, digest), k.contacts(customer_id)],
             args=[offer_id, outcome, now, event_ttl, max_presented, suppression_seconds, history_ttl],
         )
-        return int(result)
+        status = int(raw[0])
+        if status != 1:
+            return Recorded(status, "", math.nan)
+        return Recorded(status, raw[1].decode(), float(raw[2]) if raw[2] else math.nan)

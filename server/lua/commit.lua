@@ -7,7 +7,9 @@
 -- KEYS[3] decision key               KEYS[4] contacts hash
 -- ARGV: now, window_s, channel_cap (-1 = none), decision_id, decision_ttl, request_ttl,
 --       has_request (0/1), history_ttl, channel, n, may_retry (0/1),
---       then n x (offer, campaign, offer_cap, campaign_cap)
+--       then n x (offer, campaign, offer_cap, campaign_cap, propensity)
+-- The decision key keeps each awarded offer's propensity (`p:<offer>`), so an outcome can be
+-- learned from without the decision log.
 -- Returns {1, decision_id, n_committed, committed..., then per refused offer: offer, why}
 -- (why: 1 channel cap, 2 offer's per-customer cap, 3 campaign's per-customer cap), or
 -- {2, existing_decision_id} when the request id was already decided, or, when may_retry and a
@@ -43,8 +45,9 @@ end
 local committed, refused = {}, {}
 local n_ok = 0
 for i = 0, n - 1 do
-  local offer, campaign = ARGV[12 + 4 * i], ARGV[13 + 4 * i]
-  local offer_cap, campaign_cap = tonumber(ARGV[14 + 4 * i]), tonumber(ARGV[15 + 4 * i])
+  local offer, campaign = ARGV[12 + 5 * i], ARGV[13 + 5 * i]
+  local propensity = ARGV[16 + 5 * i]
+  local offer_cap, campaign_cap = tonumber(ARGV[14 + 5 * i]), tonumber(ARGV[15 + 5 * i])
   local fo, fc = 'a:o:' .. offer, 'a:c:' .. campaign
   local why = 0
   if cap >= 0 and n_ok >= room then
@@ -57,6 +60,7 @@ for i = 0, n - 1 do
   if why == 0 then
     n_ok = n_ok + 1
     committed[#committed + 1] = offer
+    committed[#committed + 1] = {'p', offer, propensity}
     if offer_cap >= 0 or campaign_cap >= 0 then
       counts[fo] = count(fo) + 1
       counts[fc] = count(fc) + 1
@@ -87,8 +91,12 @@ end
 -- writes
 local offers = {}
 local capped_awards = false
+local propensities = {}
 for _, c in ipairs(committed) do
-  if type(c) == 'table' then
+  if type(c) == 'table' and c[1] == 'p' then
+    propensities[#propensities + 1] = 'p:' .. c[2]
+    propensities[#propensities + 1] = c[3]
+  elseif type(c) == 'table' then
     redis.call('HINCRBY', KEYS[4], c[1], 1)
     redis.call('HINCRBY', KEYS[4], c[2], 1)
     capped_awards = true
@@ -103,7 +111,7 @@ end
 if capped_awards then
   redis.call('EXPIRE', KEYS[4], ARGV[8])
 end
-redis.call('HSET', KEYS[3], 'offers', table.concat(offers, ','), 'channel', ARGV[9], 'ts', ARGV[1])
+redis.call('HSET', KEYS[3], 'offers', table.concat(offers, ','), 'channel', ARGV[9], 'ts', ARGV[1], unpack(propensities))
 redis.call('EXPIRE', KEYS[3], ARGV[5])
 if has_request then
   redis.call('SET', KEYS[2], decision_id, 'EX', ARGV[6])

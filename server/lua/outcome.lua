@@ -1,12 +1,15 @@
 -- Record one outcome against a customer's contact history, once per event id.
 -- KEYS[1] decision key   KEYS[2] event key   KEYS[3] contacts hash   (all one customer's slot)
 -- ARGV: offer_id, outcome, now, event_ttl, max_presented, suppression_s, history_ttl
--- Returns 1 recorded, 0 duplicate, -1 unknown decision, -2 offer not in the decision.
-local offers = redis.call('HGET', KEYS[1], 'offers')
-if not offers then
-  return -1
-end
+-- Returns {status, channel, propensity}: status 1 recorded, 0 duplicate, -1 unknown decision,
+-- -2 offer not in the decision; channel and the offer's propensity at decision time (for the
+-- learner) when known.
 local offer = ARGV[1]
+local got = redis.call('HMGET', KEYS[1], 'offers', 'channel', 'p:' .. offer)
+local offers = got[1]
+if not offers then
+  return {-1}
+end
 local found = false
 for o in string.gmatch(offers, '[^,]+') do
   if o == offer then
@@ -15,10 +18,10 @@ for o in string.gmatch(offers, '[^,]+') do
   end
 end
 if not found then
-  return -2
+  return {-2}
 end
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then
-  return 0
+  return {0}
 end
 local outcome = ARGV[2]
 if outcome == 'presented' then
@@ -35,4 +38,4 @@ else
   redis.call('HDEL', KEYS[3], 'p:' .. offer)
 end
 redis.call('EXPIRE', KEYS[3], ARGV[7])
-return 1
+return {1, got[2] or '', got[3] or ''}

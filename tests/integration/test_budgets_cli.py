@@ -239,9 +239,26 @@ async def test_reconcile_refuses_a_trimmed_log(
     # a busy log at its cap: the writer's MAXLEN trimmed the awards above out of it
     monkeypatch.setenv("NBO_DECISION_STREAM_MAXLEN", "1000")
     record = DecisionRecord(
-        "d", 1_800_000_100.0, "nobody", "web", "", {}, [], "", None, None, NO_CANDIDATES, [], "unknown_customer",
-        "prior", version, False, False, [],
-    )  # fmt: skip
+        decision_id="d",
+        ts=1_800_000_100.0,
+        customer_id="nobody",
+        channel="web",
+        placement="",
+        context={},
+        events=[],
+        request_id="",
+        schema_version=None,
+        features=None,
+        candidates=NO_CANDIDATES,
+        chosen=[],
+        no_offer_reason="unknown_customer",
+        model_version="prior",
+        catalog_version=version,
+        bandit_version="",
+        degraded=False,
+        control_group=False,
+        would_offer=[],
+    )
     pipe = client.pipeline(transaction=False)
     for _ in range(1000):
         pipe.xadd(KEYS.decision_stream, record.to_fields(), maxlen=1000, approximate=False)
