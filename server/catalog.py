@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from server.bandit import BanditPolicy, ChannelExploration
 from server.budgets import Limits, PaceOver, Pacing, cents
 from server.domain import CampaignType, Channel
 from server.ids import id_problem
@@ -69,6 +70,23 @@ class BudgetSpec(_Spec):
     pacing: PacingSpec | None = None
 
 
+class ExplorationSpec(_Spec):
+    exploration: float = Field(1.0, ge=0.0, le=5.0)
+    epsilon: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class BanditSpec(_Spec):
+    enabled: bool = True
+    seed: int = 0
+    samples: int = Field(256, ge=16, le=100_000)
+    prior_sd: float = Field(0.5, gt=0.0, le=10.0)
+    new_offer_sd: float = Field(1.5, gt=0.0, le=10.0)
+    decay: float = Field(0.999, gt=0.0, le=1.0)
+    exploration: float = Field(1.0, ge=0.0, le=5.0)
+    epsilon: float = Field(0.0, ge=0.0, le=1.0)
+    channels: dict[str, ExplorationSpec] = {}
+
+
 class ChannelSpec(_Spec):
     capacity_per_hour: int | None = Field(None, ge=0)
 
@@ -116,6 +134,7 @@ class CatalogSpec(_Spec):
     control_group: ControlGroupSpec = ControlGroupSpec()
     arbitration: ArbitrationSpec = ArbitrationSpec()
     channels: dict[str, ChannelSpec] = {}
+    bandit: BanditSpec | None = None
     segments: dict[str, SegmentSpec] = {}
     campaigns: list[CampaignSpec]
     offers: list[OfferSpec]
@@ -279,6 +298,7 @@ class Catalog:
     control_fraction: float
     control_salt: str
     channel_capacity: Mapping[Channel, int]  # awards per hour
+    bandit: BanditPolicy
     segments: tuple[Segment, ...]
     campaigns: tuple[Campaign, ...]
     offers: tuple[Offer, ...]
@@ -536,11 +556,32 @@ def _compile(spec: CatalogSpec, schema: FeatureSchema, version: str, digest: str
         control_fraction=spec.control_group.fraction,
         control_salt=spec.control_group.salt,
         channel_capacity=capacity,
+        bandit=_bandit(check, spec.bandit),
         segments=tuple(segments),
         campaigns=tuple(campaigns),
         offers=tuple(offers),
         views=views,
         offer_index={o.id: i for i, o in enumerate(offers)},
+    )
+
+
+def _bandit(check: _Checker, spec: BanditSpec | None) -> BanditPolicy:
+    if spec is None:
+        return BanditPolicy()
+    channels: dict[Channel, ChannelExploration] = {}
+    for name, ex in spec.channels.items():
+        ch = check.channel(("bandit", "channels", name), name)
+        if ch is not None:
+            channels[ch] = ChannelExploration(ex.exploration, ex.epsilon)
+    return BanditPolicy(
+        enabled=spec.enabled,
+        seed=spec.seed,
+        samples=spec.samples,
+        prior_sd=spec.prior_sd,
+        new_offer_sd=spec.new_offer_sd,
+        decay=spec.decay,
+        channels=channels,
+        default=ChannelExploration(spec.exploration, spec.epsilon),
     )
 
 

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from redis.exceptions import RedisError
 
 from server.arbitration import rank
+from server.bandit import NO_ARMS, Arms, choose, decision_rng, posterior, taken_probability
 from server.budgets import Period, Reservation, exhausted_reason, has_budget, per_customer_caps, reservation
 from server.catalog import TIER_NAMES, Catalog, ChannelView
 from server.config import Settings
@@ -111,6 +112,7 @@ class LiveConfig:
     schema: FeatureSchema
     readable_versions: frozenset[int]  # vector schema versions this catalog's indices apply to
     scorer: Scorer = field(default_factory=PriorScorer)
+    arms: Arms = NO_ARMS
 
 
 def validate_request(req: DecideRequest, max_offers_limit: int) -> int:
@@ -161,6 +163,10 @@ class _Work:
     would_offer: list[str] = field(default_factory=list)  # universal control group: what it would get
     degraded: bool = False
     notes: dict[int, str] = field(default_factory=dict)  # position -> extra detail for explain
+    # the bandit's draw: walk order, first-slot probability and learned propensity per position
+    walk: list[int] = field(default_factory=list)
+    first_choice: dict[int, float] = field(default_factory=dict)
+    adjusted: dict[int, float] = field(default_factory=dict)
     segments: dict[int, bool] = field(default_factory=dict)  # segment index -> customer is in it
 
 
@@ -259,6 +265,8 @@ class DecisionService:
             expected[alive], score[alive] = ranking.expected_value, ranking.score
             stage[alive[ranking.below]] = BELOW
             ranked = alive[ranking.order]
+            if catalog.bandit.enabled and ranked.size:
+                ranked = self._explore(w, view, ranked, propensity, from_model)
         self.metrics.candidates.observe(alive.size)
 
         awarded: list[int] = []
@@ -276,8 +284,9 @@ class DecisionService:
                 return outcome
             awarded, award_ran = outcome, True
 
+        taken = self._taken_probabilities(w, ranked, awarded)
         offers = tuple(
-            self._ranked_offer(catalog, view, pos, i + 1, _Scores(propensity, from_model, expected, score), w)
+            self._ranked_offer(catalog, view, pos, i + 1, _Scores(propensity, from_model, expected, score), w, taken)
             for i, pos in enumerate(awarded)
         )
         if offers:
@@ -311,7 +320,7 @@ class DecisionService:
             propensity=propensity[logged].tolist(),
             expected_value=expected[logged].tolist(),
             score=score[logged].tolist(),
-            selection_probability=[1.0 if p in chosen_set else 0.0 for p in logged.tolist()],
+            selection_probability=[taken.get(p, w.first_choice.get(p, 0.0)) for p in logged.tolist()],
             status=["chosen" if p in chosen_set else _status(int(stage[p]), w.notes.get(p)) for p in logged.tolist()],
         )
         self._log(w, decision, records, keep=award_ran)
@@ -485,6 +494,48 @@ class DecisionService:
                 w.notes[int(alive[i])] = why
         return stage
 
+    def _explore(
+        self,
+        w: _Work,
+        view: ChannelView,
+        ranked: npt.NDArray[np.intp],
+        propensity: npt.NDArray[np.float64],
+        from_model: npt.NDArray[np.bool_],
+    ) -> npt.NDArray[np.intp]:
+        """Draw the walk order from the bandit's policy; remember each candidate's probability."""
+        policy = w.live.catalog.bandit
+        channel = w.req.channel.value
+        ids = [view.offer_ids[p] for p in ranked]
+        mean, sd, _ = posterior(policy, w.live.arms, channel, ids, from_model[ranked])
+        weight = view.weight[ranked] * view.value[ranked] * view.lever[ranked]
+        choice = choose(
+            policy,
+            policy.on(w.req.channel),
+            propensity[ranked],
+            mean,
+            sd,
+            view.tier[ranked],
+            weight,
+            decision_rng(policy.seed, w.decision_id),
+        )
+        order = ranked[choice.order]
+        w.first_choice = {int(p): float(q) for p, q in zip(ranked, choice.probability, strict=True)}
+        w.adjusted = {int(p): float(q) for p, q in zip(ranked, choice.adjusted, strict=True)}
+        w.walk = [int(p) for p in order]
+        return order
+
+    def _taken_probabilities(self, w: _Work, ranked: npt.NDArray[np.intp], awarded: list[int]) -> dict[int, float]:
+        """Probability each awarded offer was drawn with, given what came before it in the walk."""
+        if not w.walk:
+            return dict.fromkeys(awarded, 1.0)
+        index = {p: i for i, p in enumerate(w.walk)}
+        pi = np.array([w.first_choice[p] for p in w.walk])
+        out = {}
+        for pos in awarded:
+            before = list(range(index[pos]))
+            out[pos] = taken_probability(pi, index[pos], before)
+        return out
+
     def _ranked_offer(
         self,
         catalog: Catalog,
@@ -493,6 +544,7 @@ class DecisionService:
         rank_no: int,
         scores: _Scores,
         w: _Work,
+        taken: dict[int, float],
     ) -> RankedOffer:
         propensity, from_model, expected, score = scores
         offer = catalog.offers[view.offers[pos]]
@@ -506,6 +558,10 @@ class DecisionService:
         p = float(propensity[pos])
         source = "model" if from_model[pos] else "catalog estimate"
         reasons.append(f"Likelihood to accept: {p:.0%} ({source})")
+        if pos in w.adjusted and abs(w.adjusted[pos] - p) >= 0.005:
+            reasons.append(f"Learned from recent outcomes: {w.adjusted[pos]:.0%}")
+        if taken[pos] < 1.0:
+            reasons.append(f"Exploring: picked with probability {taken[pos]:.0%}")
         reasons.append(f"Expected value: {expected[pos]:.2f} (value {offer.value:.2f}, cost {offer.cost:.2f})")
         weight = float(view.weight[pos])
         if weight != 1.0:
@@ -520,7 +576,7 @@ class DecisionService:
             propensity=p,
             expected_value=float(expected[pos]),
             score=float(score[pos]),
-            selection_probability=1.0,
+            selection_probability=taken[pos],
             reasons=tuple(reasons),
             title=offer.title,
             script=offer.script,
@@ -568,7 +624,7 @@ class DecisionService:
             no_offer_reason=decision.no_offer_reason.value,
             model_version=decision.model_version,
             catalog_version=decision.catalog_version,
-            bandit_version="",
+            bandit_version=f"arms-{w.live.arms.version}" if w.live.catalog.bandit.enabled else "off",
             degraded=decision.degraded,
             control_group=w.control_group,
             would_offer=w.would_offer,

@@ -81,6 +81,21 @@ class Keys:
     def budget_hour(self, hour: str) -> str:
         return f"{self.prefix}{{b}}:hour:{hour}"
 
+    # -- the bandit's learned parameters: one tag, so a learning step is one script in one slot --
+    @property
+    def bandit_arms(self) -> str:
+        """Hash: arm (`<offer>|<channel>`) -> "mean,precision,n" of its offset's posterior."""
+        return f"{self.prefix}{{bandit}}:arms"
+
+    @property
+    def bandit_version(self) -> str:
+        """Counter bumped by every learning step; replicas reload the arms when it moves."""
+        return f"{self.prefix}{{bandit}}:version"
+
+    def bandit_seen(self, decision_id: str, offer_id: str) -> str:
+        """Set once the (decision, offer) reward was learned from, so redelivery is harmless."""
+        return f"{self.prefix}{{bandit}}:seen:{decision_id}:{offer_id}"
+
     @property
     def decision_stream(self) -> str:
         return f"{self.prefix}log:decisions"
