@@ -196,7 +196,7 @@ async def bench_scripts(
         got = await store.reserve(period, 1, walk)
         assert got.awarded == ("o9",) and len(got.refused) == refused, (name, got)
 
-    pick = Pick("o9", "c9", -1, -1, 0.1)
+    pick = Pick("o9", "c9", -1, -1, 0.1, 0.5)
     n_customers = len(customers)
 
     async def commit(i: int) -> object:

@@ -29,6 +29,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from server import catalog_store, grpc_api
+from server.arms import ArmsReloader
+from server.bandit import NO_ARMS, Arms
 from server.catalog import CatalogInvalid
 from server.catalog_store import CatalogReloader, LiveSnapshot
 from server.config import Settings
@@ -65,6 +67,7 @@ class Worker:
         self.keys = Keys(settings.key_prefix)
         self.client = async_client(redis_url, settings)
         self.metrics = Metrics()
+        self._arms = NO_ARMS
         self.writer = LogWriter(
             self.client,
             self.keys,
@@ -88,6 +91,9 @@ class Worker:
             poll_seconds=settings.catalog_poll_seconds,
             cache_dir=settings.model_cache_dir,
         )
+        self.arms_reloader = ArmsReloader(
+            self.client, self.keys, self._swap_arms, poll_seconds=settings.catalog_poll_seconds
+        )
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[
@@ -110,7 +116,14 @@ class Worker:
     def _swap(self, snap: LiveSnapshot) -> None:
         old = self.service.live
         scorer = old.scorer if old is not None else PriorScorer()
-        self.service.live = LiveConfig(snap.catalog, snap.schema, snap.readable_versions, scorer)
+        arms = old.arms if old is not None else self._arms
+        self.service.live = LiveConfig(snap.catalog, snap.schema, snap.readable_versions, scorer, arms)
+
+    def _swap_arms(self, arms: Arms) -> None:
+        self._arms = arms
+        old = self.service.live
+        if old is not None:
+            self.service.live = dataclasses.replace(old, arms=arms)
 
     def _swap_scorer(self, scorer: ModelScorer) -> None:
         # the model reloader only runs once a catalog (and so a schema) is live
@@ -130,6 +143,11 @@ class Worker:
         except Exception as err:
             log.warning("no model at start-up: %s", err)
         self.model_reloader.start()
+        try:
+            await self.arms_reloader.check()
+        except Exception as err:
+            log.warning("no bandit parameters at start-up: %s", err)
+        self.arms_reloader.start()
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.port}")
         await self.server.start()
         for name in ("", grpc_api.SERVICE_NAME):
@@ -151,6 +169,7 @@ class Worker:
             ("grpc server", lambda: self.server.stop(grace)),
             ("catalog reloader", self.reloader.stop),
             ("model reloader", self.model_reloader.stop),
+            ("arms reloader", self.arms_reloader.stop),
             ("decision log", self.writer.close),
             ("redis client", lambda: self.client.aclose(close_connection_pool=True)),
         ]
@@ -177,13 +196,13 @@ async def _serve_worker(settings: Settings, redis_url: str, port: int, index: in
     await worker.stop()
 
 
-def _configure_logging(level: str) -> None:
+def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
 
 
 def worker_main(settings_json: str, redis_url: str, port: int, index: int) -> None:
     settings = Settings.model_validate_json(settings_json)
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     try:
         import uvloop
 
@@ -235,6 +254,14 @@ class ServerGroup:
             )
             for i in range(settings.workers)
         ]
+        if settings.learner:
+            from server.learner import learner_main
+
+            self.procs.append(
+                ctx.Process(
+                    target=learner_main, args=(settings.model_dump_json(), redis_url), name="nbo-learner", daemon=False
+                )
+            )
 
     @property
     def target(self) -> str:
@@ -286,7 +313,7 @@ class ServerGroup:
 
 def run_server(settings: Settings) -> int:
     """`nbo serve`: blocks until SIGTERM/SIGINT, then drains and returns an exit code."""
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     with redis_for(settings) as url:
         if settings.catalog is not None:
             try:

@@ -66,7 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _serve_flags(p)
     p.add_argument("--catalog", type=Path, help="catalog YAML to validate and publish at start-up")
+    p.add_argument(
+        "--learner", action="store_true", default=None, help="also run the bandit's learner in its own process"
+    )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("learner", help="run the bandit's online learner (consumes the outcome stream)")
+    _common(p)
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    p.set_defaults(func=cmd_learner)
 
     p = sub.add_parser("demo", help="synthetic customers + demo catalog + server + sample decisions")
     _common(p)
@@ -206,6 +214,19 @@ def cmd_serve(opts: argparse.Namespace) -> int:
     from server.app import run_server
 
     return run_server(_settings(opts))
+
+
+def cmd_learner(opts: argparse.Namespace) -> int:
+    import asyncio
+
+    from server.app import configure_logging, redis_for
+    from server.learner import run_learner
+
+    settings = _settings(opts)
+    configure_logging(settings.log_level)
+    with redis_for(settings) as url:
+        asyncio.run(run_learner(settings, url))
+    return 0
 
 
 def cmd_demo(opts: argparse.Namespace) -> int:

@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     grace_seconds: float = Field(10.0, ge=0)
     """On SIGTERM, how long in-flight calls may take to finish before the server stops."""
 
+    learner: bool = False
+    """`nbo serve` also runs the bandit's learner in a process of its own (else run `nbo learner`)."""
+
+    learner_claim_idle_seconds: float = Field(30.0, gt=0)
+    """An outcome a learner read but did not acknowledge for this long is taken over by another."""
+
+    bandit_seen_ttl_seconds: int = Field(35 * 86_400, ge=60)
+    """How long the learner remembers a (decision, offer) it learned from, to learn it once."""
+
     decision_stream_maxlen: int = Field(1_000_000, ge=1000)
     """Approximate length cap of the decision and outcome streams."""
 

@@ -167,6 +167,7 @@ class _Work:
     walk: list[int] = field(default_factory=list)
     first_choice: dict[int, float] = field(default_factory=dict)
     adjusted: dict[int, float] = field(default_factory=dict)
+    prior_sd: dict[int, float] = field(default_factory=dict)
     segments: dict[int, bool] = field(default_factory=dict)  # segment index -> customer is in it
 
 
@@ -398,7 +399,9 @@ class DecisionService:
         for offer_id in granted:
             pos = by_id[offer_id]
             offer = catalog.offers[view.offers[pos]]
-            picks.append(Pick(offer_id, offer.campaign_id, *per_customer_caps(catalog, offer), float(propensity[pos])))
+            prior_sd = w.prior_sd.get(pos, catalog.bandit.prior_sd)
+            caps = per_customer_caps(catalog, offer)
+            picks.append(Pick(offer_id, offer.campaign_id, *caps, float(propensity[pos]), prior_sd))
         try:
             committed = await self.store.commit(
                 customer_id=req.customer_id,
@@ -506,7 +509,8 @@ class DecisionService:
         policy = w.live.catalog.bandit
         channel = w.req.channel.value
         ids = [view.offer_ids[p] for p in ranked]
-        mean, sd, _ = posterior(policy, w.live.arms, channel, ids, from_model[ranked])
+        mean, sd, prior = posterior(policy, w.live.arms, channel, ids, from_model[ranked])
+        w.prior_sd = {int(p): float(q) for p, q in zip(ranked, prior, strict=True)}
         weight = view.weight[ranked] * view.value[ranked] * view.lever[ranked]
         choice = choose(
             policy,
@@ -708,6 +712,7 @@ class DecisionService:
                     ts=now,
                     channel=result.channel,
                     propensity=result.propensity,
+                    prior_sd=result.prior_sd,
                 )
             )
         return OutcomeResult(recorded=recorded, duplicate=not recorded)

@@ -113,10 +113,12 @@ class OutcomeRecord:
     ts: float
     channel: str  # of the decision
     propensity: float  # the offer's base propensity when it was decided (NaN: unknown)
+    prior_sd: float  # the bandit's prior sd for the offer's offset (NaN: unknown)
 
     def to_fields(self) -> dict[Any, Any]:
         data = asdict(self)
-        data["propensity"] = None if math.isnan(self.propensity) else self.propensity
+        for name in ("propensity", "prior_sd"):
+            data[name] = None if math.isnan(data[name]) else data[name]
         return {"v": RECORD_VERSION, "r": _dumps(data)}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import redis
 from rich.console import Console
 
-from server.app import ServerGroup, _configure_logging
+from server.app import ServerGroup, configure_logging
 from server.catalog_store import current_schema, publish
 from server.client import NboClient, print_decision
 from server.config import Settings
@@ -65,7 +65,7 @@ def run_demo(settings: Settings, *, customers: int, seed: int, keep_serving: boo
     # the sample decisions are the output; routine worker logs would only interleave with them
     if settings.log_level == "INFO":
         settings = settings.model_copy(update={"log_level": "WARNING"})
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     console = Console(width=max(Console().width, 110))
     if not settings.port:
         port = DEFAULT_PORT if _port_free(settings.host, DEFAULT_PORT) else 0

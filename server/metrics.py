@@ -31,6 +31,12 @@ class Metrics:
             ["step"],
             registry=r,
         )
+        self.bandit_updates = Counter(
+            "nbo_bandit_updates",
+            "Outcomes the learner read: learned, duplicate (already learned) or skipped (no reward)",
+            ["result"],
+            registry=r,
+        )
         self.redis_errors = Counter("nbo_redis_errors", "Redis failures on the hot path", ["op"], registry=r)
         self.log_written = Counter("nbo_log_records_written", "Decision/outcome log records written", registry=r)
         self.log_dropped = Counter("nbo_log_records_dropped", "Log records lost (queue full or Redis down)", registry=r)

@@ -46,6 +46,7 @@ class Pick:
     offer_cap: int  # -1: none
     campaign_cap: int
     propensity: float  # the base propensity the offer was ranked with, kept for the learner
+    prior_sd: float  # the bandit's prior sd for the offer's offset (wider for offers the model lacks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class Recorded:
     status: int  # 1 recorded, 0 duplicate, -1 unknown decision, -2 offer not in the decision
     channel: str  # of the decision, when recorded
     propensity: float  # the offer's base propensity at decision time; NaN if not known
+    prior_sd: float  # the bandit prior sd of the offer's offset; NaN if not known
 
 
 COMMITTED, REPLAY, RETRY = 1, 2, 3  # RETRY: per-customer caps refused every pick, nothing written
@@ -173,7 +175,7 @@ class StateStore:
             1 if may_retry else 0,
         ]
         for p in picks:
-            args += [p.offer_id, p.campaign_id, p.offer_cap, p.campaign_cap, repr(p.propensity)]
+            args += [p.offer_id, p.campaign_id, p.offer_cap, p.campaign_cap, f"{p.propensity!r},{p.prior_sd!r}"]
         raw = await self._commit(keys=keys, args=args)
         status = int(raw[0])
         found_id = raw[1].decode()
@@ -211,5 +213,6 @@ class StateStore:
         )
         status = int(raw[0])
         if status != 1:
-            return Recorded(status, "", math.nan)
-        return Recorded(status, raw[1].decode(), float(raw[2]) if raw[2] else math.nan)
+            return Recorded(status, "", math.nan, math.nan)
+        p, sd = raw[2].decode().split(",") if raw[2] else ("nan", "nan")
+        return Recorded(status, raw[1].decode(), float(p), float(sd))

@@ -115,7 +115,7 @@ async def test_commit_refusing_on_its_third_check_records_no_contact(
     redis_client.hset(KEYS.contacts("c1"), mapping={"a:o:x": 0, "a:c:camp": 2})
     before = {k: redis_client.dump(k) for k in (KEYS.contacts("c1"), KEYS.channel_contacts("c1", "web"))}
     # channel cap (check 1) has room, the offer cap (2) too, the campaign cap of 2 (3) is used up
-    result = await commit(store, [Pick("x", "camp", 1, 2, 0.1)], cap=5)
+    result = await commit(store, [Pick("x", "camp", 1, 2, 0.1, 0.5)], cap=5)
     assert (result.status, result.awarded, result.refused) == (COMMITTED, (), (("x", CAMPAIGN_CAP),))
     assert {k: redis_client.dump(k) for k in before} == before
 
@@ -124,14 +124,16 @@ async def test_commit_counts_per_customer_caps_and_the_channel_cap(
     store: StateStore, redis_client: redis.Redis
 ) -> None:
     result = await commit(
-        store, [Pick("x", "camp", 1, -1, 0.1), Pick("y", "camp", -1, -1, 0.1), Pick("z", "other", -1, -1, 0.1)], cap=2
+        store,
+        [Pick("x", "camp", 1, -1, 0.1, 0.5), Pick("y", "camp", -1, -1, 0.1, 0.5), Pick("z", "other", -1, -1, 0.1, 0.5)],
+        cap=2,
     )
     assert result.awarded == ("x", "y")
     assert result.refused == (("z", CHANNEL_CAP),)
     assert redis_client.hgetall(KEYS.contacts("c1")) == {b"a:o:x": b"1", b"a:c:camp": b"1"}
-    again = await commit(store, [Pick("x", "camp", 1, -1, 0.1)], request_id="r1")
+    again = await commit(store, [Pick("x", "camp", 1, -1, 0.1, 0.5)], request_id="r1")
     assert again.refused == (("x", OFFER_CAP),)
-    repeat = await commit(store, [Pick("y", "camp", -1, -1, 0.1)], request_id="r1")
+    repeat = await commit(store, [Pick("y", "camp", -1, -1, 0.1, 0.5)], request_id="r1")
     assert (repeat.status, repeat.decision_id) == (REPLAY, "d1r1")
 
 
@@ -140,10 +142,10 @@ async def test_commit_refused_by_a_customer_cap_writes_nothing_when_a_retry_may_
 ) -> None:
     redis_client.hset(KEYS.contacts("c1"), "a:o:x", 1)
     before = snapshot(redis_client)
-    result = await commit(store, [Pick("x", "camp", 1, -1, 0.1)], request_id="r9", may_retry=True)
+    result = await commit(store, [Pick("x", "camp", 1, -1, 0.1, 0.5)], request_id="r9", may_retry=True)
     assert (result.status, result.awarded, result.refused) == (RETRY, (), (("x", OFFER_CAP),))
     assert snapshot(redis_client) == before  # no decision key, no request key: the retry owns them
-    result = await commit(store, [Pick("y", "camp", -1, -1, 0.1)], request_id="r9", may_retry=False)
+    result = await commit(store, [Pick("y", "camp", -1, -1, 0.1, 0.5)], request_id="r9", may_retry=False)
     assert (result.status, result.awarded) == (COMMITTED, ("y",))
 
 
