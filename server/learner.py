@@ -39,7 +39,9 @@ REWARD = {"accepted": 1, "converted": 1, "declined": 0}
 
 
 class Learner:
-    def __init__(self, client: aioredis.Redis, keys: Keys, metrics: Metrics, settings: Settings) -> None:
+    def __init__(
+        self, client: aioredis.Redis, keys: Keys, metrics: Metrics, settings: Settings, consumer: str = ""
+    ) -> None:
         self.client = client
         self.keys = keys
         self.metrics = metrics
@@ -49,7 +51,7 @@ class Learner:
             client,
             keys.outcome_stream,
             GROUP,
-            f"{socket.gethostname()}-{os.getpid()}",
+            consumer or f"{socket.gethostname()}-{os.getpid()}",
             batch=500,
             claim_idle_ms=int(settings.learner_claim_idle_seconds * 1000),
         )
