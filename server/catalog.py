@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import numpy.typing as npt
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.bandit import BanditPolicy, ChannelExploration
@@ -563,6 +564,14 @@ def _compile(spec: CatalogSpec, schema: FeatureSchema, version: str, digest: str
         views=views,
         offer_index={o.id: i for i, o in enumerate(offers)},
     )
+
+
+def bandit_policy(text: str) -> BanditPolicy:
+    """The `bandit` section of a catalog that was validated when it was published."""
+    data = yaml.safe_load(text) or {}
+    raw = data.get("bandit") if isinstance(data, dict) else None
+    spec = BanditSpec.model_validate(raw) if raw is not None else None
+    return _bandit(_Checker({}), spec)
 
 
 def _bandit(check: _Checker, spec: BanditSpec | None) -> BanditPolicy:

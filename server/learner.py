@@ -27,7 +27,7 @@ from importlib import resources
 import redis.asyncio as aioredis
 
 from server.bandit import BanditPolicy, arm_key
-from server.catalog_store import CatalogReloader, LiveSnapshot
+from server.catalog import bandit_policy
 from server.config import Settings
 from server.keys import Keys
 from server.metrics import Metrics
@@ -56,21 +56,30 @@ class Learner:
             claim_idle_ms=int(settings.learner_claim_idle_seconds * 1000),
         )
         self._learn = client.register_script(resources.files("server").joinpath("lua", "learn.lua").read_text())
-        self.catalogs = CatalogReloader(client, keys, metrics, self._swap, poll_seconds=settings.catalog_poll_seconds)
+        self._catalog_seq: bytes | str | None = None
 
-    def _swap(self, snap: LiveSnapshot) -> None:
-        self.policy = snap.catalog.bandit
+    async def _refresh_policy(self) -> None:
+        """Follow the live catalog's `bandit` section (decay, priors); only that section is read,
+        so the learner needs neither the feature schema nor a compiled catalog."""
+        seq = await self.client.get(self.keys.catalog_current)
+        if seq is None or seq == self._catalog_seq:
+            return
+        raw = await self.client.get(self.keys.catalog(int(seq)))
+        if raw is None:
+            return
+        self.policy = bandit_policy(json.loads(raw)["text"])
+        self._catalog_seq = seq
 
     async def start(self) -> None:
         await self.consumer.ensure_group()
-        await self.catalogs.check()
-        self.catalogs.start()
+        await self._refresh_policy()
 
     async def stop(self) -> None:
-        await self.catalogs.stop()
+        """Nothing runs in the background; kept so callers can treat learners like pollers."""
 
     async def step(self) -> int:
         """Learn from one batch of outcomes; the number of arms updated."""
+        await self._refresh_policy()
         entries = await self.consumer.read()
         if not entries:
             return 0
