@@ -135,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     _budget_parsers(sub)
 
+    p = sub.add_parser("simulate", help="closed loop: the real server and learner against the synthetic world")
+    p.add_argument("--scenario", choices=("stationary", "drift", "new-offer"), default="stationary")
+    p.add_argument("--decisions", type=int, default=50_000, help="decisions to simulate (default 50,000)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2, help="server worker processes")
+    p.add_argument("--concurrency", type=int, default=16, help="concurrent simulated callers")
+    p.add_argument("--customers", type=int, default=20_000, help="customers in the synthetic world")
+    p.add_argument("--out", type=Path, default=Path("simulation"), help="results go to OUT/<scenario>/")
+    p.add_argument("--no-bandit", dest="bandit", action="store_false", help="the model alone: no bandit, no learner")
+    p.set_defaults(func=cmd_simulate)
+
     sub.add_parser("train", help="train a propensity model from a logged-interaction dataset (nbo train --help)")
 
     p = sub.add_parser("decide", help="ask a running server for a decision")
@@ -214,6 +225,12 @@ def cmd_serve(opts: argparse.Namespace) -> int:
     from server.app import run_server
 
     return run_server(_settings(opts))
+
+
+def cmd_simulate(opts: argparse.Namespace) -> int:
+    from training.closed_loop import main as simulate_main
+
+    return simulate_main(opts)
 
 
 def cmd_learner(opts: argparse.Namespace) -> int:
