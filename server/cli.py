@@ -135,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     _budget_parsers(sub)
 
+    p = sub.add_parser("ope", help="off-policy evaluation of a candidate policy from a logged dataset")
+    p.add_argument("--log", type=Path, required=True, help="logged dataset (CSV or Parquet, docs/dataset.md)")
+    p.add_argument(
+        "--policy", required=True, help="csv:FILE (per decision or per placement), uniform, or logging (a check)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the reward model's cross-fitting folds")
+    p.add_argument("--min-probability", type=float, default=0.01, help="warn about logged probabilities below this")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_ope)
+
     p = sub.add_parser("simulate", help="closed loop: the real server and learner against the synthetic world")
     p.add_argument("--scenario", choices=("stationary", "drift", "new-offer"), default="stationary")
     p.add_argument("--decisions", type=int, default=50_000, help="decisions to simulate (default 50,000)")
@@ -225,6 +235,12 @@ def cmd_serve(opts: argparse.Namespace) -> int:
     from server.app import run_server
 
     return run_server(_settings(opts))
+
+
+def cmd_ope(opts: argparse.Namespace) -> int:
+    from training.offpolicy import main as ope_main
+
+    return ope_main(opts)
 
 
 def cmd_simulate(opts: argparse.Namespace) -> int:
