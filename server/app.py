@@ -74,6 +74,7 @@ class Worker:
             self.metrics,
             flush_seconds=settings.log_flush_seconds,
             maxlen=settings.decision_stream_maxlen,
+            trim_seconds=settings.log_trim_seconds,
         )
         kwargs: dict[str, Any] = {"clock": clock} if clock else {}
         self.service = DecisionService(

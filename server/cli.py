@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _budget_parsers(sub)
 
+    p = sub.add_parser("export", help="decisions joined with their outcomes, as a training dataset (CSV/Parquet)")
+    _common(p)
+    p.add_argument("out", type=Path, help="output file: .csv or .parquet")
+    p.add_argument("--window-days", type=float, default=30.0, help="how long a reward may take to arrive (30)")
+    p.add_argument("--include-open", action="store_true", help="also decisions still inside the reward window")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("ope", help="off-policy evaluation of a candidate policy from a logged dataset")
     p.add_argument("--log", type=Path, required=True, help="logged dataset (CSV or Parquet, docs/dataset.md)")
     p.add_argument(
@@ -235,6 +242,17 @@ def cmd_serve(opts: argparse.Namespace) -> int:
     from server.app import run_server
 
     return run_server(_settings(opts))
+
+
+def cmd_export(opts: argparse.Namespace) -> int:
+    from training.log_export import export
+
+    with _redis(opts) as (client, keys):
+        summary = export(
+            client, keys, opts.out, window_seconds=opts.window_days * 86400, include_open=opts.include_open
+        )
+    console.print(summary.line(opts.out), highlight=False, markup=False, emoji=False)
+    return 0 if summary.rows else 1
 
 
 def cmd_ope(opts: argparse.Namespace) -> int:

@@ -79,7 +79,11 @@ class Settings(BaseSettings):
     """How long the learner remembers a (decision, offer) it learned from, to learn it once."""
 
     decision_stream_maxlen: int = Field(1_000_000, ge=1000)
-    """Approximate length cap of the decision and outcome streams."""
+    """Length the decision and outcome streams are trimmed to, except entries a consumer group
+    (the learner, an exporter) has not yet acknowledged: those are kept however long it takes."""
+
+    log_trim_seconds: float = Field(10.0, gt=0)
+    """How often each worker trims the log streams."""
 
     log_flush_seconds: float = Field(0.05, gt=0)
     """Longest a decision waits in memory before its log record is written to Redis."""

@@ -13,6 +13,7 @@ import collections
 import json
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from redis.exceptions import RedisError
 from server.domain import CampaignType, Decision, NoOfferReason, RankedOffer, SuppressedOffer
 from server.keys import Keys
 from server.metrics import Metrics
+from server.streams import safe_trim
 
 log = logging.getLogger(__name__)
 RECORD_VERSION = "1"
@@ -205,6 +207,7 @@ class LogWriter:
         *,
         flush_seconds: float,
         maxlen: int,
+        trim_seconds: float = 10.0,
         max_queue: int = 100_000,
     ) -> None:
         self.client = client
@@ -212,6 +215,8 @@ class LogWriter:
         self.metrics = metrics
         self.flush_seconds = flush_seconds
         self.maxlen = maxlen
+        self.trim_seconds = trim_seconds
+        self._next_trim = 0.0
         self._queue = _Buffer(max_queue)
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -245,7 +250,8 @@ class LogWriter:
             return
         pipe = self.client.pipeline(transaction=False)
         for stream, fields, replay in batch:
-            pipe.xadd(stream, fields, maxlen=self.maxlen, approximate=True)
+            # no MAXLEN here: it would drop entries a consumer group has not acknowledged yet
+            pipe.xadd(stream, fields)
             if replay is None:
                 continue
             pipe.hset(replay.decision_key, "response", replay.payload)
@@ -256,11 +262,24 @@ class LogWriter:
             try:
                 await pipe.execute()
                 self.metrics.log_written.inc(len(batch))
+                await self._trim()
                 return
             except RedisError as err:
                 log.warning("decision log write failed (attempt %d): %s", attempt + 1, err)
                 await asyncio.sleep(0.1 * 2**attempt)
         self.metrics.log_dropped.inc(len(batch))
+
+    async def _trim(self) -> None:
+        """Keep the streams near `maxlen`, never past what a consumer group still needs."""
+        now = time.monotonic()
+        if now < self._next_trim:
+            return
+        self._next_trim = now + self.trim_seconds
+        for stream in (self.keys.decision_stream, self.keys.outcome_stream):
+            try:
+                self.metrics.log_trimmed.inc(await safe_trim(self.client, stream, self.maxlen))
+            except RedisError as err:
+                log.warning("trimming %s failed: %s", stream, err)
 
     async def close(self, wait_seconds: float = 10.0) -> None:
         """Write everything queued, then stop (a batch being written is never abandoned)."""

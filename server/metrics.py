@@ -39,6 +39,9 @@ class Metrics:
         )
         self.redis_errors = Counter("nbo_redis_errors", "Redis failures on the hot path", ["op"], registry=r)
         self.log_written = Counter("nbo_log_records_written", "Decision/outcome log records written", registry=r)
+        self.log_trimmed = Counter(
+            "nbo_log_records_trimmed", "Log entries trimmed (only those every consumer group acknowledged)", registry=r
+        )
         self.log_dropped = Counter("nbo_log_records_dropped", "Log records lost (queue full or Redis down)", registry=r)
         self.catalog_reloads = Counter("nbo_catalog_reloads", "Catalog reload attempts", ["result"], registry=r)
         self.model_loads = Counter("nbo_model_loads", "Model load attempts", ["result"], registry=r)

@@ -189,7 +189,7 @@ async def _drive(
         changed.set()
 
     async def client_task(channel: grpc.aio.Channel) -> None:
-        stub = pb_grpc.DecisioningStub(channel)
+        stub = pb_grpc.DecisioningStub(channel)  # type: ignore[no-untyped-call]
         while not queue.empty():
             r = queue.get_nowait()
             if change_at is not None and r.index == change_at and cfg.scenario == "new-offer":
@@ -253,7 +253,7 @@ def _read_log(url: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     last = "-"
     while True:
-        entries = client.xrange(Keys().decision_stream, min=last, count=10_000)
+        entries: Any = client.xrange(Keys().decision_stream, min=last, count=10_000)
         if last != "-":
             entries = entries[1:]
         if not entries:

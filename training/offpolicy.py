@@ -148,10 +148,10 @@ def csv_policy(path: Path, data: LoggedData) -> list[Distribution]:
     actions = {ch: set(v) for ch, v in data.actions_by_channel().items()}
     out: list[Distribution] = []
     for placement, ch in zip(data.placement, data.channel, strict=True):
-        dist = table.get(placement)
-        if dist is None:
+        found = table.get(placement)
+        if found is None:
             raise PolicyError(f"{path}: no probabilities for placement {placement!r}")
-        kept = {o: p for o, p in dist.items() if o in actions[ch]}
+        kept = {o: p for o, p in found.items() if o in actions[ch]}
         total = sum(kept.values())
         if total <= 0:
             raise PolicyError(f"{path}: placement {placement!r} puts no mass on offers of channel {ch!r}")
@@ -163,10 +163,10 @@ def cross_fitted_means(data: LoggedData, reward: F64, seed: int) -> list[dict[st
     """q(x, b) per row: the mean reward of (channel, b) in the other fold (two folds)."""
     n = len(data)
     fold = np.random.default_rng(seed).integers(0, 2, n)
-    sums = [defaultdict(float), defaultdict(float)]
-    counts = [defaultdict(int), defaultdict(int)]
-    channel_sum = [defaultdict(float), defaultdict(float)]
-    channel_n = [defaultdict(int), defaultdict(int)]
+    sums: list[defaultdict[tuple[str, str], float]] = [defaultdict(float), defaultdict(float)]
+    counts: list[defaultdict[tuple[str, str], int]] = [defaultdict(int), defaultdict(int)]
+    channel_sum: list[defaultdict[str, float]] = [defaultdict(float), defaultdict(float)]
+    channel_n: list[defaultdict[str, int]] = [defaultdict(int), defaultdict(int)]
     for i in range(n):
         f = int(fold[i])
         sums[f][(data.channel[i], data.offer_id[i])] += float(reward[i])
@@ -240,8 +240,8 @@ def estimate(
             f"{int(small.sum())} row(s) have a logged probability below {min_probability}: weights up to "
             f"{1 / float(mu[small].min()):.0f}x; estimates lean on few decisions"
         )
-    idx = np.flatnonzero(ok)
-    if idx.size == 0:
+    idx = [int(i) for i in np.flatnonzero(ok)]
+    if not idx:
         raise PolicyError("no row has a logged selection probability: nothing can be estimated")
     pi_logged = np.array([policy[i].get(data.offer_id[i], 0.0) for i in idx])
     w = pi_logged / mu[idx]
@@ -276,7 +276,7 @@ def estimate(
         else:
             dr = Interval(math.nan, math.nan, math.nan)
         out.append(Estimates(name, float(r.mean()), ips, snips, dr))
-    return Report(len(data), int(idx.size), ess, float(w.max()) if w.size else 0.0, out, warnings)
+    return Report(len(data), len(idx), ess, float(w.max()) if w.size else 0.0, out, warnings)
 
 
 def format_report(report: Report, policy_name: str) -> str:
