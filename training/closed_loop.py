@@ -33,6 +33,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 import redis
 
 from server.app import ServerGroup
@@ -353,15 +354,16 @@ def _new_offer_progress(scores: _Scores, change_at: int, window: int = 2000) -> 
                     "n": int(sel.sum()),
                 }
             )
-    first = in_set & (idx < change_at + 10_000)
-    last_window = in_set & (idx >= change_at + 8_000) & (idx < change_at + 10_000)
+
+    def shares(sel: npt.NDArray[np.bool_]) -> dict[str, float]:
+        if not sel.any():
+            return {"server_share": math.nan, "oracle_share": math.nan}
+        return {"server_share": float(server[sel].mean()), "oracle_share": float(oracle[sel].mean())}
+
     return {
         "introduced_at": change_at,
-        "first_10000": {"server_share": float(server[first].mean()), "oracle_share": float(oracle[first].mean())},
-        "decisions_8000_to_10000": {
-            "server_share": float(server[last_window].mean()) if last_window.any() else math.nan,
-            "oracle_share": float(oracle[last_window].mean()) if last_window.any() else math.nan,
-        },
+        "first_10000": shares(in_set & (idx < change_at + 10_000)),
+        "decisions_8000_to_10000": shares(in_set & (idx >= change_at + 8_000) & (idx < change_at + 10_000)),
         "windows": windows,
     }
 

@@ -44,10 +44,13 @@ def with_new_offer(
     channels: tuple[str, ...] = ("web", "call_centre"),
     base_rate: float = 0.22,
     value: float = 60.0,
-    prior_propensity: float = 0.04,
+    prior_propensity: float = 0.06,
+    cost: float = 1.0,
 ) -> World:
     """The world with one more offer that the propensity model has never seen: a good one (base
-    rate `base_rate`) that the marketers underestimate (`prior_propensity`)."""
+    rate `base_rate`) that the marketers underestimate (`prior_propensity`), cheap enough that its
+    prior expected value passes the catalog's minimum (else the pipeline drops it before any
+    policy sees it)."""
     k = world.n_offers
     on_channel = np.zeros((len(CHANNEL_LEVELS), k + 1), dtype=bool)
     on_channel[:, :k] = world.on_channel
@@ -60,7 +63,7 @@ def with_new_offer(
         offer_kind=(*world.offer_kind, kind),
         offer_channels=(*world.offer_channels, channels),
         offer_value=np.append(world.offer_value, value),
-        offer_cost=np.append(world.offer_cost, round(value * 0.1, 1)),
+        offer_cost=np.append(world.offer_cost, cost),
         prior_propensity=np.append(world.prior_propensity, prior_propensity),
         base_rate=np.append(world.base_rate, base_rate),
         strength=np.append(world.strength, 1.2),
