@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from server import export
 from server.config import Settings
 from server.keys import Keys
 
@@ -135,22 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _budget_parsers(sub)
 
-    p = sub.add_parser("export", help="decisions joined with their outcomes, as a training dataset (CSV/Parquet)")
-    _common(p)
-    p.add_argument("out", type=Path, help="output file: .csv or .parquet")
-    p.add_argument("--window-days", type=float, default=30.0, help="how long a reward may take to arrive (30)")
-    p.add_argument("--include-open", action="store_true", help="also decisions still inside the reward window")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("ope", help="off-policy evaluation of a candidate policy from a logged dataset")
-    p.add_argument("--log", type=Path, required=True, help="logged dataset (CSV or Parquet, docs/dataset.md)")
-    p.add_argument(
-        "--policy", required=True, help="csv:FILE (per decision or per placement), uniform, or logging (a check)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the reward model's cross-fitting folds")
-    p.add_argument("--min-probability", type=float, default=0.01, help="warn about logged probabilities below this")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_ope)
+    export.register(sub)
+    # `nbo ope` has its own parser (training.ope), dispatched in main(): its imports are heavy
+    sub.add_parser("ope", help="off-policy evaluation of a candidate policy from a logged dataset (nbo ope --help)")
 
     p = sub.add_parser("simulate", help="closed loop: the real server and learner against the synthetic world")
     p.add_argument("--scenario", choices=("stationary", "drift", "new-offer"), default="stationary")
@@ -227,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from training.train import main as train_main
 
         return train_main(args[1:])
+    if args[:1] == ["ope"]:
+        from training.ope import main as ope_main
+
+        return ope_main(args[1:])
     opts = build_parser().parse_args(args)
     try:
         return int(opts.func(opts))
@@ -242,23 +234,6 @@ def cmd_serve(opts: argparse.Namespace) -> int:
     from server.app import run_server
 
     return run_server(_settings(opts))
-
-
-def cmd_export(opts: argparse.Namespace) -> int:
-    from training.log_export import export
-
-    with _redis(opts) as (client, keys):
-        summary = export(
-            client, keys, opts.out, window_seconds=opts.window_days * 86400, include_open=opts.include_open
-        )
-    console.print(summary.line(opts.out), highlight=False, markup=False, emoji=False)
-    return 0 if summary.rows else 1
-
-
-def cmd_ope(opts: argparse.Namespace) -> int:
-    from training.offpolicy import main as ope_main
-
-    return ope_main(opts)
 
 
 def cmd_simulate(opts: argparse.Namespace) -> int:

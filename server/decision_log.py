@@ -3,21 +3,26 @@
 The decision log is the training and evaluation data of later stages: its schema is a contract.
 Each stream entry has two fields: `v` (record schema version) and `r` (the record as JSON).
 Records are queued in memory and written in pipelined batches off the request path; a decision
-waits at most `log_flush_seconds` before it is in Redis.
+waits at most `log_flush_seconds` before it is in Redis. The writer also trims both streams every
+`log_trim_seconds`, never past what a consumer group still needs (server.streams.safe_trim).
+Readers (the learner, `nbo export`) turn entries back into records with
+`decode_decision_record` / `decode_outcome_record`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import math
-import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from server.domain import CampaignType, Decision, NoOfferReason, RankedOffer, SuppressedOffer
@@ -124,6 +129,138 @@ class OutcomeRecord:
         return {"v": RECORD_VERSION, "r": _dumps(data)}
 
 
+class RecordError(ValueError):
+    """A log entry that is not a record this code can read; the message says what is wrong."""
+
+
+# a stream entry as redis-py returns it (bytes), or decoded (decode_responses=True)
+Fields = Mapping[bytes, bytes] | Mapping[str, str]
+
+
+def decode_decision_record(fields: Fields) -> DecisionRecord:
+    """The DecisionRecord of a decision-stream entry (the inverse of `to_fields`).
+
+    Records written before a field existed read with a neutral default (empty text or list,
+    false, NaN for a number), so every reader of an old log sees the current type.
+    """
+    d = _payload(fields, "decision")
+    try:
+        features = d.get("features")
+        schema_version = d.get("schema_version")
+        return DecisionRecord(
+            decision_id=str(d["decision_id"]),
+            ts=float(d["ts"]),
+            customer_id=str(d.get("customer_id") or ""),
+            channel=str(d.get("channel") or ""),
+            placement=str(d.get("placement") or ""),
+            context={str(k): _number(v) for k, v in (d.get("context") or {}).items()},
+            events=[str(e) for e in d.get("events") or ()],
+            request_id=str(d.get("request_id") or ""),
+            schema_version=None if schema_version is None else int(schema_version),
+            features=None if features is None else [_number(f) for f in features],
+            candidates=_candidates(d.get("candidates")),
+            chosen=[str(o) for o in d.get("chosen") or ()],
+            no_offer_reason=str(d.get("no_offer_reason") or ""),
+            model_version=str(d.get("model_version") or ""),
+            catalog_version=str(d.get("catalog_version") or ""),
+            bandit_version=str(d.get("bandit_version") or ""),
+            degraded=bool(d.get("degraded", False)),
+            control_group=bool(d.get("control_group", False)),
+            would_offer=[str(o) for o in d.get("would_offer") or ()],
+        )
+    except KeyError as err:
+        raise RecordError(f"decision record without {err.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as err:
+        raise RecordError(f"malformed decision record {d.get('decision_id')!r}: {err}") from None
+
+
+def decode_outcome_record(fields: Fields) -> OutcomeRecord:
+    """The OutcomeRecord of an outcome-stream entry (the inverse of `to_fields`); fields added
+    later (channel, propensity, prior_sd) default to "" and NaN (unknown)."""
+    d = _payload(fields, "outcome")
+    try:
+        decision_id, offer_id, outcome = str(d["decision_id"]), str(d["offer_id"]), str(d["outcome"])
+        return OutcomeRecord(
+            # the id ReportOutcome gives a report without one
+            event_id=str(d.get("event_id") or f"{decision_id}:{offer_id}:{outcome}"),
+            decision_id=decision_id,
+            customer_id=str(d.get("customer_id") or ""),
+            offer_id=offer_id,
+            outcome=outcome,
+            value=_number(d.get("value", 0.0)),
+            ts=float(d["ts"]),
+            channel=str(d.get("channel") or ""),
+            propensity=_number(d.get("propensity")),
+            prior_sd=_number(d.get("prior_sd")),
+        )
+    except KeyError as err:
+        raise RecordError(f"outcome record without {err.args[0]!r}") from None
+    except (TypeError, ValueError) as err:
+        raise RecordError(f"malformed outcome record {d.get('event_id')!r}: {err}") from None
+
+
+def _payload(fields: Fields, kind: str) -> dict[str, Any]:
+    raw: bytes | str | None = None
+    for name, value in fields.items():
+        if name in (b"r", "r"):
+            raw = value
+    if raw is None:
+        raise RecordError(f"{kind} log entry without a record field 'r'")
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        raise RecordError(f"{kind} record is not JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{kind} record is not a JSON object")
+    return data
+
+
+def _number(value: Any) -> float:
+    """null (how NaN is written) and absent both read as NaN."""
+    return math.nan if value is None else float(value)
+
+
+def _candidates(data: Any) -> Candidates:
+    if not data:
+        return NO_CANDIDATES
+    if isinstance(data, list):  # the first layout: one object per candidate
+        data = {name: [row.get(name) for row in data] for name in _CANDIDATE_COLUMNS}
+    offers = [str(o) for o in data.get("offer_id") or ()]
+
+    def text(name: str) -> list[str]:
+        values = data.get(name)
+        return [str(v or "") for v in values] if values is not None else [""] * len(offers)
+
+    def numbers(name: str) -> list[float]:
+        values = data.get(name)
+        return [_number(v) for v in values] if values is not None else [math.nan] * len(offers)
+
+    columns = Candidates(
+        offer_id=offers,
+        campaign_id=text("campaign_id"),
+        propensity=numbers("propensity"),
+        expected_value=numbers("expected_value"),
+        score=numbers("score"),
+        selection_probability=numbers("selection_probability"),
+        status=text("status"),
+    )
+    lengths = {len(getattr(columns, name)) for name in _CANDIDATE_COLUMNS}
+    if len(lengths) > 1:
+        raise ValueError(f"candidate columns of different lengths {sorted(lengths)}")
+    return columns
+
+
+_CANDIDATE_COLUMNS = (
+    "offer_id",
+    "campaign_id",
+    "propensity",
+    "expected_value",
+    "score",
+    "selection_probability",
+    "status",
+)
+
+
 def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"))
 
@@ -216,14 +353,15 @@ class LogWriter:
         self.flush_seconds = flush_seconds
         self.maxlen = maxlen
         self.trim_seconds = trim_seconds
-        self._next_trim = 0.0
         self._queue = _Buffer(max_queue)
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._trimmer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._closing = False
         self._task = asyncio.create_task(self._run(), name="log-writer")
+        self._trimmer = asyncio.create_task(self._trim_loop(), name="log-trimmer")
 
     def decision(self, record: DecisionRecord, replay: Replay | None) -> None:
         self._put((self.keys.decision_stream, record.to_fields(), replay))
@@ -248,6 +386,20 @@ class LogWriter:
     async def _write(self, batch: list[_Item]) -> None:
         if not batch:
             return
+        for attempt in range(5):
+            try:
+                # a fresh pipeline per attempt: a failed execute() empties the one it ran, and
+                # re-running that would "succeed" without writing anything. A retry after a
+                # partial write appends some entries twice, which readers de-duplicate.
+                await self._pipeline(batch).execute()
+                self.metrics.log_written.inc(len(batch))
+                return
+            except RedisError as err:
+                log.warning("decision log write failed (attempt %d): %s", attempt + 1, err)
+                await asyncio.sleep(0.1 * 2**attempt)
+        self.metrics.log_dropped.inc(len(batch))
+
+    def _pipeline(self, batch: list[_Item]) -> Pipeline:
         pipe = self.client.pipeline(transaction=False)
         for stream, fields, replay in batch:
             # no MAXLEN here: it would drop entries a consumer group has not acknowledged yet
@@ -258,32 +410,42 @@ class LogWriter:
             if replay.request_key is not None:
                 pipe.expire(replay.decision_key, replay.decision_ttl)
                 pipe.set(replay.request_key, replay.decision_id, nx=True, ex=replay.request_ttl)
-        for attempt in range(5):
-            try:
-                await pipe.execute()
-                self.metrics.log_written.inc(len(batch))
-                await self._trim()
-                return
-            except RedisError as err:
-                log.warning("decision log write failed (attempt %d): %s", attempt + 1, err)
-                await asyncio.sleep(0.1 * 2**attempt)
-        self.metrics.log_dropped.inc(len(batch))
+        return pipe
 
-    async def _trim(self) -> None:
-        """Keep the streams near `maxlen`, never past what a consumer group still needs."""
-        now = time.monotonic()
-        if now < self._next_trim:
-            return
-        self._next_trim = now + self.trim_seconds
+    async def _trim_loop(self) -> None:
+        # a task of its own, so a slow trim never holds up the next batch of records
+        while True:
+            await asyncio.sleep(self.trim_seconds)
+            try:
+                await self.trim()
+            except Exception:  # a bug here must not stop trimming for the life of the worker
+                log.exception("trimming the decision log failed")
+
+    async def trim(self) -> int:
+        """Trim both streams toward `maxlen`, never past what a consumer group still needs.
+
+        Returns the entries removed. Failures are logged and retried on the next round: an
+        untrimmed stream is only longer, never wrong.
+        """
+        removed = 0
         for stream in (self.keys.decision_stream, self.keys.outcome_stream):
             try:
-                self.metrics.log_trimmed.inc(await safe_trim(self.client, stream, self.maxlen))
+                n = await safe_trim(self.client, stream, self.maxlen)
             except RedisError as err:
                 log.warning("trimming %s failed: %s", stream, err)
+                continue
+            self.metrics.log_trimmed.inc(n)
+            removed += n
+        return removed
 
     async def close(self, wait_seconds: float = 10.0) -> None:
         """Write everything queued, then stop (a batch being written is never abandoned)."""
         self._closing = True
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trimmer
+            self._trimmer = None
         self._queue.wake()
         if self._task is not None:
             try:

@@ -5,20 +5,35 @@ acknowledges only after its work is applied (and that work must be idempotent), 
 between reading and acknowledging redelivers instead of losing: the entries stay pending, and
 any consumer of the group takes them over (XAUTOCLAIM) once they have been idle for
 `claim_idle_ms` — including the same consumer after a restart.
+
+Trimming (`safe_trim`) is the other half of the guarantee: a length cap applied blindly (XADD
+MAXLEN, XTRIM MAXLEN) deletes the oldest entries whether or not a group has processed them, so
+a consumer that stalls for a while silently loses data. `safe_trim` never cuts past what a
+group still needs; a stalled group makes the stream grow instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
+# Each trim script call removes at most this many entries: the script runs atomically and
+# blocks Redis while it runs, so a large backlog is trimmed in short steps rather than one
+# long stall of every decision on the same Redis.
+TRIM_STEP = 1000
+_TRIM_SCRIPT = resources.files("server").joinpath("lua", "safe_trim.lua").read_text()
+
 
 class StreamConsumer:
+    """One consumer of a consumer group: `read()`, do the (idempotent) work, then `ack()`."""
+
     def __init__(
         self,
         client: aioredis.Redis,
@@ -37,6 +52,7 @@ class StreamConsumer:
         self.batch = batch
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
+        # XAUTOCLAIM scans the pending list in pages; the cursor carries over between reads
         self._claim_from = "0-0"
 
     async def ensure_group(self) -> None:
@@ -61,22 +77,45 @@ class StreamConsumer:
         return [(entry_id, fields) for entry_id, fields in entries if fields is not None]
 
     async def _reclaim(self) -> list[Entry]:
+        start = self._claim_from
         reply: Any = await self.client.xautoclaim(
             self.stream,
             self.group,
             self.consumer,
             min_idle_time=self.claim_idle_ms,
-            start_id=self._claim_from,
+            start_id=start,
             count=self.batch,
         )
-        next_start, entries = reply[0], reply[1]
-        # a cursor of 0-0 means the scan of the pending list wrapped around
-        self._claim_from = next_start.decode() if isinstance(next_start, bytes) else str(next_start)
-        # entries trimmed away while pending come back as (id, None): nothing left to redo
-        gone = [entry_id for entry_id, fields in entries if fields is None]
-        if gone:
-            await self.ack(gone)
-        return [(entry_id, fields) for entry_id, fields in entries if fields is not None]
+        cursor = _text(reply[0])  # 0-0: the scan of the pending list wrapped around
+        self._claim_from = cursor
+        entries = reply[1]
+        live = [(entry_id, fields) for entry_id, fields in entries if entry_id is not None and fields is not None]
+        if len(live) < len(entries):
+            await self._ack_deleted(start, cursor, {entry_id for entry_id, _ in live})
+        return live
+
+    async def _ack_deleted(self, start: str, cursor: str, live: set[bytes]) -> None:
+        """Acknowledge pending entries that were deleted from the stream (nothing left to redo).
+
+        Redis 7 drops those from the pending list itself; Redis 6.2 returns each as (nil, nil)
+        without its id and keeps it pending, so without this it would come back on every read.
+        """
+        pending: Any = await self.client.xpending_range(
+            self.stream,
+            self.group,
+            min=start,
+            max="+" if cursor == "0-0" else f"({cursor}",
+            count=10 * self.batch,
+            consumername=self.consumer,
+        )
+        ids = [p["message_id"] for p in pending if p["message_id"] not in live]
+        if not ids:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xrange(self.stream, min=entry_id, max=entry_id, count=1)
+        found: list[Any] = await pipe.execute()
+        await self.ack([entry_id for entry_id, hit in zip(ids, found, strict=True) if not hit])
 
     async def ack(self, ids: Sequence[bytes]) -> None:
         if ids:
@@ -85,25 +124,36 @@ class StreamConsumer:
 
 async def safe_trim(client: aioredis.Redis, stream: str, maxlen: int) -> int:
     """Trim `stream` toward `maxlen` entries, but never past an entry some consumer group has not
-    acknowledged or not yet been delivered. Returns the number of entries removed."""
-    if maxlen < 1:
-        raise ValueError("maxlen must be at least 1")
-    if int(await client.xlen(stream)) <= maxlen:
-        return 0
-    # the oldest entry to keep if only the length mattered
-    newest: Any = await client.xrevrange(stream, max="+", min="-", count=maxlen)
-    bound = _parse(newest[-1][0])
-    for group in await client.xinfo_groups(stream):
-        # undelivered entries follow the group's last-delivered id; pending ones start at the oldest
-        last = _parse(group["last-delivered-id"])
-        bound = min(bound, (last[0], last[1] + 1))
-        if int(group["pending"]) > 0:
-            pending: Any = await client.xpending(stream, group["name"])
-            bound = min(bound, _parse(pending["min"]))
-    return int(await client.xtrim(stream, minid=f"{bound[0]}-{bound[1]}", approximate=False))
+    acknowledged or not yet been delivered. Returns the number of entries removed.
+
+    The cut is the oldest of: the entry that length trimming would keep first, every group's
+    oldest pending entry, and the entry after every group's last-delivered one. Each step is
+    one script (`server/lua/safe_trim.lua`), so concurrent trims by several workers and
+    concurrent reads cannot combine into a cut past what a group needs.
+    """
+    if maxlen < 0:
+        raise ValueError("maxlen must not be negative")
+    script = client.register_script(_TRIM_SCRIPT)
+    removed = 0
+    while True:
+        step = int(await script(keys=[stream], args=[maxlen, TRIM_STEP]))
+        removed += step
+        if step < TRIM_STEP:
+            return removed
 
 
-def _parse(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, seq = text.split("-")
-    return int(ms), int(seq)
+def safe_trim_sync(client: redis.Redis, stream: str, maxlen: int) -> int:
+    """`safe_trim` for a synchronous client (command-line tools)."""
+    if maxlen < 0:
+        raise ValueError("maxlen must not be negative")
+    script = client.register_script(_TRIM_SCRIPT)
+    removed = 0
+    while True:
+        step = int(script(keys=[stream], args=[maxlen, TRIM_STEP]))
+        removed += step
+        if step < TRIM_STEP:
+            return removed
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -11,20 +11,24 @@ of the run a new, good offer the model has never seen is published in the catalo
 Baselines are evaluated on the same decisions, from the decision log: each decision's candidate
 set is what the server could have awarded (status "chosen" or "ranked below": after
 eligibility, contact policy and thresholds), and every policy is scored by its *expected* reward
-under the world's true response (P(accept) x value), which removes outcome noise from the
-comparison. Policies: the server as it ran; oracle (best true expected value within the best
-tier present: the same business rule the server follows); random (uniform within that tier);
-model-greedy (the server's own ranking from the logged model propensity: no exploration, no
-learning); rules-only (highest value within the tier).
+under the world's true response (P(accept) x value, at the decision's own timestamp), which
+removes outcome noise from the comparison. Policies: the server as it ran; oracle (best true
+expected value within the best tier present: the same business rule the server follows); random
+(uniform within that tier); model-greedy (the server's own ranking, P x C x V x L from the logged
+model propensity and the catalog: no exploration, no learning); rules-only (highest value within
+the tier). With `--no-bandit` the server *is* model-greedy, decision for decision, which checks
+the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +39,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import redis
+import yaml
 
 from server.app import ServerGroup
 from server.catalog_store import current_schema, publish
@@ -71,7 +76,11 @@ bandit:
     call_centre: {{exploration: 0.6, epsilon: 0.0}}
 """
 POLICIES = ("server", "oracle", "random", "model_greedy", "rules_only")
-HIGH_PRIORITY_TRIGGER = 50  # the world catalog's arbitration.high_priority_trigger (the default)
+PICKING = ("server", "oracle", "model_greedy", "rules_only")  # random is a mean, it picks nothing
+HIGH_PRIORITY_TRIGGER = 50  # the catalog default of arbitration.high_priority_trigger
+COLOURS = dict(zip(POLICIES, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"), strict=True))
+NEW_OFFER_WINDOW = 2_000
+NEW_OFFER_HORIZON = 10_000  # the new offer should reach half its oracle share within this
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ class SimulationConfig:
     concurrency: int = 16
     customers: int = 20_000
     log_decisions: int = 60_000  # the simulated history the model is trained on
-    bandit: bool = True
+    bandit: bool = True  # the catalog's bandit section and the learner; off = the model alone
     out: Path = Path("simulation")
 
 
@@ -100,7 +109,7 @@ class Sent:
     request: Request
     decision_id: str = ""
     offer: str = ""
-    world_index: int = 0  # 0 before the change, 1 after (drift / new offer)
+    world_index: int = 0  # which truth answered: 0 before the change, 1 after (drift / new offer)
     ts: float = 0.0
 
 
@@ -117,8 +126,76 @@ class SimulationResult:
     regret: dict[str, float]  # total, vs the oracle
     vs_model_greedy: dict[str, float]  # mean per-decision difference and its 95% CI
     vs_model_greedy_after_change: dict[str, float] = field(default_factory=dict)
+    reward_after_change: dict[str, float] = field(default_factory=dict)  # per decision, from the change on
+    share_of_oracle_after_change: dict[str, float] = field(default_factory=dict)
     new_offer: dict[str, Any] = field(default_factory=dict)
     changed_offers: list[str] = field(default_factory=list)
+    degraded: int = 0  # of control_or_degraded; more than a handful means the loop overloads Redis
+    missing_records: int = 0  # decisions answered but absent from the log: lost log batches
+    outside_top_tier: int = 0  # server awards below the best tier present (the epsilon floor)
+    bandit: bool = True
+    decisions_per_second: float = 0.0
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What the server ranks with, per offer, as the published catalog says."""
+
+    tier: dict[str, int]  # arbitration tier: ad hoc 0 > high-priority trigger 1 > lifecycle 2 > trigger 3
+    weight: dict[tuple[str, str], float]  # (offer, channel) -> C
+    lever: dict[str, float]  # L
+    priority: dict[str, int]  # the campaign's: breaks ties inside a tier
+
+
+def catalog_terms(text: str) -> Terms:
+    """Tiers, channel weights and levers of a catalog, the way server/catalog.py reads them."""
+    doc = yaml.safe_load(text)
+    high = int((doc.get("arbitration") or {}).get("high_priority_trigger", HIGH_PRIORITY_TRIGGER))
+    campaigns = {c["id"]: c for c in doc["campaigns"]}
+    tier, weight, lever, priority = {}, {}, {}, {}
+    for o in doc["offers"]:
+        c = campaigns[o["campaign"]]
+        priority[o["id"]] = int(c.get("priority", 50))
+        if c["type"] == "ad_hoc":
+            tier[o["id"]] = 0
+        elif c["type"] == "trigger":
+            tier[o["id"]] = 1 if int(c.get("priority", 50)) >= high else 3
+        else:
+            tier[o["id"]] = 2
+        for ch, w in (o.get("channel_weight") or {}).items():
+            weight[(o["id"], ch)] = float(w)
+        lever[o["id"]] = float(o.get("lever", 1.0))
+    return Terms(tier, weight, lever, priority)
+
+
+def _best(top: npt.NDArray[np.intp], key: npt.NDArray[np.float64], priority: npt.NDArray[np.int64]) -> int:
+    """The top-tier candidate with the highest key; ties go to campaign priority, then catalog
+    order (the log lists candidates in catalog order), as server/arbitration.py breaks them."""
+    return int(top[np.lexsort((top, -priority[top], -key[top]))[0]])
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Which truth answers when, and what the catalog becomes at the change."""
+
+    world: World  # the world the model is trained on and the run starts with
+    truths: tuple[World, World]  # the true response before and after `change_at`
+    change_at: int | None
+    new_catalog: World | None  # published at `change_at` (new-offer)
+
+
+def build_scenario(cfg: SimulationConfig) -> Scenario:
+    world = World.create(n_customers=cfg.customers)
+    if cfg.scenario == "drift":
+        return Scenario(world, (world, drifted(world, cfg.seed)), cfg.decisions // 2, None)
+    if cfg.scenario == "new-offer":
+        extended = with_new_offer(world)
+        # the other offers' truth is the same in both worlds, so the extended one answers
+        # throughout: a decision in flight when the catalog switches is scored without a gap
+        return Scenario(world, (extended, extended), cfg.decisions // 5, extended)
+    if cfg.scenario == "stationary":
+        return Scenario(world, (world, world), None, None)
+    raise ValueError(f"unknown scenario {cfg.scenario!r} (scenarios: {', '.join(SCENARIOS)})")
 
 
 def _draw_requests(world: World, n: int, seed: int) -> list[Request]:
@@ -171,20 +248,21 @@ def _catalog_text(world: World, cfg: SimulationConfig) -> str:
 
 
 async def _drive(
-    cfg: SimulationConfig, target: str, url: str, worlds: list[World], requests: list[Request], change_at: int | None
+    cfg: SimulationConfig, target: str, url: str, scenario: Scenario, requests: list[Request]
 ) -> list[Sent]:
     queue: asyncio.Queue[Request] = asyncio.Queue()
     for r in requests:
         queue.put_nowait(r)
     sent: list[Sent] = []
-    rng = np.random.default_rng([worlds[0].seed, cfg.seed, 202])
+    rng = np.random.default_rng([scenario.world.seed, cfg.seed, 202])
     draws = rng.random(len(requests))  # the customers' answers, fixed in advance per request
     changed = asyncio.Event()
-    ids = worlds[-1].population.customer_ids
+    ids = scenario.world.population.customer_ids
+    change_at = scenario.change_at
 
-    async def publish_change() -> None:
+    async def publish_change(new: World) -> None:
         client = redis.Redis.from_url(url)
-        publish(client, Keys(), _catalog_text(worlds[1], cfg), source="simulate:new-offer")
+        publish(client, Keys(), _catalog_text(new, cfg), source=f"simulate:{cfg.scenario}")
         client.close()
         await asyncio.sleep(1.5)  # workers poll the catalog every second
         changed.set()
@@ -193,12 +271,13 @@ async def _drive(
         stub = pb_grpc.DecisioningStub(channel)  # type: ignore[no-untyped-call]
         while not queue.empty():
             r = queue.get_nowait()
-            if change_at is not None and r.index == change_at and cfg.scenario == "new-offer":
-                await publish_change()
-            world_index = 1 if change_at is not None and r.index >= change_at else 0
-            if cfg.scenario == "new-offer" and world_index == 1 and not changed.is_set():
+            after = change_at is not None and r.index >= change_at
+            if scenario.new_catalog is not None and after:
+                # every later decision waits until the workers serve the new catalog
+                if r.index == change_at:
+                    await publish_change(scenario.new_catalog)
                 await changed.wait()
-            world = worlds[world_index]
+            world = scenario.truths[int(after)]
             resp = await stub.Decide(
                 pb.DecideRequest(
                     customer_id=ids[r.customer],
@@ -208,7 +287,8 @@ async def _drive(
                 ),
                 timeout=10,
             )
-            s = Sent(r, resp.decision_id, resp.offers[0].offer_id if resp.offers else "", world_index, time.time())
+            # the response carries no timestamp; this is within milliseconds of the decision's
+            s = Sent(r, resp.decision_id, resp.offers[0].offer_id if resp.offers else "", int(after), time.time())
             sent.append(s)
             if not s.offer:
                 continue
@@ -235,20 +315,6 @@ async def _drive(
     return sent
 
 
-def _tiers(world: World) -> dict[str, int]:
-    by_campaign = {c.id: c for c in CAMPAIGNS}
-    out = {}
-    for offer, camp_id in zip(world.offer_ids, world.offer_campaign, strict=True):
-        c = by_campaign[camp_id]
-        if c.type == "ad_hoc":
-            out[offer] = 0
-        elif c.type == "trigger":
-            out[offer] = 1 if c.priority >= HIGH_PRIORITY_TRIGGER else 3
-        else:
-            out[offer] = 2
-    return out
-
-
 def _read_log(url: str) -> dict[str, dict[str, Any]]:
     client = redis.Redis.from_url(url)
     out: dict[str, dict[str, Any]] = {}
@@ -268,25 +334,50 @@ def _read_log(url: str) -> dict[str, dict[str, Any]]:
 
 
 @dataclass
-class _Scores:
-    ev: dict[str, list[float]]  # per policy, expected value per evaluated decision
+class Scores:
+    """Per evaluated decision (in request order), what each policy would have earned."""
+
+    ev: dict[str, list[float]]  # per policy, expected value
     p: dict[str, list[float]]  # per policy, expected acceptance
-    index: list[int]  # request index of each evaluated decision
-    new_in_set: list[bool]
-    server_new: list[bool]
-    oracle_new: list[bool]
+    pick: dict[str, list[str]]  # per picking policy, the offer ("" = nothing)
+    index: list[int] = field(default_factory=list)  # request index
+    decision_id: list[str] = field(default_factory=list)
+    world_index: list[int] = field(default_factory=list)
+    candidates: list[int] = field(default_factory=list)  # size of the candidate set
+    top_tier: list[int] = field(default_factory=list)  # candidates in the best tier present
+    server_in_top_tier: list[bool] = field(default_factory=list)
+    new_in_set: list[bool] = field(default_factory=list)  # the new offer is a candidate
+    new_contested: list[bool] = field(default_factory=list)  # ... with another top-tier candidate
+
+    @classmethod
+    def empty(cls) -> Scores:
+        return cls({k: [] for k in POLICIES}, {k: [] for k in POLICIES}, {k: [] for k in PICKING})
 
 
-def _score(sent: list[Sent], records: dict[str, dict[str, Any]], worlds: list[World]) -> tuple[_Scores, int]:
-    scores = _Scores({k: [] for k in POLICIES}, {k: [] for k in POLICIES}, [], [], [], [])
-    skipped = 0
-    tiers = _tiers(worlds[-1])
+@dataclass(frozen=True)
+class Skipped:
+    control_group: int
+    degraded: int
+    missing: int
+
+
+def _score(
+    sent: list[Sent], records: dict[str, dict[str, Any]], scenario: Scenario, terms: Terms
+) -> tuple[Scores, Skipped]:
+    scores = Scores.empty()
+    control = degraded = missing = 0
     for s in sorted(sent, key=lambda x: x.request.index):
         rec = records.get(s.decision_id)
-        if rec is None or rec["control_group"] or rec["degraded"]:
-            skipped += 1
+        if rec is None:
+            missing += 1
             continue
-        world = worlds[s.world_index]
+        if rec["control_group"]:
+            control += 1
+            continue
+        if rec["degraded"]:
+            degraded += 1
+            continue
+        world = scenario.truths[s.world_index]
         cand = rec["candidates"]
         rows = [
             (o, float(p))
@@ -294,81 +385,104 @@ def _score(sent: list[Sent], records: dict[str, dict[str, Any]], worlds: list[Wo
             if st == "chosen" or st.startswith("ranked below")
         ]
         scores.index.append(s.request.index)
+        scores.decision_id.append(s.decision_id)
+        scores.world_index.append(s.world_index)
+        scores.candidates.append(len(rows))
         if not rows:
             for k in POLICIES:
                 scores.ev[k].append(0.0)
                 scores.p[k].append(0.0)
+            for k in PICKING:
+                scores.pick[k].append("")
+            scores.top_tier.append(0)
+            scores.server_in_top_tier.append(True)
             scores.new_in_set.append(False)
-            scores.server_new.append(False)
-            scores.oracle_new.append(False)
+            scores.new_contested.append(False)
             continue
         offers = [o for o, _ in rows]
         j = np.array([world.offer_ids.index(o) for o in offers])
         r = s.request
         ctx = {k: np.full(len(j), v) for k, v in r.context.items()}
-        true_p = world.oracle(np.full(len(j), r.customer), j, r.channel, ctx, np.full(len(j), s.ts))
+        true_p = world.oracle(np.full(len(j), r.customer), j, r.channel, ctx, np.full(len(j), float(rec["ts"])))
         value = world.offer_value[j]
         ev = true_p * value
-        tier = np.array([tiers[o] for o in offers])
-        top = tier == tier.min()
+        tier = np.array([terms.tier[o] for o in offers])
+        top = np.flatnonzero(tier == tier.min())
         model_p = np.array([p for _, p in rows])
+        cvl = np.array([terms.weight.get((o, r.channel), 1.0) * terms.lever[o] for o in offers]) * value
+        priority = np.array([terms.priority[o] for o in offers])
         pick = {
             "server": offers.index(s.offer) if s.offer in offers else -1,
-            "oracle": int(np.flatnonzero(top)[ev[top].argmax()]),
-            "model_greedy": int(np.flatnonzero(top)[(model_p * value)[top].argmax()]),
-            "rules_only": int(np.flatnonzero(top)[value[top].argmax()]),
+            "oracle": _best(top, ev, priority),
+            "model_greedy": _best(top, model_p * cvl, priority),
+            "rules_only": _best(top, value, priority),
         }
         for k, i in pick.items():
             scores.ev[k].append(float(ev[i]) if i >= 0 else 0.0)
             scores.p[k].append(float(true_p[i]) if i >= 0 else 0.0)
+            scores.pick[k].append(offers[i] if i >= 0 else "")
         scores.ev["random"].append(float(ev[top].mean()))
         scores.p["random"].append(float(true_p[top].mean()))
+        scores.top_tier.append(int(top.size))
+        scores.server_in_top_tier.append(pick["server"] < 0 or pick["server"] in top)
         scores.new_in_set.append(NEW_OFFER_ID in offers)
-        scores.server_new.append(s.offer == NEW_OFFER_ID)
-        scores.oracle_new.append(offers[pick["oracle"]] == NEW_OFFER_ID)
-    return scores, skipped
+        scores.new_contested.append(NEW_OFFER_ID in [offers[i] for i in top] and top.size > 1)
+    return scores, Skipped(control, degraded, missing)
 
 
-def _diff_ci(a: list[float], b: list[float]) -> dict[str, float]:
-    d = np.asarray(a) - np.asarray(b)
+def _diff_ci(a: npt.ArrayLike, b: npt.ArrayLike) -> dict[str, float]:
+    """Mean paired difference with its 95% interval (normal approximation)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if d.size < 2:
         return {"mean": float(d.mean()) if d.size else 0.0, "low": math.nan, "high": math.nan, "n": float(d.size)}
     half = 1.96 * float(d.std(ddof=1)) / math.sqrt(d.size)
     return {"mean": float(d.mean()), "low": float(d.mean()) - half, "high": float(d.mean()) + half, "n": float(d.size)}
 
 
-def _new_offer_progress(scores: _Scores, change_at: int, window: int = 2000) -> dict[str, Any]:
+def _new_offer_progress(scores: Scores, change_at: int) -> dict[str, Any]:
+    """Share of decisions awarding the new offer, among those whose candidate set held it.
+    "contested": it shared the best tier present with another candidate, so awarding it took a
+    judgement of its worth (alone in the best tier, every policy that keeps the tiers awards it)."""
     idx = np.asarray(scores.index)
     after = idx >= change_at
-    in_set = np.asarray(scores.new_in_set) & after
-    server, oracle = np.asarray(scores.server_new), np.asarray(scores.oracle_new)
-    windows = []
-    for start in range(change_at, int(idx.max()) + 1, window):
-        sel = in_set & (idx >= start) & (idx < start + window)
-        if sel.sum():
+    in_set = np.asarray(scores.new_in_set, dtype=bool) & after
+    contested = np.asarray(scores.new_contested, dtype=bool) & after
+    chose = {k: np.asarray(scores.pick[k]) == NEW_OFFER_ID for k in ("server", "oracle", "model_greedy")}
+
+    def shares(sel: npt.NDArray[np.bool_]) -> dict[str, float]:
+        out: dict[str, float] = {"n": float(sel.sum())}
+        for k, c in chose.items():
+            out[f"{k}_share"] = float(c[sel].mean()) if sel.any() else math.nan
+        return out
+
+    windows: list[dict[str, Any]] = []
+    for start in range(change_at, int(idx.max()) + 1 if idx.size else change_at, NEW_OFFER_WINDOW):
+        in_window = (idx >= start) & (idx < start + NEW_OFFER_WINDOW)
+        if (in_set & in_window).any():
             windows.append(
                 {
                     "from": start - change_at,
-                    "server_share": float(server[sel].mean()),
-                    "oracle_share": float(oracle[sel].mean()),
-                    "n": int(sel.sum()),
+                    **shares(in_set & in_window),
+                    "contested": shares(contested & in_window),
                 }
             )
-
-    def shares(sel: npt.NDArray[np.bool_]) -> dict[str, float]:
-        if not sel.any():
-            return {"server_share": math.nan, "oracle_share": math.nan}
-        return {"server_share": float(server[sel].mean()), "oracle_share": float(oracle[sel].mean())}
-
+    half_at = next(
+        (w["from"] for w in windows if w["server_share"] >= 0.5 * w["oracle_share"] and w["oracle_share"] > 0), None
+    )
+    horizon = idx < change_at + NEW_OFFER_HORIZON
+    late = idx >= change_at + NEW_OFFER_HORIZON - NEW_OFFER_WINDOW
     return {
         "introduced_at": change_at,
-        "first_10000": shares(in_set & (idx < change_at + 10_000)),
-        "decisions_8000_to_10000": shares(in_set & (idx >= change_at + 8_000) & (idx < change_at + 10_000)),
+        "first_10000": shares(in_set & horizon),
+        "first_10000_contested": shares(contested & horizon),
+        "decisions_8000_to_10000": shares(in_set & horizon & late),
+        "decisions_8000_to_10000_contested": shares(contested & horizon & late),
+        "half_of_oracle_share_from": half_at,  # first window (decisions since) at >= half the oracle's share
         "windows": windows,
     }
 
 
-def _plot(path: Path, scores: _Scores, result: SimulationResult, change_at: int | None) -> None:
+def _plot(path: Path, scores: Scores, result: SimulationResult, change_at: int | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,8 +491,9 @@ def _plot(path: Path, scores: _Scores, result: SimulationResult, change_at: int 
     panels = 2 if result.new_offer else 1
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
     ax = axes[0][0]
+    x = np.asarray(scores.index)
     for k in POLICIES:
-        ax.plot(np.cumsum(scores.ev[k]), label=f"{k} ({result.share_of_oracle[k]:.0%} of oracle)")
+        ax.plot(x, np.cumsum(scores.ev[k]), color=COLOURS[k], label=f"{k} ({result.share_of_oracle[k]:.1%} of oracle)")
     if change_at is not None:
         ax.axvline(change_at, color="grey", linestyle=":")
     ax.set_xlabel("decision")
@@ -388,34 +503,64 @@ def _plot(path: Path, scores: _Scores, result: SimulationResult, change_at: int 
     if result.new_offer:
         ax2 = axes[0][1]
         w = result.new_offer["windows"]
-        xs = [x["from"] for x in w]
-        ax2.plot(xs, [x["server_share"] for x in w], marker="o", label="server")
-        ax2.plot(xs, [x["oracle_share"] for x in w], marker="o", label="oracle")
-        ax2.set_xlabel("decisions since the new offer was published")
-        ax2.set_ylabel("share awarded the new offer (where eligible)")
-        ax2.legend()
+        xs = [v["from"] for v in w]
+        for k in ("server", "oracle", "model_greedy"):
+            ax2.plot(xs, [v[f"{k}_share"] for v in w], "-", marker="o", color=COLOURS[k], label=k)
+            ax2.plot(xs, [v["contested"][f"{k}_share"] for v in w], ":", marker=".", color=COLOURS[k])
+        ax2.set_xlabel(f"decisions since {NEW_OFFER_ID} was published (windows of {NEW_OFFER_WINDOW:,})")
+        ax2.set_ylabel("share awarding it where it was a candidate")
+        ax2.set_ylim(0, 1)
+        ax2.set_title("new offer (dotted: contested decisions only)")
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _write_decisions(path: Path, scores: Scores) -> None:
+    """Every evaluated decision and what each policy earned on it, for checks beyond the summary."""
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(
+            [
+                "index",
+                "decision_id",
+                "world",
+                "candidates",
+                "top_tier",
+                "server_in_top_tier",
+                "new_offer_candidate",
+                "new_offer_contested",
+                *(f"ev_{k}" for k in POLICIES),
+                *(f"p_{k}" for k in POLICIES),
+                *(f"pick_{k}" for k in PICKING),
+            ]
+        )
+        for i in range(len(scores.index)):
+            out.writerow(
+                [
+                    scores.index[i],
+                    scores.decision_id[i],
+                    scores.world_index[i],
+                    scores.candidates[i],
+                    scores.top_tier[i],
+                    int(scores.server_in_top_tier[i]),
+                    int(scores.new_in_set[i]),
+                    int(scores.new_contested[i]),
+                    *(repr(scores.ev[k][i]) for k in POLICIES),
+                    *(repr(scores.p[k][i]) for k in POLICIES),
+                    *(scores.pick[k][i] for k in PICKING),
+                ]
+            )
+
+
 def run(cfg: SimulationConfig) -> SimulationResult:
-    if cfg.scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {cfg.scenario!r} (scenarios: {', '.join(SCENARIOS)})")
     started = time.perf_counter()
-    world = World.create(n_customers=cfg.customers)
-    worlds = [world]
-    change_at: int | None = None
-    if cfg.scenario == "drift":
-        worlds.append(drifted(world, cfg.seed))
-        change_at = cfg.decisions // 2
-    elif cfg.scenario == "new-offer":
-        worlds.append(with_new_offer(world))
-        change_at = cfg.decisions // 5
-    requests = _draw_requests(world, cfg.decisions, cfg.seed)
+    scenario = build_scenario(cfg)
+    requests = _draw_requests(scenario.world, cfg.decisions, cfg.seed)
     cfg.out.mkdir(parents=True, exist_ok=True)
     with EmbeddedRedis(cfg.out / "redis", persist=False) as redis_server:
-        _setup(cfg, redis_server.url, world)
+        _setup(cfg, redis_server.url, scenario.world)
         settings = Settings(
             redis_url=redis_server.url,
             port=0,
@@ -428,21 +573,26 @@ def run(cfg: SimulationConfig) -> SimulationResult:
         group.start()
         try:
             group.wait_ready(timeout=60)
-            sent = asyncio.run(_drive(cfg, group.target, redis_server.url, worlds, requests, change_at))
-            time.sleep(1.0)  # the last log batches
+            loop_started = time.perf_counter()
+            sent = asyncio.run(_drive(cfg, group.target, redis_server.url, scenario, requests))
+            loop_seconds = time.perf_counter() - loop_started
+            time.sleep(1.0)  # the last log batches (written at most log_flush_seconds late)
         finally:
             group.stop()
         records = _read_log(redis_server.url)
-    scores, skipped = _score(sent, records, worlds)
-    result = _summarise(cfg, scores, skipped, worlds, change_at, time.perf_counter() - started)
+    final_catalog = scenario.new_catalog or scenario.world
+    scores, skipped = _score(sent, records, scenario, catalog_terms(final_catalog.catalog_yaml()))
+    result = _summarise(cfg, scores, skipped, scenario, time.perf_counter() - started)
+    result.decisions_per_second = round(cfg.decisions / loop_seconds, 1)
     (cfg.out / "summary.json").write_text(json.dumps(asdict(result), indent=2, default=str))
     (cfg.out / "summary.md").write_text(summary_markdown(result))
-    _plot(cfg.out / "reward.png", scores, result, change_at)
+    _write_decisions(cfg.out / "decisions.csv", scores)
+    _plot(cfg.out / "reward.png", scores, result, scenario.change_at)
     return result
 
 
 def _summarise(
-    cfg: SimulationConfig, scores: _Scores, skipped: int, worlds: list[World], change_at: int | None, seconds: float
+    cfg: SimulationConfig, scores: Scores, skipped: Skipped, scenario: Scenario, seconds: float
 ) -> SimulationResult:
     n = len(scores.index)
     total = {k: float(np.sum(scores.ev[k])) for k in POLICIES}
@@ -451,24 +601,42 @@ def _summarise(
         scenario=cfg.scenario,
         decisions=cfg.decisions,
         evaluated=n,
-        control_or_degraded=skipped,
+        control_or_degraded=skipped.control_group + skipped.degraded,
         seconds=round(seconds, 1),
         reward={k: total[k] / max(n, 1) for k in POLICIES},
         acceptance={k: float(np.mean(scores.p[k])) if n else 0.0 for k in POLICIES},
         share_of_oracle={k: total[k] / oracle for k in POLICIES},
         regret={k: total["oracle"] - total[k] for k in POLICIES},
         vs_model_greedy=_diff_ci(scores.ev["server"], scores.ev["model_greedy"]),
+        degraded=skipped.degraded,
+        missing_records=skipped.missing,
+        outside_top_tier=int(n - np.sum(scores.server_in_top_tier)),
+        bandit=cfg.bandit,
     )
+    change_at = scenario.change_at
     if change_at is not None:
         after = np.asarray(scores.index) >= change_at
-        a = list(np.asarray(scores.ev["server"])[after])
-        b = list(np.asarray(scores.ev["model_greedy"])[after])
-        result.vs_model_greedy_after_change = _diff_ci(a, b)
+        ev = {k: np.asarray(scores.ev[k])[after] for k in POLICIES}
+        result.vs_model_greedy_after_change = _diff_ci(ev["server"], ev["model_greedy"])
+        result.reward_after_change = {k: float(v.mean()) if v.size else 0.0 for k, v in ev.items()}
+        oracle_after = float(ev["oracle"].sum()) or 1.0
+        result.share_of_oracle_after_change = {k: float(v.sum()) / oracle_after for k, v in ev.items()}
     if cfg.scenario == "drift":
-        result.changed_offers = changed_offers(worlds[0], worlds[1])
+        result.changed_offers = changed_offers(*scenario.truths)
     if cfg.scenario == "new-offer" and change_at is not None:
         result.new_offer = _new_offer_progress(scores, change_at)
     return result
+
+
+def _ci(d: dict[str, float]) -> str:
+    return f"{d['mean']:+.3f} (95% CI {d['low']:+.3f} to {d['high']:+.3f}, n={d['n']:,.0f})"
+
+
+def _share_line(label: str, s: dict[str, float]) -> str:
+    return (
+        f"- {label}: server {s['server_share']:.1%}, oracle {s['oracle_share']:.1%}, "
+        f"model-greedy {s['model_greedy_share']:.1%} (n={s['n']:,.0f})"
+    )
 
 
 def summary_markdown(r: SimulationResult) -> str:
@@ -476,7 +644,9 @@ def summary_markdown(r: SimulationResult) -> str:
         f"# Closed-loop simulation: {r.scenario}",
         "",
         f"{r.decisions:,} decisions ({r.evaluated:,} evaluated; {r.control_or_degraded:,} in the control group "
-        f"or degraded), {r.seconds:.0f} s.",
+        f"or degraded, of which {r.degraded:,} degraded; {r.missing_records:,} missing from the log), "
+        f"bandit and learner {'on' if r.bandit else 'off'}, {r.seconds:.0f} s "
+        f"({r.decisions_per_second:,.0f} decisions/s in the loop).",
         "",
         "| policy | expected value / decision | acceptance | % of oracle | regret (total) |",
         "|---|---|---|---|---|",
@@ -485,32 +655,47 @@ def summary_markdown(r: SimulationResult) -> str:
         lines.append(
             f"| {k} | {r.reward[k]:.3f} | {r.acceptance[k]:.2%} | {r.share_of_oracle[k]:.1%} | {r.regret[k]:,.0f} |"
         )
-    d = r.vs_model_greedy
-    lines += ["", f"server - model_greedy per decision: {d['mean']:+.3f} (95% CI {d['low']:+.3f} to {d['high']:+.3f})"]
+    if r.reward_after_change:
+        lines += [
+            "",
+            "from the change on:",
+            "",
+            "| policy | expected value / decision | % of oracle |",
+            "|---|---|---|",
+            *(f"| {k} | {r.reward_after_change[k]:.3f} | {r.share_of_oracle_after_change[k]:.1%} |" for k in POLICIES),
+        ]
+    lines += ["", f"server - model_greedy per decision: {_ci(r.vs_model_greedy)}"]
     if r.vs_model_greedy_after_change:
-        d = r.vs_model_greedy_after_change
-        lines.append(
-            f"after the change: {d['mean']:+.3f} (95% CI {d['low']:+.3f} to {d['high']:+.3f}, n={d['n']:,.0f})"
-        )
+        lines.append(f"after the change: {_ci(r.vs_model_greedy_after_change)}")
+    lines.append(f"server awards below the best tier present (epsilon floor): {r.outside_top_tier:,}")
     if r.changed_offers:
         lines.append(f"offers whose response changed: {', '.join(r.changed_offers)}")
     if r.new_offer:
-        f10 = r.new_offer["first_10000"]
-        late = r.new_offer["decisions_8000_to_10000"]
+        no = r.new_offer
+        half = no["half_of_oracle_share_from"]
         lines += [
             "",
-            f"new offer {NEW_OFFER_ID} (published at decision {r.new_offer['introduced_at']:,}), share of the "
-            f"decisions where it was a candidate:",
-            f"- first 10,000 decisions: server {f10['server_share']:.1%}, oracle {f10['oracle_share']:.1%}",
-            f"- decisions 8,000-10,000: server {late['server_share']:.1%}, oracle {late['oracle_share']:.1%}",
+            f"new offer {NEW_OFFER_ID} (published at decision {no['introduced_at']:,}): share of the decisions "
+            "awarding it, among those whose candidate set held it (contested: it shared the best tier "
+            "present with another candidate):",
+            _share_line("first 10,000 decisions", no["first_10000"]),
+            _share_line("first 10,000 decisions, contested", no["first_10000_contested"]),
+            _share_line("decisions 8,000-10,000", no["decisions_8000_to_10000"]),
+            _share_line("decisions 8,000-10,000, contested", no["decisions_8000_to_10000_contested"]),
+            f"- the server first reached half the oracle's share in the window from {half:,} decisions"
+            if half is not None
+            else "- the server never reached half the oracle's share",
             "",
-            "| decisions since | server share | oracle share | n |",
-            "|---|---|---|---|",
+            "| decisions since | server | oracle | model-greedy | n | contested: server | oracle | model-greedy | n |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        lines += [
-            f"| {w['from']:,} | {w['server_share']:.1%} | {w['oracle_share']:.1%} | {w['n']:,} |"
-            for w in r.new_offer["windows"]
-        ]
+        for w in no["windows"]:
+            c = w["contested"]
+            lines.append(
+                f"| {w['from']:,} | {w['server_share']:.1%} | {w['oracle_share']:.1%} | "
+                f"{w['model_greedy_share']:.1%} | {w['n']:,.0f} | {c['server_share']:.1%} | "
+                f"{c['oracle_share']:.1%} | {c['model_greedy_share']:.1%} | {c['n']:,.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -535,3 +720,7 @@ def main(opts: argparse.Namespace | Sequence[str]) -> int:
     print(summary_markdown(result), end="")
     print(f"wrote {cfg.out / 'summary.md'}, {cfg.out / 'summary.json'}, {cfg.out / 'reward.png'}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from training.closed_loop import POLICIES, SimulationConfig, _draw_requests, run
+from training.closed_loop import (
+    PICKING,
+    POLICIES,
+    SimulationConfig,
+    _draw_requests,
+    build_scenario,
+    catalog_terms,
+    main,
+    run,
+)
 from training.scenarios import NEW_OFFER_ID, changed_offers, drifted, with_new_offer
-from training.world import World
+from training.world import CAMPAIGNS, World
+
+DECISIONS = 1_500
 
 
 def test_scenarios_change_the_truth_and_leave_the_original_world_alone() -> None:
@@ -19,39 +31,131 @@ def test_scenarios_change_the_truth_and_leave_the_original_world_alone() -> None
     drift = drifted(world, seed=1)
     assert len(changed_offers(world, drift)) == 8
     assert np.array_equal(world.intercept, before)
+    assert np.array_equal(drift.intercept, drifted(world, seed=1).intercept)  # seeded
+    assert not np.array_equal(drift.intercept, drifted(world, seed=2).intercept)
     extended = with_new_offer(world)
     assert extended.offer_ids[-1] == NEW_OFFER_ID and extended.n_offers == 11
     assert np.array_equal(extended.intercept[:-1], world.intercept)  # the others keep their truth
+    assert np.array_equal(extended.intercept, with_new_offer(world).intercept)
     assert NEW_OFFER_ID in extended.catalog_yaml()
     # the draws of the run are seeded
     a, b = _draw_requests(world, 50, seed=4), _draw_requests(world, 50, seed=4)
     assert a == b and a != _draw_requests(world, 50, seed=5)
+    # ... and only consenting customers are drawn
+    for r in a:
+        column = "consent_web" if r.channel == "web" else "consent_call"
+        assert world.population.columns[column][r.customer] == 1
 
 
-@pytest.mark.parametrize("scenario", ["drift", "new-offer"])
-def test_a_short_closed_loop_run_scores_every_policy_on_the_same_decisions(tmp_path: Path, scenario: str) -> None:
+def test_the_baselines_rank_with_the_servers_tiers() -> None:
+    terms = catalog_terms(with_new_offer(World.create(n_customers=200, seed=7)).catalog_yaml())
+    by_type = {c.id: (c.type, c.priority) for c in CAMPAIGNS}
+    world = with_new_offer(World.create(n_customers=200, seed=7))
+    for offer, campaign in zip(world.offer_ids, world.offer_campaign, strict=True):
+        kind, priority = by_type[campaign]
+        want = {"ad_hoc": 0, "lifecycle": 2}.get(kind, 1 if priority >= 50 else 3)
+        assert terms.tier[offer] == want, offer
+    assert terms.tier[NEW_OFFER_ID] == 0
+
+
+def _read_decisions(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize(
+    ("scenario", "bandit", "concurrency"),
+    # the stationary run is the greedy server alone, one call at a time (no contact-policy races),
+    # so the model-greedy baseline must reproduce it decision for decision
+    [("stationary", False, 1), ("drift", True, 4), ("new-offer", True, 4)],
+)
+def test_a_short_closed_loop_run_scores_every_policy_on_the_same_decisions(
+    tmp_path: Path, scenario: str, bandit: bool, concurrency: int
+) -> None:
     cfg = SimulationConfig(
         scenario=scenario,
-        decisions=800,
+        decisions=DECISIONS,
         customers=2000,
         log_decisions=8000,
         workers=1,
-        concurrency=4,
+        concurrency=concurrency,
+        bandit=bandit,
         out=tmp_path / scenario,
     )
     result = run(cfg)
+    assert result.missing_records == 0 and result.degraded == 0
     assert result.evaluated + result.control_or_degraded == cfg.decisions
     assert result.evaluated > 0.9 * cfg.decisions
+
+    rows = _read_decisions(cfg.out / "decisions.csv")
+    assert len(rows) == result.evaluated
+    assert len({r["decision_id"] for r in rows}) == len(rows)
+    assert [int(r["index"]) for r in rows] == sorted(int(r["index"]) for r in rows)
+    ev = {k: np.array([float(r[f"ev_{k}"]) for r in rows]) for k in POLICIES}
     for k in POLICIES:
-        assert result.reward["oracle"] >= result.reward[k] - 1e-9, k
+        # every policy is scored on the same decisions; the summary is their mean
+        assert ev[k].size == result.evaluated
+        assert ev[k].mean() == pytest.approx(result.reward[k])
+    in_top = np.array([r["server_in_top_tier"] == "1" for r in rows])
+    for k in ("random", "model_greedy", "rules_only"):
+        assert (ev["oracle"] >= ev[k] - 1e-12).all(), k
+    # the server may go below the best tier only through the bandit's epsilon floor
+    assert (ev["oracle"][in_top] >= ev["server"][in_top] - 1e-12).all()
+    assert result.outside_top_tier == int((~in_top).sum())
     assert result.share_of_oracle["oracle"] == pytest.approx(1.0)
-    assert result.vs_model_greedy_after_change["n"] > 0
+    empty = np.array([r["candidates"] == "0" for r in rows])
+    for k in PICKING:
+        assert all((r[f"pick_{k}"] == "") == e for r, e in zip(rows, empty, strict=True)), k
+
+    if not bandit:
+        assert result.outside_top_tier == 0
+        assert [r["pick_server"] for r in rows] == [r["pick_model_greedy"] for r in rows]
+        assert result.vs_model_greedy["mean"] == 0.0
     saved = json.loads((cfg.out / "summary.json").read_text())
-    assert saved["evaluated"] == result.evaluated
+    assert saved["evaluated"] == result.evaluated and saved["bandit"] == bandit
     assert (cfg.out / "reward.png").stat().st_size > 10_000
     assert "| server |" in (cfg.out / "summary.md").read_text()
+    if scenario == "stationary":
+        assert result.vs_model_greedy_after_change == {} and result.reward_after_change == {}
+        assert result.new_offer == {}
+        return
+    change_at = DECISIONS // 2 if scenario == "drift" else DECISIONS // 5
+    after = np.array([int(r["index"]) >= change_at for r in rows])
+    assert result.vs_model_greedy_after_change["n"] == after.sum()
+    for k in POLICIES:
+        assert result.reward_after_change[k] == pytest.approx(ev[k][after].mean())
+    assert result.share_of_oracle_after_change["oracle"] == pytest.approx(1.0)
+    assert [int(r["world"]) for r in rows] == after.astype(int).tolist()
     if scenario == "new-offer":
-        assert result.new_offer["introduced_at"] == 160
+        assert result.new_offer["introduced_at"] == change_at
         assert result.new_offer["windows"], "the new offer was never a candidate"
+        before = [r for r, a in zip(rows, after, strict=True) if not a]
+        assert all(r["new_offer_candidate"] == "0" for r in before)
+        first = result.new_offer["first_10000"]
+        assert first["n"] == sum(r["new_offer_candidate"] == "1" for r in rows)
+        assert all(r[f"pick_{k}"] != NEW_OFFER_ID for r in before for k in PICKING)
     else:
         assert len(result.changed_offers) == 8
+
+
+def test_the_world_is_drawn_the_same_way_for_the_same_seed() -> None:
+    cfg = SimulationConfig(scenario="drift", decisions=100, customers=300, seed=3)
+    a, b = build_scenario(cfg), build_scenario(cfg)
+    assert np.array_equal(a.truths[1].intercept, b.truths[1].intercept)
+    assert _draw_requests(a.world, 100, cfg.seed) == _draw_requests(b.world, 100, cfg.seed)
+    with pytest.raises(ValueError, match="unknown scenario"):
+        build_scenario(SimulationConfig(scenario="storm"))
+
+
+def test_main_parses_the_cli_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[SimulationConfig] = []
+
+    def fake_run(cfg: SimulationConfig) -> object:
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("training.closed_loop.run", fake_run)
+    with pytest.raises(SystemExit):
+        main(["--scenario", "new-offer", "--decisions", "700", "--no-bandit", "--out", str(tmp_path)])
+    assert seen[0].scenario == "new-offer" and seen[0].decisions == 700 and not seen[0].bandit
+    assert seen[0].out == tmp_path / "new-offer"
