@@ -364,6 +364,7 @@ def format_report(report: BudgetReport) -> list[str]:
 class LoggedDecision:
     """The fields of a decision-log record that budgets depend on."""
 
+    decision_id: str
     ts: float
     customer_id: str
     channel: Channel
@@ -379,6 +380,7 @@ class LoggedDecision:
         try:
             r: dict[str, Any] = json.loads(fields[b"r"])
             return cls(
+                decision_id=str(r["decision_id"]),
                 ts=float(r["ts"]),
                 customer_id=str(r["customer_id"]),
                 channel=Channel(r["channel"]),
@@ -398,14 +400,21 @@ class LogScan:
     customers: dict[str, dict[str, int]] = field(default_factory=dict)  # customer -> a:o:/a:c: field -> n
     last_award: dict[str, float] = field(default_factory=dict)  # customer -> time of their last award
     records: int = 0
+    duplicates: int = 0  # entries of a decision already counted (the log writer's retries)
     unreadable: int = 0
     degraded: int = 0
     awards: int = 0
     first_ts: float | None = None
     last_ts: float | None = None
     unknown_offers: dict[str, int] = field(default_factory=dict)  # "offer (catalog)" -> awards not counted
+    _seen: set[str] = field(default_factory=set, repr=False)
 
     def add(self, record: LoggedDecision, catalogs: CatalogVersions) -> None:
+        # the log is at least once: a batch retried after a partial write holds some decisions twice
+        if record.decision_id in self._seen:
+            self.duplicates += 1
+            return
+        self._seen.add(record.decision_id)
         self.records += 1
         self.first_ts = record.ts if self.first_ts is None else min(self.first_ts, record.ts)
         self.last_ts = record.ts if self.last_ts is None else max(self.last_ts, record.ts)
@@ -751,6 +760,8 @@ def describe_scan(plan: Reconciliation, tz: ZoneInfo) -> list[str]:
         ]
     if scan.unreadable:
         lines.append(f"note: {scan.unreadable} records of another record version, or unreadable, skipped")
+    if scan.duplicates:
+        lines.append(f"note: {scan.duplicates} repeated log entries of decisions already counted, skipped")
     for where, n in sorted(scan.unknown_offers.items()):
         lines.append(f"note: {n} awards of offer {where} not counted: the catalog does not know the offer")
     for version, why in sorted(plan.fallbacks.items()):

@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from server.bandit import BanditPolicy, arm_key
 from server.catalog import bandit_policy
 from server.config import Settings
+from server.decision_log import RecordError, decode_outcome_record
 from server.keys import Keys
 from server.metrics import Metrics
 from server.streams import StreamConsumer
@@ -85,8 +86,8 @@ class Learner:
             return 0
         pipe = self.client.pipeline(transaction=False)
         queued = 0
-        for _, fields in entries:
-            update = self._update_args(fields)
+        for entry_id, fields in entries:
+            update = self._update_args(entry_id, fields)
             if update is None:
                 continue
             keys, args = update
@@ -101,20 +102,28 @@ class Learner:
         await self.consumer.ack([entry_id for entry_id, _ in entries])
         return learned
 
-    def _update_args(self, fields: dict[bytes, bytes]) -> tuple[list[str], list[str | float | int]] | None:
-        record = json.loads(fields[b"r"])
-        reward = REWARD.get(record.get("outcome", ""))
-        propensity = record.get("propensity")
-        channel = record.get("channel")
-        if reward is None or propensity is None or not channel:
+    def _update_args(
+        self, entry_id: bytes, fields: dict[bytes, bytes]
+    ) -> tuple[list[str], list[str | float | int]] | None:
+        try:
+            record = decode_outcome_record(fields)
+        except RecordError as err:
+            # acknowledged with its batch: a record that cannot be read now never will be
+            log.warning("outcome %s skipped: %s", entry_id.decode(errors="replace"), err)
+            return None
+        reward = REWARD.get(record.outcome)
+        if reward is None or not math.isfinite(record.propensity) or not record.channel:
             return None  # PRESENTED, or an outcome logged before the learner's fields existed
-        prior_sd = record.get("prior_sd") or self.policy.prior_sd
-        p = min(max(float(propensity), 1e-6), 1 - 1e-6)
-        decision_id, offer_id = record["decision_id"], record["offer_id"]
+        prior_sd = record.prior_sd if math.isfinite(record.prior_sd) and record.prior_sd > 0 else self.policy.prior_sd
+        p = min(max(record.propensity, 1e-6), 1 - 1e-6)
         return (
-            [self.keys.bandit_arms, self.keys.bandit_seen(decision_id, offer_id), self.keys.bandit_version],
             [
-                arm_key(offer_id, channel),
+                self.keys.bandit_arms,
+                self.keys.bandit_seen(record.decision_id, record.offer_id),
+                self.keys.bandit_version,
+            ],
+            [
+                arm_key(record.offer_id, record.channel),
                 math.log(p / (1 - p)),
                 reward,
                 1.0 / prior_sd**2,

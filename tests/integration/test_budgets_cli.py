@@ -196,6 +196,24 @@ async def test_reconcile_reports_and_restores_lost_writes(
     assert (code, out.splitlines()[-1]) == (0, "no drift: every counter matches the decision log")
 
 
+async def test_reconcile_counts_a_decision_logged_twice_once(
+    nbo: Harness, redis_url: str, client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await use_catalog(nbo, redis_url, BUDGETED)
+    await make_awards(nbo, client)
+    # what the log writer leaves when it retries a batch that was partly written
+    for _, fields in client.xrange(KEYS.decision_stream):
+        client.xadd(KEYS.decision_stream, fields)
+    code, out, _ = run(capsys, "budgets", "reconcile", "--dry-run")
+    assert code == 0
+    assert out.splitlines()[:2] == [
+        "decision log: 7 decisions from 2027-01-15T08:00:00+00:00 to 2027-01-15T08:00:00+00:00; "
+        "5 awards counted, 0 degraded decisions skipped",
+        "note: 7 repeated log entries of decisions already counted, skipped",
+    ]
+    assert out.splitlines()[-1] == "no drift: every counter matches the decision log"
+
+
 async def test_reconcile_refuses_a_log_that_starts_after_a_budgeted_campaign(
     nbo: Harness, redis_url: str, client: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:

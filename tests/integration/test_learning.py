@@ -147,3 +147,26 @@ async def test_a_dead_learners_outcomes_are_taken_over(nbo: Harness, redis_url: 
     await alive.stop()
     await client.aclose()
     sync.close()
+
+
+async def test_an_unreadable_outcome_is_skipped_and_the_learner_goes_on(
+    nbo: Harness, learner: Learner, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.xadd(KEYS.outcome_stream, {"v": "1", "r": "{not json"})
+    client.xadd(KEYS.outcome_stream, {"v": "1", "r": json.dumps({"offer_id": "o_life"})})  # no decision id
+    r = await nbo.decide("c000", pb.WEB)
+    await nbo.report(r.decision_id, r.offers[0].offer_id, pb.ACCEPTED)
+    for _ in range(300):
+        if client.xlen(KEYS.outcome_stream) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    learned = 0
+    for _ in range(10):
+        learned += await learner.step()
+        if learned:
+            break
+    assert learned == 1
+    assert client.xpending(KEYS.outcome_stream, "learner")["pending"] == 0  # all three acknowledged
+    assert {k.decode() for k in client.hgetall(KEYS.bandit_arms)} == {f"{r.offers[0].offer_id}|web"}
+    client.close()
