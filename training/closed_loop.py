@@ -45,6 +45,7 @@ from server.app import ServerGroup
 from server.catalog_store import current_schema, publish
 from server.config import Settings
 from server.embedded_redis import EmbeddedRedis
+from server.export import ExportOptions, export_log
 from server.feature_file import merged_schema
 from server.features import FeatureStore, read_feature_file
 from server.gen.nbo.v1 import decisioning_pb2 as pb
@@ -135,6 +136,7 @@ class SimulationResult:
     outside_top_tier: int = 0  # server awards below the best tier present (the epsilon floor)
     bandit: bool = True
     decisions_per_second: float = 0.0
+    exported_rows: int = 0  # rows of log.parquet: the awards, in the dataset schema
 
 
 @dataclass(frozen=True)
@@ -580,10 +582,15 @@ def run(cfg: SimulationConfig) -> SimulationResult:
         finally:
             group.stop()
         records = _read_log(redis_server.url)
+        # the run's log in the dataset schema, for `nbo train` / `nbo ope` on what the server did;
+        # every outcome is reported at once, so no decision is waiting for its reward
+        with redis.Redis.from_url(redis_server.url) as client:
+            exported = export_log(client, Keys(), cfg.out / "log.parquet", ExportOptions(include_open=True))
     final_catalog = scenario.new_catalog or scenario.world
     scores, skipped = _score(sent, records, scenario, catalog_terms(final_catalog.catalog_yaml()))
     result = _summarise(cfg, scores, skipped, scenario, time.perf_counter() - started)
     result.decisions_per_second = round(cfg.decisions / loop_seconds, 1)
+    result.exported_rows = exported.rows
     (cfg.out / "summary.json").write_text(json.dumps(asdict(result), indent=2, default=str))
     (cfg.out / "summary.md").write_text(summary_markdown(result))
     _write_decisions(cfg.out / "decisions.csv", scores)
@@ -718,7 +725,11 @@ def main(opts: argparse.Namespace | Sequence[str]) -> int:
     )
     result = run(cfg)
     print(summary_markdown(result), end="")
-    print(f"wrote {cfg.out / 'summary.md'}, {cfg.out / 'summary.json'}, {cfg.out / 'reward.png'}")
+    print(
+        f"wrote {cfg.out / 'summary.md'}, {cfg.out / 'summary.json'}, {cfg.out / 'reward.png'}, "
+        f"{cfg.out / 'decisions.csv'} and the decision log as a dataset, {cfg.out / 'log.parquet'} "
+        f"({result.exported_rows:,} rows)"
+    )
     return 0
 
 

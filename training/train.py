@@ -530,7 +530,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from server.feature_file import merged_schema, read_feature_file
 
         names = [n for n in args.categorical.split(",") if n]
-        live_schema = merged_schema(read_feature_file(args.features, names), None)
+        try:
+            live_schema = merged_schema(read_feature_file(args.features, names), None)
+        except (OSError, ValueError) as e:
+            print(f"error: --features: {e}", file=sys.stderr)
+            return 2
     oracle = _world_oracle(args.world_seed, args.world_customers) if args.world_seed is not None else None
     try:
         result = train(

@@ -19,6 +19,7 @@ from training.closed_loop import (
     main,
     run,
 )
+from training.dataset import read_dataset
 from training.scenarios import NEW_OFFER_ID, changed_offers, drifted, with_new_offer
 from training.world import CAMPAIGNS, World
 
@@ -107,7 +108,17 @@ def test_a_short_closed_loop_run_scores_every_policy_on_the_same_decisions(
     for k in PICKING:
         assert all((r[f"pick_{k}"] == "") == e for r, e in zip(rows, empty, strict=True)), k
 
+    # the run's log, exported in the dataset schema: one row per award of an evaluated decision
+    log = read_dataset(cfg.out / "log.parquet")
+    assert result.exported_rows == log.num_rows
+    assert sorted(log.column("decision_id").to_pylist()) == sorted(r["decision_id"] for r in rows if r["pick_server"])
+    probability = np.array(log.column("selection_probability").to_pylist())
+    assert ((probability > 0) & (probability <= 1)).all()
+    if bandit:
+        assert (probability < 1).any()
+
     if not bandit:
+        assert (probability == 1).all()
         assert result.outside_top_tier == 0
         assert [r["pick_server"] for r in rows] == [r["pick_model_greedy"] for r in rows]
         assert result.vs_model_greedy["mean"] == 0.0

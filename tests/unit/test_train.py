@@ -364,3 +364,11 @@ def test_main_prints_summary_and_reports_errors(
     assert "model     AUC" in out and "prior     AUC" in out and str(tmp_path / "m") in out
     assert main(["--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x")]) == 2
     assert "no such file" in capsys.readouterr().err
+    features = tmp_path / "customers.csv"
+    features.write_text("customer_id,tier\nc1,A\n")
+    argv = ["--data", str(dataset), "--out", str(tmp_path / "y"), "--features", str(features)]
+    assert main([*argv, "--categorical", "region"]) == 2
+    assert "error: --features: " in capsys.readouterr().err
+    assert main([*argv, "--features", str(tmp_path / "none.csv")]) == 2
+    assert "error: --features: " in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
