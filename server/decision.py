@@ -90,6 +90,9 @@ _STAGE_STATUS = {
     BUDGET: "budget exhausted",
     RANKED_OUT: "ranked below the offers returned",
 }
+# statuses of offers the rules allowed but history, a control group or a budget kept from the
+# customer: a dataset row cannot rebuild them, so `nbo export` lists them (`unavailable`)
+UNAVAILABLE_STATUSES = tuple(_STAGE_STATUS[s] for s in (HELD_OUT, CONTACT, BUDGET))
 
 
 _AWARD_ATTEMPTS = 2

@@ -339,11 +339,19 @@ def _features(rec: DecisionRecord, versions: _Versions, kinds: dict[str, str]) -
     return out
 
 
+def _unavailable(rec: DecisionRecord) -> str:
+    """The offers a control group, the contact policy or a budget kept from the customer."""
+    from server.decision import UNAVAILABLE_STATUSES
+
+    cands = rec.candidates
+    return " ".join(o for o, s in zip(cands.offer_id, cands.status, strict=True) if s.startswith(UNAVAILABLE_STATUSES))
+
+
 def _columns(rows: list[_Row], kinds: Mapping[str, str], context_keys: list[str]) -> dict[str, Any]:
     import numpy as np
     import pyarrow as pa
 
-    from training.dataset import CONTEXT_PREFIX
+    from training.dataset import CONTEXT_PREFIX, UNAVAILABLE
 
     recs = [r.record for r in rows]
     cols: dict[str, Any] = {
@@ -356,6 +364,7 @@ def _columns(rows: list[_Row], kinds: Mapping[str, str], context_keys: list[str]
         "selection_probability": np.array([r.selection_probability for r in rows], dtype=float),
         "outcome": np.array([r.outcome for r in rows], dtype=np.int64),
         "value": np.array([r.value for r in rows], dtype=float),
+        UNAVAILABLE: [_unavailable(r) for r in recs],
     }
     for name, kind in kinds.items():
         if kind == "categorical":

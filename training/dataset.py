@@ -9,7 +9,11 @@ decision-log export. Columns, in order (see docs/dataset.md for the field-by-fie
   value, 0 when not accepted);
 * the customer's feature columns at decision time, named as in the feature schema; text columns
   are categorical;
-* request context columns `ctx_<key>` (numbers; missing = null).
+* request context columns `ctx_<key>` (numbers; missing = null);
+* optionally `unavailable` (`UNAVAILABLE`): the offers, space-separated, that the customer could
+  not be given at decision time for a reason the row cannot rebuild (contact policy, a campaign
+  control group, an exhausted budget). Neither a feature nor context: `nbo ope` removes them
+  from the row's candidates. `nbo export` writes it.
 
 `write_dataset` writes CSV or Parquet by suffix; `read_dataset` reads either, checks the fixed
 columns and raises `DatasetError` naming the column and the line (CSV) or row (Parquet).
@@ -40,10 +44,13 @@ FIXED_COLUMNS = (
     "outcome",
     "value",
 )
+# optional columns that describe the decision, not the customer: never features or context
+UNAVAILABLE = "unavailable"
+META_COLUMNS = (UNAVAILABLE,)
 CHANNELS = ("call_centre", "web", "mobile_app", "email")
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
-_OPTIONAL_TEXT = frozenset({"placement"})
+_OPTIONAL_TEXT = frozenset({"placement", UNAVAILABLE})
 
 
 class DatasetError(ValueError):
@@ -112,7 +119,7 @@ def _read_csv(path: Path) -> pa.Table:
         raise DatasetError(f"{path}: no such file")
     if path.stat().st_size == 0 or not path.read_bytes()[:4096].strip():
         raise DatasetError(f"{path}: empty file")
-    convert = pa_csv.ConvertOptions(column_types={c: pa.string() for c in TEXT_COLUMNS})
+    convert = pa_csv.ConvertOptions(column_types={c: pa.string() for c in (*TEXT_COLUMNS, *META_COLUMNS)})
     try:
         return pa_csv.read_csv(str(path), convert_options=convert)
     except pa.ArrowInvalid as err:
@@ -173,7 +180,9 @@ def _check(table: pa.Table, path: Path, csv: bool) -> pa.Table:
         if n in out:
             continue
         col = table.column(n)
-        if n.startswith(CONTEXT_PREFIX):
+        if n in META_COLUMNS:
+            out[n] = _text(col, n, path, csv)
+        elif n.startswith(CONTEXT_PREFIX):
             out[n] = _number(col, n, path, csv, what="context column", allow_missing=True)
         elif _is_text(col.type):
             out[n] = col.cast(pa.string())
@@ -266,8 +275,12 @@ def context_keys(table: pa.Table) -> list[str]:
 
 
 def feature_columns(table: pa.Table) -> list[str]:
-    """The customer feature columns: everything beyond the fixed and context columns."""
-    return [n for n in table.column_names if n not in FIXED_COLUMNS and not n.startswith(CONTEXT_PREFIX)]
+    """The customer feature columns: everything beyond the fixed, meta and context columns."""
+    return [
+        n
+        for n in table.column_names
+        if n not in FIXED_COLUMNS and n not in META_COLUMNS and not n.startswith(CONTEXT_PREFIX)
+    ]
 
 
 def categorical_columns(table: pa.Table) -> list[str]:

@@ -10,7 +10,10 @@ the row's channel whose campaign is live at the row's timestamp, with channel co
 target segment and passing the offer's eligibility rule, all evaluated on the row's features
 and context with the server's compiled rules. Trigger campaigns count as fired (the dataset
 keeps no events; training.world logs the same way). Contact policy, budgets, capacity and
-control groups depend on history that the dataset does not hold and are not applied.
+control groups depend on history that the dataset does not hold: where the log has the
+`unavailable` column (`nbo export` writes it), the offers it names for a row (blocked then by
+contact policy, a campaign control group or a budget) are removed from that row's candidates;
+without it they are not applied.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from training.dataset import (
     CONTEXT_PREFIX,
     CSV_SUFFIXES,
     PARQUET_SUFFIXES,
+    UNAVAILABLE,
     DatasetError,
     categorical_columns,
     context_columns,
@@ -73,6 +77,8 @@ class LoggedData:
     mu: F64  # logged selection probability; NaN where missing or 0 in the file
     outcome: F64
     value: F64
+    # per row, offers blocked at decision time by what the rules cannot rebuild; None: not logged
+    unavailable: tuple[frozenset[str], ...] | None = None
 
     @classmethod
     def from_table(cls, table: pa.Table, *, source: str = "log", csv: bool = True, mu: F64 | None = None) -> LoggedData:
@@ -95,6 +101,11 @@ class LoggedData:
             mu=number("selection_probability") if mu is None else mu,
             outcome=number("outcome"),
             value=number("value"),
+            unavailable=(
+                tuple(frozenset((v or "").split()) for v in table.column(UNAVAILABLE).to_pylist())
+                if UNAVAILABLE in table.column_names
+                else None
+            ),
         )
 
     def __len__(self) -> int:
@@ -313,6 +324,9 @@ def _candidates(catalog: Catalog, log: LoggedData, vectors: F32, contexts: list[
         for pos, rule in view.rules:
             if alive[pos] and not rule(feats, ctx, now):
                 alive[pos] = False
+        if log.unavailable is not None and log.unavailable[i]:
+            blocked = log.unavailable[i]
+            alive = [ok and view.offer_ids[pos] not in blocked for pos, ok in enumerate(alive)]
         for pos, ok in enumerate(alive):
             if ok:
                 rows.append(i)

@@ -41,7 +41,7 @@ from server.model_inputs import CONTEXT_PREFIX, InputSpec, spec_for
 from server.model_registry import finalize
 from server.schema import FeatureSchema, FeatureSpec
 from training import evaluate as ev
-from training.dataset import FIXED_COLUMNS, DatasetError, read_dataset
+from training.dataset import FIXED_COLUMNS, META_COLUMNS, DatasetError, read_dataset
 
 FloatArray = npt.NDArray[np.float64]
 Oracle = Callable[[pa.Table], npt.NDArray[np.floating[Any]]]
@@ -196,7 +196,7 @@ def build_spec(table: pa.Table, offers: OfferTable, live_schema: FeatureSchema |
     schema) a feature's levels are the live ones, in their order, then unseen values sorted, so
     the model's levels are a prefix of the live schema's as model publishing requires.
     """
-    fixed = set(FIXED_COLUMNS)
+    fixed = {*FIXED_COLUMNS, *META_COLUMNS}
     features: list[FeatureSpec] = []
     context: list[str] = []
     for name in table.column_names:

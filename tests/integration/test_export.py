@@ -120,6 +120,7 @@ async def test_export_writes_decisions_joined_with_their_outcomes(
         "selection_probability",
         "outcome",
         "value",
+        "unavailable",
         "tier",
         "tenure_months",
         "churn_risk",
@@ -140,6 +141,7 @@ async def test_export_writes_decisions_joined_with_their_outcomes(
             "selection_probability": 1.0,
             "outcome": 0,  # its ACCEPTED came 31 days later
             "value": 0.0,
+            "unavailable": "",
             "tier": "A",
             "tenure_months": 12.0,
             "churn_risk": float(np.float32(0.7)),
@@ -157,6 +159,7 @@ async def test_export_writes_decisions_joined_with_their_outcomes(
             "selection_probability": 1.0,
             "outcome": 1,
             "value": 100.0,  # reported without a value: the offer's value in the catalog
+            "unavailable": "",
             "tier": "A",
             "tenure_months": 40.0,
             "churn_risk": F32,
@@ -174,6 +177,7 @@ async def test_export_writes_decisions_joined_with_their_outcomes(
             "selection_probability": 1.0,
             "outcome": 0,
             "value": 0.0,
+            "unavailable": "",
             "tier": "A",
             "tenure_months": 12.0,
             "churn_risk": float(np.float32(0.7)),
@@ -191,6 +195,7 @@ async def test_export_writes_decisions_joined_with_their_outcomes(
             "selection_probability": 1.0,
             "outcome": 0,
             "value": 0.0,
+            "unavailable": "",
             "tier": "B",
             "tenure_months": 5.0,
             "churn_risk": float(np.float32(0.2)),
@@ -204,6 +209,7 @@ async def test_export_writes_decisions_joined_with_their_outcomes(
     catalog.write_text(BASE)
     offers = load_catalog(catalog)
     spec = build_spec(table, offers)
+    assert "unavailable" not in {c.name for c in spec.columns}  # describes the decision, not a feature
     x = encode(table, spec, offers)
     assert x.shape[0] == 4 and not np.isnan(x[:, [c.name for c in spec.columns].index("tenure_months")]).any()
 
@@ -330,3 +336,21 @@ async def test_records_from_before_newer_fields_existed_read_with_defaults(
     row = rows[-1]
     assert (row["placement"], row["selection_probability"], row["outcome"], row["value"]) == ("home", 0.2, 1, 7.5)
     assert (row["tier"], row["tenure_months"], row["churn_risk"]) == ("A", 3.0, None)
+
+
+async def test_offers_the_contact_policy_kept_from_the_customer_are_listed_unavailable(
+    nbo: Harness, clock: Clock, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    first = await nbo.decide("vip2", pb.WEB)
+    offer = first.offers[0].offer_id
+    assert (await nbo.report(first.decision_id, offer, pb.DECLINED)).recorded
+    second = await nbo.decide("vip2", pb.WEB)  # the decline cooldown keeps `offer` from them now
+    assert second.offers and second.offers[0].offer_id != offer
+    await _wait_for(redis_client, decisions=2, outcomes=1)
+    out = tmp_path / "log.parquet"
+    assert export_log(redis_client, KEYS, out, ExportOptions(include_open=True)).rows == 2
+    table = read_dataset(out)
+    unavailable = dict(
+        zip(table.column("decision_id").to_pylist(), table.column("unavailable").to_pylist(), strict=True)
+    )
+    assert unavailable == {first.decision_id: "", second.decision_id: offer}

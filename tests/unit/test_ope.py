@@ -355,6 +355,25 @@ def test_candidates_are_the_current_rules(wlog: WorldLog, rules: Rules) -> None:
     assert 0 < expected.sum() < wlog.world.eligible(wlog.customer, c["channel"], wlog.context()).sum()
 
 
+def test_offers_logged_unavailable_leave_the_rows_candidates(wlog: WorldLog, rules: Rules, tmp_path: Path) -> None:
+    """An `unavailable` column (nbo export: contact policy, control group, budget) narrows the
+    rebuilt candidates of exactly the rows and offers it names."""
+    bounds = rules.candidates.bounds(len(wlog.log))
+    first = rules.candidates.offer_id[bounds[0] : bounds[1]].tolist()
+    assert len(first) >= 2
+    blocked = ["" for _ in range(len(wlog.log))]
+    blocked[0] = f"{first[0]} no_such_offer"
+    path = tmp_path / "log.parquet"
+    write_dataset(path, {**wlog.cols, "unavailable": blocked})
+    log = read_log(path)
+    assert log.unavailable is not None and log.unavailable[0] == {first[0], "no_such_offer"}
+    assert "unavailable" not in feature_schema(log).names  # not a feature
+    narrowed = Rules.load(log, wlog.catalog, feature_schema(log)).candidates
+    nb = narrowed.bounds(len(log))
+    assert narrowed.offer_id[nb[0] : nb[1]].tolist() == first[1:]
+    assert narrowed.offer_id[nb[1] :].tolist() == rules.candidates.offer_id[bounds[1] :].tolist()
+
+
 def test_model_policy_ranks_like_the_server(wlog: WorldLog, rules: Rules, model_dir: Path) -> None:
     model = ScoringModel.load(model_dir, "model")
     dist = ModelPolicy(model, rules).distribution(wlog.log)
