@@ -39,9 +39,9 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import redis
-import yaml
 
 from server.app import ServerGroup
+from server.catalog import Catalog, parse_catalog
 from server.catalog_store import current_schema, publish
 from server.config import Settings
 from server.embedded_redis import EmbeddedRedis
@@ -78,7 +78,6 @@ bandit:
 """
 POLICIES = ("server", "oracle", "random", "model_greedy", "rules_only")
 PICKING = ("server", "oracle", "model_greedy", "rules_only")  # random is a mean, it picks nothing
-HIGH_PRIORITY_TRIGGER = 50  # the catalog default of arbitration.high_priority_trigger
 COLOURS = dict(zip(POLICIES, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"), strict=True))
 NEW_OFFER_WINDOW = 2_000
 NEW_OFFER_HORIZON = 10_000  # the new offer should reach half its oracle share within this
@@ -149,24 +148,18 @@ class Terms:
     priority: dict[str, int]  # the campaign's: breaks ties inside a tier
 
 
-def catalog_terms(text: str) -> Terms:
-    """Tiers, channel weights and levers of a catalog, the way server/catalog.py reads them."""
-    doc = yaml.safe_load(text)
-    high = int((doc.get("arbitration") or {}).get("high_priority_trigger", HIGH_PRIORITY_TRIGGER))
-    campaigns = {c["id"]: c for c in doc["campaigns"]}
-    tier, weight, lever, priority = {}, {}, {}, {}
-    for o in doc["offers"]:
-        c = campaigns[o["campaign"]]
-        priority[o["id"]] = int(c.get("priority", 50))
-        if c["type"] == "ad_hoc":
-            tier[o["id"]] = 0
-        elif c["type"] == "trigger":
-            tier[o["id"]] = 1 if int(c.get("priority", 50)) >= high else 3
-        else:
-            tier[o["id"]] = 2
-        for ch, w in (o.get("channel_weight") or {}).items():
-            weight[(o["id"], ch)] = float(w)
-        lever[o["id"]] = float(o.get("lever", 1.0))
+def catalog_terms(catalog: Catalog) -> Terms:
+    """Tiers, channel weights, levers and priorities as the server compiled them (server/catalog.py)."""
+    tier: dict[str, int] = {}
+    weight: dict[tuple[str, str], float] = {}
+    lever: dict[str, float] = {}
+    priority: dict[str, int] = {}
+    for channel, view in catalog.views.items():
+        for pos, offer in enumerate(view.offer_ids):
+            tier[offer] = int(view.tier[pos])
+            weight[(offer, channel.value)] = float(view.weight[pos])
+            lever[offer] = float(view.lever[pos])
+            priority[offer] = int(view.priority[pos])
     return Terms(tier, weight, lever, priority)
 
 
@@ -586,8 +579,12 @@ def run(cfg: SimulationConfig) -> SimulationResult:
         # every outcome is reported at once, so no decision is waiting for its reward
         with redis.Redis.from_url(redis_server.url) as client:
             exported = export_log(client, Keys(), cfg.out / "log.parquet", ExportOptions(include_open=True))
+            schema = current_schema(client, Keys())
     final_catalog = scenario.new_catalog or scenario.world
-    scores, skipped = _score(sent, records, scenario, catalog_terms(final_catalog.catalog_yaml()))
+    if schema is None:
+        raise RuntimeError("no feature schema in Redis after set-up")  # _setup loads it: a bug
+    terms = catalog_terms(parse_catalog(final_catalog.catalog_yaml(), schema))
+    scores, skipped = _score(sent, records, scenario, terms)
     result = _summarise(cfg, scores, skipped, scenario, time.perf_counter() - started)
     result.decisions_per_second = round(cfg.decisions / loop_seconds, 1)
     result.exported_rows = exported.rows

@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.catalog import parse_catalog
+from server.feature_file import merged_schema
+from server.features import read_feature_file
 from training.closed_loop import (
     PICKING,
     POLICIES,
@@ -20,6 +23,7 @@ from training.closed_loop import (
     run,
 )
 from training.dataset import read_dataset
+from training.population import CATEGORICAL
 from training.scenarios import NEW_OFFER_ID, changed_offers, drifted, with_new_offer
 from training.world import CAMPAIGNS, World
 
@@ -48,10 +52,12 @@ def test_scenarios_change_the_truth_and_leave_the_original_world_alone() -> None
         assert world.population.columns[column][r.customer] == 1
 
 
-def test_the_baselines_rank_with_the_servers_tiers() -> None:
-    terms = catalog_terms(with_new_offer(World.create(n_customers=200, seed=7)).catalog_yaml())
-    by_type = {c.id: (c.type, c.priority) for c in CAMPAIGNS}
+def test_the_baselines_rank_with_the_servers_tiers(tmp_path: Path) -> None:
     world = with_new_offer(World.create(n_customers=200, seed=7))
+    world.write_features(tmp_path / "customers.csv")
+    schema = merged_schema(read_feature_file(tmp_path / "customers.csv", CATEGORICAL), None)
+    terms = catalog_terms(parse_catalog(world.catalog_yaml(), schema))
+    by_type = {c.id: (c.type, c.priority) for c in CAMPAIGNS}
     for offer, campaign in zip(world.offer_ids, world.offer_campaign, strict=True):
         kind, priority = by_type[campaign]
         want = {"ad_hoc": 0, "lifecycle": 2}.get(kind, 1 if priority >= 50 else 3)
