@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import random
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,16 +271,56 @@ class DecisionRow:
     n: int
 
 
-async def bench_decisions(
-    url: str, customers: list[str], schema: FeatureSchema, opts: argparse.Namespace
-) -> list[DecisionRow]:
+@contextlib.asynccontextmanager
+async def decision_service(url: str) -> AsyncIterator[DecisionService]:
+    """A DecisionService on its own client and running log writer, as a worker has them."""
     settings = Settings(redis_url=url, redis_pool_size=32, redis_timeout_seconds=5.0)
     client = async_client(url, settings)
     metrics = Metrics()
     writer = LogWriter(client, KEYS, metrics, flush_seconds=settings.log_flush_seconds, maxlen=10_000)
-    service = DecisionService(StateStore(client, KEYS), writer, metrics, settings)
     writer.start()
+    try:
+        yield DecisionService(StateStore(client, KEYS), writer, metrics, settings)
+    finally:
+        await writer.close()
+        await client.aclose(close_connection_pool=True)
 
+
+async def alternate(
+    service: DecisionService,
+    live: Mapping[str, LiveConfig],
+    sequences: list[list[str]],
+    concurrency: int,
+    decide: Callable[[DecisionService, str, str], Awaitable[None]],
+    warmed_up: Callable[[str], None],
+) -> tuple[dict[str, list[int]], dict[str, list[Timing]]]:
+    """Each block of customers decided under every variant in turn (rotating which goes first),
+    one at a time and then `concurrency` at once; the first block warms up and is not counted
+    (`warmed_up(name)` then resets the caller's tallies). Per variant: sequential latencies (ns)
+    and one concurrent Timing per block."""
+    names = list(live)
+    seq_ns: dict[str, list[int]] = {name: [] for name in names}
+    conc_runs: dict[str, list[Timing]] = {name: [] for name in names}
+    for b, sequence in enumerate([sequences[0], *sequences]):
+        for name in names[b % len(names) :] + names[: b % len(names)]:
+            service.live = live[name]
+            lat = []
+            for cid in sequence:
+                t = time.perf_counter_ns()
+                await decide(service, name, cid)
+                lat.append(time.perf_counter_ns() - t)
+            conc = await concurrent(lambda i, n=name, s=sequence: decide(service, n, s[i]), len(sequence), concurrency)
+            if b > 0:
+                seq_ns[name] += lat
+                conc_runs[name].append(conc)
+            else:
+                warmed_up(name)
+    return seq_ns, conc_runs
+
+
+async def bench_decisions(
+    url: str, customers: list[str], schema: FeatureSchema, opts: argparse.Namespace
+) -> list[DecisionRow]:
     def compiled(budgeted: range | list[int], capacity: bool) -> Catalog:
         return parse_catalog(
             catalog_text(budgeted=budgeted, capacity=capacity), schema, version=f"{budgeted}{capacity}"
@@ -296,35 +337,18 @@ async def bench_decisions(
     block = 1000
     blocks = max(opts.decisions // block, 1)
     sequences = [[rng.choice(customers) for _ in range(block)] for _ in range(blocks)]
-    seq_ns: dict[str, list[int]] = {name: [] for name in variants}
-    conc_runs: dict[str, list[Timing]] = {name: [] for name in variants}
     outcomes: dict[str, dict[str, int]] = {name: {} for name in variants}
-    clock = time.perf_counter_ns
 
-    async def decide(name: str, cid: str) -> None:
+    async def decide(service: DecisionService, name: str, cid: str) -> None:
         d = await service.decide(DecideRequest(customer_id=cid, channel=Channel.WEB, max_offers=1))
         key = d.offers[0].offer_id if d.offers else d.no_offer_reason.value
         outcomes[name][key] = outcomes[name].get(key, 0) + 1
 
-    names = list(variants)
-    for b, sequence in enumerate([sequences[0], *sequences]):  # the first block is a warm-up
-        order = names[b % len(names) :] + names[: b % len(names)]
-        for name in order:
-            catalog, _ = variants[name]
-            service.live = LiveConfig(catalog, schema, readable)
-            lat = []
-            for cid in sequence:
-                t = clock()
-                await decide(name, cid)
-                lat.append(clock() - t)
-            conc = await concurrent(lambda i, n=name, s=sequence: decide(n, s[i]), len(sequence), opts.concurrency)
-            if b > 0:
-                seq_ns[name] += lat
-                conc_runs[name].append(conc)
-            else:
-                outcomes[name].clear()
-    await writer.close()
-    await client.aclose(close_connection_pool=True)
+    live = {name: LiveConfig(catalog, schema, readable) for name, (catalog, _) in variants.items()}
+    async with decision_service(url) as service:
+        seq_ns, conc_runs = await alternate(
+            service, live, sequences, opts.concurrency, decide, warmed_up=lambda name: outcomes[name].clear()
+        )
     rows = []
     for name, (_, walk) in variants.items():
         runs = conc_runs[name]
