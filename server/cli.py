@@ -7,9 +7,8 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import redis
 from pydantic import ValidationError
@@ -484,7 +483,7 @@ def _plural(n: int, word: str, words: str | None = None) -> str:
     return f"{n} {word if n == 1 else words or word + 's'}"
 
 
-def _parse_at(text: str | None, tz: ZoneInfo) -> float:
+def _parse_at(text: str | None, tz: tzinfo) -> float:
     if text is None:
         return time.time()
     at = datetime.fromisoformat(text)

@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -439,11 +439,12 @@ def cmd_export(opts: argparse.Namespace) -> int:
 
 
 def _epoch(text: str) -> float:
+    from server.cli import _parse_at
+
     try:
-        at = datetime.fromisoformat(text)
+        return _parse_at(text, UTC)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from None
-    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
 
 
 def _positive(text: str) -> float:
