@@ -20,10 +20,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_reserve import alternate, catalog_text, decision_service, load_customers, summarise
 
-from server.catalog import parse_catalog
-from server.decision import DecisionService, LiveConfig
+from server.catalog.spec import parse_catalog
 from server.domain import Channel, DecideRequest
-from server.embedded_redis import EmbeddedRedis
+from server.pipeline.service import DecisionService, LiveConfig
+from server.state.embedded_redis import EmbeddedRedis
 
 VARIANTS = {
     "no bandit": "",

@@ -2,11 +2,11 @@
 
     .venv/bin/python loadtest/bench_reserve.py [--calls 20000] [--concurrency 32] [--decisions 12000]
 
-Starts a private redis-server (server.embedded_redis, free port, no persistence), loads seeded
-customers, compiles real catalogs (server.catalog.parse_catalog against the loaded schema) and
-builds the reservations with server.budgets.reservation, as the decision pipeline does. Then:
+Starts a private redis-server (server.state.embedded_redis, free port, no persistence), loads seeded
+customers, compiles real catalogs (server.catalog.spec.parse_catalog against the loaded schema) and
+builds the reservations with server.catalog.budgets.reservation, as the decision pipeline does. Then:
 
-1. Script calls through server.state.StateStore (redis.asyncio on uvloop, hiredis, the server's
+1. Script calls through server.state.redis_store.StateStore (redis.asyncio on uvloop, hiredis, the server's
    blocking pool): `reserve` for walks of 1, 3 and 10 candidates, each candidate with 9 checks
    (offer and campaign: total awards, spend, awards today, spend today; channel capacity per
    hour). A walk of n either awards its first candidate (the other n-1 are only sent along) or
@@ -17,7 +17,7 @@ builds the reservations with server.budgets.reservation, as the decision pipelin
    `--calls` calls from `--concurrency` tasks at once (with calls/s); the Redis-side cost is
    `usec_per_call` of `cmdstat_evalsha` (`cmdstat_hget` for the floor) from INFO commandstats,
    reset before each measured phase.
-2. Whole decisions through server.decision.DecisionService (read, filter, score, arbitrate,
+2. Whole decisions through server.pipeline.service.DecisionService (read, filter, score, arbitrate,
    reserve, commit, log writer running), same 10-offer catalog three ways: no budgets, the top
    offer and its campaign budgeted (8 checks, walk of 2: the top offer and the next, unlimited,
    one), and every offer and campaign budgeted plus channel capacity (9 checks each, walk of 10).
@@ -44,18 +44,18 @@ import numpy as np
 import redis
 
 from server.app import async_client
-from server.budgets import Period, Reservation, reservation
-from server.catalog import Catalog, parse_catalog
+from server.catalog.budgets import Period, Reservation, reservation
+from server.catalog.spec import Catalog, parse_catalog
 from server.config import Settings
-from server.decision import DecisionService, LiveConfig
-from server.decision_log import LogWriter
 from server.domain import Channel, DecideRequest
-from server.embedded_redis import EmbeddedRedis
-from server.features import FeatureStore, read_feature_file
-from server.keys import Keys
+from server.features.schema import FeatureSchema
 from server.metrics import Metrics
-from server.schema import FeatureSchema
-from server.state import Pick, StateStore
+from server.pipeline.service import DecisionService, LiveConfig
+from server.state.embedded_redis import EmbeddedRedis
+from server.state.feature_store import FeatureStore, read_feature_file
+from server.state.keys import Keys
+from server.state.log_writer import LogWriter
+from server.state.redis_store import Pick, StateStore
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC: fixed, so the day and hour counter keys are too
 BIG = 1_000_000_000

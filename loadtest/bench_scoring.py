@@ -3,8 +3,8 @@ vs plain (Booster.predict), with a 200-tree model over the demo population's fea
 
     .venv/bin/python loadtest/bench_scoring.py [--trees 200] [--repeat 2000]
 
-It measures what a decision pays: building the candidate rows (server.model_inputs.build_rows)
-plus one predict call, through server.scoring.ModelScorer, single-threaded.
+It measures what a decision pays: building the candidate rows (server.models.inputs.build_rows)
+plus one predict call, through server.models.scorers.ModelScorer, single-threaded.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from pathlib import Path
 import lightgbm
 import numpy as np
 
-from server.catalog import parse_catalog
+from server.catalog.spec import parse_catalog
 from server.domain import Channel
-from server.feature_file import merged_schema, read_feature_file
-from server.model_inputs import spec_for
-from server.model_loader import compiled_predict
-from server.model_registry import artifact_from_record, booster_predict
-from server.scoring import ModelScorer, ScoringInput
+from server.features.file import merged_schema, read_feature_file
+from server.models.inputs import spec_for
+from server.models.loader import compiled_predict
+from server.models.registry import artifact_from_record, booster_predict
+from server.models.scorers import ModelScorer, ScoringInput
 from training.population import CATEGORICAL, make_population
 
 

@@ -1,7 +1,7 @@
 """Correctness checks around a load run (h2load only sees HTTP status; gRPC status is in trailers).
 
 check.py decide --target 127.0.0.1:P --customer C0000042 [--wait 30]
-    wait until the server answers a real Decide (server.client.NboClient, the same request as
+    wait until the server answers a real Decide (server.api.client.NboClient, the same request as
     make_body.py writes) and fail unless it returns at least one offer
 check.py xlen --redis redis://127.0.0.1:P/0
     length of the decision stream nbo:log:decisions
@@ -37,7 +37,7 @@ def cmd_decide(opts: argparse.Namespace) -> int:
     import grpc
 
     from loadtest.make_body import DEFAULT_CONTEXT, DEFAULT_EVENTS
-    from server.client import NboClient
+    from server.api.client import NboClient
 
     deadline = time.monotonic() + opts.wait
     client = NboClient(opts.target, timeout=2.0)

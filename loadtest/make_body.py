@@ -70,7 +70,7 @@ def pick_customers(k: int, population: int, seed: int, catalog: Path | None, cha
     the catalog's universal control group, spread over the population."""
     import yaml
 
-    from server.control_groups import in_holdout
+    from server.pipeline.control_groups import in_holdout
     from training.population import make_population
 
     salt, fraction, consent_col = "nbo", 0.0, None

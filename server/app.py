@@ -28,20 +28,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from server import catalog_store, grpc_api
-from server.arms import ArmsReloader
-from server.bandit import NO_ARMS, Arms
-from server.catalog import CatalogInvalid
-from server.catalog_store import CatalogReloader, LiveSnapshot
+from server.api import servicers as grpc_api
+from server.catalog.spec import CatalogInvalid
 from server.config import Settings
-from server.decision import Clock, DecisionService, LiveConfig
-from server.decision_log import LogWriter
-from server.embedded_redis import EmbeddedRedis, free_port, running_url
-from server.keys import Keys
+from server.learning.arms import ArmsReloader
+from server.learning.bandit import NO_ARMS, Arms
 from server.metrics import Metrics
-from server.model_loader import ModelReloader
-from server.scoring import ModelScorer, PriorScorer
-from server.state import StateStore
+from server.models.loader import ModelReloader
+from server.models.scorers import ModelScorer, PriorScorer
+from server.pipeline.service import Clock, DecisionService, LiveConfig
+from server.state import catalog_store
+from server.state.catalog_store import CatalogReloader, LiveSnapshot
+from server.state.embedded_redis import EmbeddedRedis, free_port, running_url
+from server.state.keys import Keys
+from server.state.log_writer import LogWriter
+from server.state.redis_store import StateStore
 
 log = logging.getLogger("nbo")
 
@@ -256,7 +257,7 @@ class ServerGroup:
             for i in range(settings.workers)
         ]
         if settings.learner:
-            from server.learner import learner_main
+            from server.learning.learner import learner_main
 
             self.procs.append(
                 ctx.Process(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from server.embedded_redis import EmbeddedRedis
+from server.state.embedded_redis import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

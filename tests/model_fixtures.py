@@ -8,9 +8,9 @@ from pathlib import Path
 import lightgbm
 import numpy as np
 
-from server.model_inputs import InputSpec, spec_for
-from server.model_registry import finalize
-from server.schema import FeatureSchema
+from server.features.schema import FeatureSchema
+from server.models.inputs import InputSpec, spec_for
+from server.models.registry import finalize
 
 
 def make_artifact(

@@ -41,17 +41,17 @@ import numpy.typing as npt
 import redis
 
 from server.app import ServerGroup
-from server.catalog import Catalog, parse_catalog
-from server.catalog_store import current_schema, publish
+from server.catalog.spec import Catalog, parse_catalog
+from server.cli.export import ExportOptions, export_log
 from server.config import Settings
-from server.embedded_redis import EmbeddedRedis
-from server.export import ExportOptions, export_log
-from server.feature_file import merged_schema
-from server.features import FeatureStore, read_feature_file
+from server.features.file import merged_schema
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
-from server.keys import Keys
-from server.model_registry import publish as model_publish
+from server.models.registry import publish as model_publish
+from server.state.catalog_store import current_schema, publish
+from server.state.embedded_redis import EmbeddedRedis
+from server.state.feature_store import FeatureStore, read_feature_file
+from server.state.keys import Keys
 from training.dataset import write_dataset
 from training.population import CATEGORICAL, CHANNEL_LEVELS
 from training.scenarios import NEW_OFFER_ID, changed_offers, drifted, with_new_offer
@@ -706,7 +706,7 @@ def summary_markdown(r: SimulationResult) -> str:
 def main(opts: argparse.Namespace | Sequence[str]) -> int:
     """`nbo simulate` (its flags are defined in server/cli.py)."""
     if not isinstance(opts, argparse.Namespace):
-        from server.cli import build_parser
+        from server.cli.main import build_parser
 
         opts = build_parser().parse_args(["simulate", *opts])
     logging.basicConfig(level=logging.WARNING)

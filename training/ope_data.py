@@ -31,11 +31,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from server.catalog import Catalog, CatalogInvalid, parse_catalog
+from server.catalog.rules import Now
+from server.catalog.spec import Catalog, CatalogInvalid, parse_catalog
 from server.domain import Channel
-from server.model_inputs import InputSpec, OfferAttributes, build_rows
-from server.rules import Now
-from server.schema import FeatureSchema, FeatureSpec
+from server.features.schema import FeatureSchema, FeatureSpec
+from server.models.inputs import InputSpec, OfferAttributes, build_rows
 from training.dataset import (
     CONTEXT_PREFIX,
     CSV_SUFFIXES,
@@ -203,7 +203,7 @@ def feature_schema(
     levels must be a prefix of the schema's: the level codes are what it was trained on.
     """
     if features is not None:
-        from server.feature_file import merged_schema, read_feature_file
+        from server.features.file import merged_schema, read_feature_file
 
         try:
             table = read_feature_file(features, categorical_columns(log.table))
@@ -351,7 +351,7 @@ class ScoringModel:
     def load(cls, directory: Path, label: str) -> ScoringModel:
         import lightgbm
 
-        from server.model_registry import ModelRejected, read_artifact, verify_scores
+        from server.models.registry import ModelRejected, read_artifact, verify_scores
 
         try:
             artifact = read_artifact(directory)

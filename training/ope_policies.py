@@ -32,18 +32,18 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from server.arbitration import rank
-from server.bandit import (
+from server.catalog.exploration import BanditPolicy as ServerBandit
+from server.catalog.exploration import ChannelExploration
+from server.domain import Channel
+from server.learning.bandit import (
     NO_ARMS,
     Arms,
-    ChannelExploration,
     decision_rng,
     decode_arm,
     posterior,
     selection_probabilities,
 )
-from server.bandit import BanditPolicy as ServerBandit
-from server.domain import Channel
+from server.pipeline.arbitration import rank
 from training.ope_data import F64, I64, Candidates, LoggedData, OpeInputError, Rules, ScoringModel, Str
 
 SUM_TOLERANCE = 1e-6
@@ -395,7 +395,7 @@ class BanditPolicy:
 
     Candidates are ranked like the server (tier, P x C x V x L, EV minimum) with propensities
     from `model` (or the catalog priors, as a server without a model); the distribution is
-    `server.bandit.selection_probabilities` with the draws seeded by the policy seed and the
+    `server.learning.bandit.selection_probabilities` with the draws seeded by the policy seed and the
     logged decision id, so a log written by the server under the same catalog, model and arms
     is reproduced. The learned arms come from `arms` (the learner's hash); without them every
     arm is at its prior. `settings` is the catalog's `bandit:` section, possibly overridden.

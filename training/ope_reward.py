@@ -87,7 +87,7 @@ class _Fold:
 
 @dataclass(frozen=True)
 class CrossFittedReward:
-    spec: Any  # server.model_inputs.InputSpec
+    spec: Any  # server.models.inputs.InputSpec
     offers: OfferTable
     fold: I64  # per log row
     models: tuple[_Fold, ...]  # models[k] was fitted without fold k

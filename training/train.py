@@ -1,6 +1,6 @@
 """Train the propensity model from logged interactions.
 
-The model is a LightGBM binary classifier over the columns of `server.model_inputs.InputSpec`:
+The model is a LightGBM binary classifier over the columns of `server.models.inputs.InputSpec`:
 customer features, request context, the offer, the channel and the offer's catalog attributes.
 The training matrix is encoded exactly as serving encodes it (categoricals as the code of their
 level in the spec, NaN = unknown; customer features rounded through float32 like the feature
@@ -37,9 +37,9 @@ import pyarrow.compute as pc
 import yaml
 
 from server.domain import CampaignType, Channel
-from server.model_inputs import CONTEXT_PREFIX, InputSpec, spec_for
-from server.model_registry import finalize
-from server.schema import FeatureSchema, FeatureSpec
+from server.features.schema import FeatureSchema, FeatureSpec
+from server.models.inputs import CONTEXT_PREFIX, InputSpec, spec_for
+from server.models.registry import finalize
 from training import evaluate as ev
 from training.dataset import FIXED_COLUMNS, META_COLUMNS, DatasetError, read_dataset
 
@@ -527,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     live_schema = None
     if args.features is not None:
-        from server.feature_file import merged_schema, read_feature_file
+        from server.features.file import merged_schema, read_feature_file
 
         names = [n for n in args.categorical.split(",") if n]
         try:

@@ -13,12 +13,12 @@ import grpc
 import redis
 
 from server.app import Worker
-from server.catalog_store import publish
 from server.config import Settings
-from server.features import FeatureStore, read_feature_file
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
-from server.keys import Keys
+from server.state.catalog_store import publish
+from server.state.feature_store import FeatureStore, read_feature_file
+from server.state.keys import Keys
 
 COLUMNS = ("tier", "tenure_months", "churn_risk", "consent_web", "consent_call")
 

@@ -11,10 +11,10 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from server.catalog import CatalogInvalid
-from server.embedded_redis import EmbeddedRedis
+from server.catalog.spec import CatalogInvalid
 from server.gen.nbo.v1 import decisioning_pb2 as pb
-from server.keys import Keys
+from server.state.embedded_redis import EmbeddedRedis
+from server.state.keys import Keys
 from tests.integration.conftest import CUSTOMERS
 from tests.integration.harness import Clock, Harness, load_customers, publish_text
 from tests.integration.test_decide import wait_for_catalog
@@ -89,7 +89,7 @@ async def test_a_catalog_that_no_longer_compiles_keeps_the_old_one_serving(nbo: 
     live = nbo.worker.service.live
     assert live is not None
     # forge a schema v2 without `churn_risk`, which the catalog's segment uses
-    from server.schema import FeatureSchema
+    from server.features.schema import FeatureSchema
 
     broken = FeatureSchema(2, tuple(f for f in live.schema.features if f.name != "churn_risk"))
     client.set(Keys().schema(2), broken.to_json())

@@ -36,10 +36,10 @@ import grpc
 import pytest
 import redis
 
-from server.embedded_redis import EmbeddedRedis, free_port
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
-from server.keys import Keys
+from server.state.embedded_redis import EmbeddedRedis, free_port
+from server.state.keys import Keys
 from tests.integration.harness import load_customers
 
 RUNS = int(os.environ.get("NBO_BUDGET_RUNS", "2"))

@@ -9,9 +9,19 @@ import redis
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from server.budgets import DAY, HOUR, TOTAL, UNLIMITED, Check, Period, Reservation
-from server.keys import Keys
-from server.state import CAMPAIGN_CAP, CHANNEL_CAP, COMMITTED, OFFER_CAP, REPLAY, RETRY, Committed, Pick, StateStore
+from server.catalog.budgets import DAY, HOUR, TOTAL, UNLIMITED, Check, Period, Reservation
+from server.state.keys import Keys
+from server.state.redis_store import (
+    CAMPAIGN_CAP,
+    CHANNEL_CAP,
+    COMMITTED,
+    OFFER_CAP,
+    REPLAY,
+    RETRY,
+    Committed,
+    Pick,
+    StateStore,
+)
 
 PERIOD = Period(day="2027-01-15", hour="2027-01-15T10", day_fraction=10 / 24)
 KEYS = Keys()

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from server.control_groups import in_holdout
-from server.embedded_redis import find_redis_server, free_port
 from server.gen.nbo.v1 import decisioning_pb2 as pb
-from server.keys import Keys
+from server.pipeline.control_groups import in_holdout
+from server.state.embedded_redis import find_redis_server, free_port
+from server.state.keys import Keys
 from tests.integration.harness import Clock, Harness, load_customers, publish_text
 from tests.integration.test_decide import republish
 from tests.unit.catalog_fixtures import BASE

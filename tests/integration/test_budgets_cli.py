@@ -9,12 +9,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from server import cli
-from server.budget_report import Drift, live_catalog, plan_reconcile, scope_row
-from server.budgets import Limits, PaceOver, Pacing, Usage
-from server.decision_log import NO_CANDIDATES, DecisionRecord
+from server.catalog.budgets import Limits, PaceOver, Pacing, Usage
+from server.cli.budgets import Drift, live_catalog, plan_reconcile, scope_row
+from server.cli import main as cli
 from server.gen.nbo.v1 import decisioning_pb2 as pb
-from server.keys import Keys
+from server.state.keys import Keys
+from server.state.records import NO_CANDIDATES, DecisionRecord
 from tests.integration.harness import Harness, publish_text
 from tests.unit.catalog_fixtures import BASE
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from server.client import NboClient
+from server.api.client import NboClient
 from tests.unit.catalog_fixtures import BASE
 
 NBO = [sys.executable, "-m", "server.cli"]

@@ -9,9 +9,9 @@ import grpc
 import pytest
 import redis
 
-from server.control_groups import in_holdout
 from server.gen.nbo.v1 import decisioning_pb2 as pb
-from server.keys import Keys
+from server.pipeline.control_groups import in_holdout
+from server.state.keys import Keys
 from tests.integration.harness import Harness, publish_text
 from tests.unit.catalog_fixtures import BASE
 

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import redis
 
-from server.decision_log import RecordError, decode_decision_record, decode_outcome_record
-from server.export import ExportError, ExportOptions, export_log, register
+from server.cli.export import ExportError, ExportOptions, export_log, register
 from server.gen.nbo.v1 import decisioning_pb2 as pb
-from server.keys import Keys
+from server.state.keys import Keys
+from server.state.records import RecordError, decode_decision_record, decode_outcome_record
 from tests.integration.harness import Clock, Harness
 from tests.unit.catalog_fixtures import BASE
 from training.dataset import read_dataset

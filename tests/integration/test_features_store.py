@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from server.features import FeatureStore, FeatureStoreError, FeatureTable, SchemaMismatch, read_feature_file
-from server.keys import Keys
-from server.schema import FeatureSchema, FeatureSpec, decode_vector
+from server.features.schema import FeatureSchema, FeatureSpec, decode_vector
+from server.state.feature_store import FeatureStore, FeatureStoreError, FeatureTable, SchemaMismatch, read_feature_file
+from server.state.keys import Keys
 
 KEYS = Keys()
 HEADER = "customer_id,tier,tenure,churn\n"

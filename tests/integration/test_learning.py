@@ -11,11 +11,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from server.bandit import decode_arm
 from server.gen.nbo.v1 import decisioning_pb2 as pb
-from server.keys import Keys
-from server.learner import Learner
+from server.learning.bandit import decode_arm
+from server.learning.learner import Learner
 from server.metrics import Metrics
+from server.state.keys import Keys
 from tests.integration.harness import Clock, Harness, load_customers, publish_text
 from tests.unit.catalog_fixtures import BASE
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import redis
 
-from server.catalog_store import current_schema
+from server.features.schema import FeatureSchema, FeatureSpec
 from server.gen.nbo.v1 import decisioning_pb2 as pb
-from server.keys import Keys
-from server.model_loader import compiled_predict
-from server.model_registry import ModelRejected, booster_predict, publish, read_artifact, rollback
-from server.schema import FeatureSchema, FeatureSpec
+from server.models.loader import compiled_predict
+from server.models.registry import ModelRejected, booster_predict, publish, read_artifact, rollback
+from server.state.catalog_store import current_schema
+from server.state.keys import Keys
 from tests.integration.conftest import CUSTOMERS
 from tests.integration.harness import Clock, Harness, load_customers, publish_text
 from tests.model_fixtures import make_artifact
@@ -112,7 +112,7 @@ def test_corrupt_wrong_schema_and_nan_models_are_rejected(
         for ln in lines
     ]
     (nan / "model.txt").write_text("\n".join(lines) + "\n")
-    from server.model_registry import finalize
+    from server.models.registry import finalize
 
     finalize(nan)
     # LightGBM either aborts on such a model or scores NaN; publish rejects both

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.catalog import parse_catalog
-from server.feature_file import merged_schema
-from server.features import read_feature_file
+from server.catalog.spec import parse_catalog
+from server.features.file import merged_schema
+from server.state.feature_store import read_feature_file
 from training.closed_loop import (
     PICKING,
     POLICIES,

@@ -12,10 +12,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from server.decision_log import LogWriter, OutcomeRecord
-from server.keys import Keys
 from server.metrics import Metrics
-from server.streams import TRIM_STEP, StreamConsumer, safe_trim, safe_trim_sync
+from server.state.keys import Keys
+from server.state.log_writer import LogWriter
+from server.state.records import OutcomeRecord
+from server.state.streams import TRIM_STEP, StreamConsumer, safe_trim, safe_trim_sync
 
 KEYS = Keys()
 
@@ -193,7 +194,7 @@ async def test_the_log_writer_retries_a_failed_batch_and_writes_it(
     metrics = Metrics()
     writer = LogWriter(client, KEYS, metrics, flush_seconds=0.001, maxlen=10, trim_seconds=60)
     writer.start()
-    with caplog.at_level(logging.WARNING, logger="server.decision_log"):
+    with caplog.at_level(logging.WARNING, logger="server.state.log_writer"):
         writer.outcome(_outcome(1))
 
         async def failed_once() -> bool:

@@ -1,6 +1,6 @@
 """A small valid catalog and feature schema shared by the unit tests."""
 
-from server.schema import FeatureSchema, FeatureSpec
+from server.features.schema import FeatureSchema, FeatureSpec
 
 SCHEMA = FeatureSchema(
     1,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.arbitration import rank
-from server.catalog import parse_catalog
+from server.catalog.spec import parse_catalog
 from server.domain import Channel
+from server.pipeline.arbitration import rank
 from tests.unit.catalog_fixtures import BASE, SCHEMA
 
 

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from server.bandit import (
+from server.catalog.spec import parse_catalog
+from server.domain import Channel
+from server.learning.bandit import (
     Arm,
     Arms,
     BanditPolicy,
@@ -18,8 +20,6 @@ from server.bandit import (
     selection_probabilities,
     taken_probability,
 )
-from server.catalog import parse_catalog
-from server.domain import Channel
 from tests.unit.catalog_fixtures import BASE, SCHEMA
 
 POLICY = BanditPolicy(enabled=True, seed=3, samples=4000)

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from server.budgets import DAY, HOUR, TOTAL, Limits, PaceOver, Pacing, Period, per_customer_caps, reservation
-from server.catalog import CatalogInvalid, parse_catalog
+from server.catalog.budgets import DAY, HOUR, TOTAL, Limits, PaceOver, Pacing, Period, per_customer_caps, reservation
+from server.catalog.spec import CatalogInvalid, parse_catalog
 from server.domain import CampaignType, Channel
 from tests.unit.catalog_fixtures import BASE, SCHEMA
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from server.catalog import ContactPolicy
-from server.contact_policy import ContactHistory, blocked_offers, channel_room
-from server.control_groups import bucket, in_holdout
+from server.catalog.spec import ContactPolicy
 from server.domain import Channel
+from server.pipeline.contact_policy import blocked_offers, channel_room
+from server.pipeline.control_groups import bucket, in_holdout
+from server.state.contacts import ContactHistory
 
 DAY = 86400.0
 POLICY = ContactPolicy(

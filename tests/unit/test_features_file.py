@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from server.features import FeatureTable, SchemaMismatch, merged_schema, read_feature_file
-from server.schema import FeatureSchema, FeatureSpec
+from server.features.schema import FeatureSchema, FeatureSpec
+from server.state.feature_store import FeatureTable, SchemaMismatch, merged_schema, read_feature_file
 
 HEADER = "customer_id,tier,tenure,score\n"
 ID_CHARS = "allowed are letters, digits and _ . @ -"

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from server.arbitration import rank
-from server.cli import main as nbo_main
+from server.cli.main import main as nbo_main
 from server.domain import Channel
-from server.scoring import ModelScorer, ScoringInput
+from server.models.scorers import ModelScorer, ScoringInput
+from server.pipeline.arbitration import rank
 from training.dataset import CONTEXT_PREFIX, write_dataset
 from training.ope import (
     Interval,

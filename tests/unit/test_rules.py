@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.rules import Now, Rule, RuleError, compile_rule
-from server.schema import FeatureSchema, FeatureSpec, decode_vector, encode_vector
+from server.catalog.rules import Now, Rule, RuleError, compile_rule
+from server.features.schema import FeatureSchema, FeatureSpec, decode_vector, encode_vector
 
 NAN = math.nan
 SCHEMA = FeatureSchema(

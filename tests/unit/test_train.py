@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from server.model_inputs import OfferAttributes, build_rows
-from server.schema import FeatureSchema, FeatureSpec
+from server.features.schema import FeatureSchema, FeatureSpec
+from server.models.inputs import OfferAttributes, build_rows
 from training import evaluate as ev
 from training.dataset import FIXED_COLUMNS, write_dataset
 from training.train import TrainingError, TrainResult, main, train
@@ -203,7 +203,7 @@ def test_reference_rows_score_identically(trained: TrainResult) -> None:
 
 
 def test_serving_rows_equal_training_rows(trained: TrainResult, dataset: Path, catalog: Path) -> None:
-    """`server.model_inputs.build_rows` on a logged row gives the reference matrix's row."""
+    """`server.models.inputs.build_rows` on a logged row gives the reference matrix's row."""
     from training.dataset import read_dataset
 
     spec = trained.spec

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.catalog import parse_catalog
-from server.feature_file import merged_schema, read_feature_file
+from server.catalog.spec import parse_catalog
+from server.features.file import merged_schema, read_feature_file
 from training.dataset import FIXED_COLUMNS, read_dataset, write_dataset
 from training.population import CATEGORICAL
 from training.world import CONTEXT_KEYS, World, main

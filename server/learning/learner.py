@@ -1,0 +1,170 @@
+"""The bandit's online learner, and how every replica picks up what it learned.
+
+The learner reads the outcome stream through a consumer group (at least once: entries are
+acknowledged after their update is applied, and entries of a dead learner are reclaimed), turns
+each ACCEPTED / CONVERTED (reward 1) or DECLINED (reward 0) into one learning step of the arm
+(offer x channel), and publishes by writing the arms hash and bumping a version counter in
+Redis. The step is a script that remembers each (decision, offer) it learned from, so a
+redelivered outcome or an ACCEPTED followed by CONVERTED is learned once. Replicas poll the
+version every `catalog_poll_seconds` and reload the arms when it moved.
+
+Replicas pick the arms up through server.learning.arms.ArmsReloader. Several learners may run (one per
+`nbo serve --learner`, or `nbo learner` processes): they share the consumer group, so each
+outcome goes to one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import signal
+import socket
+from importlib import resources
+
+import redis.asyncio as aioredis
+
+from server.catalog.exploration import BanditPolicy
+from server.catalog.spec import bandit_policy
+from server.config import Settings
+from server.learning.bandit import arm_key
+from server.metrics import Metrics
+from server.state.keys import Keys
+from server.state.records import RecordError, decode_outcome_record
+from server.state.streams import StreamConsumer
+
+log = logging.getLogger(__name__)
+GROUP = "learner"
+REWARD = {"accepted": 1, "converted": 1, "declined": 0}
+
+
+class Learner:
+    def __init__(
+        self, client: aioredis.Redis, keys: Keys, metrics: Metrics, settings: Settings, consumer: str = ""
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.metrics = metrics
+        self.settings = settings
+        self.policy = BanditPolicy()
+        self.consumer = StreamConsumer(
+            client,
+            keys.outcome_stream,
+            GROUP,
+            consumer or f"{socket.gethostname()}-{os.getpid()}",
+            batch=500,
+            claim_idle_ms=int(settings.learner_claim_idle_seconds * 1000),
+        )
+        self._learn = client.register_script(resources.files("server.state").joinpath("lua", "learn.lua").read_text())
+        self._catalog_seq: bytes | str | None = None
+
+    async def _refresh_policy(self) -> None:
+        """Follow the live catalog's `bandit` section (decay, priors); only that section is read,
+        so the learner needs neither the feature schema nor a compiled catalog."""
+        seq = await self.client.get(self.keys.catalog_current)
+        if seq is None or seq == self._catalog_seq:
+            return
+        raw = await self.client.get(self.keys.catalog(int(seq)))
+        if raw is None:
+            return
+        self.policy = bandit_policy(json.loads(raw)["text"])
+        self._catalog_seq = seq
+
+    async def start(self) -> None:
+        await self.consumer.ensure_group()
+        await self._refresh_policy()
+
+    async def stop(self) -> None:
+        """Nothing runs in the background; kept so callers can treat learners like pollers."""
+
+    async def step(self) -> int:
+        """Learn from one batch of outcomes; the number of arms updated."""
+        await self._refresh_policy()
+        entries = await self.consumer.read()
+        if not entries:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        queued = 0
+        for entry_id, fields in entries:
+            update = self._update_args(entry_id, fields)
+            if update is None:
+                continue
+            keys, args = update
+            await self._learn(keys=keys, args=args, client=pipe)
+            queued += 1
+        results = await pipe.execute() if queued else []
+        learned = sum(int(r) for r in results)
+        self.metrics.bandit_updates.labels("learned").inc(learned)
+        self.metrics.bandit_updates.labels("duplicate").inc(queued - learned)
+        self.metrics.bandit_updates.labels("skipped").inc(len(entries) - queued)
+        # acknowledged only now: a crash before this line redelivers, and the script dedupes
+        await self.consumer.ack([entry_id for entry_id, _ in entries])
+        return learned
+
+    def _update_args(
+        self, entry_id: bytes, fields: dict[bytes, bytes]
+    ) -> tuple[list[str], list[str | float | int]] | None:
+        try:
+            record = decode_outcome_record(fields)
+        except RecordError as err:
+            # acknowledged with its batch: a record that cannot be read now never will be
+            log.warning("outcome %s skipped: %s", entry_id.decode(errors="replace"), err)
+            return None
+        reward = REWARD.get(record.outcome)
+        if reward is None or not math.isfinite(record.propensity) or not record.channel:
+            return None  # PRESENTED, or an outcome logged before the learner's fields existed
+        prior_sd = record.prior_sd if math.isfinite(record.prior_sd) and record.prior_sd > 0 else self.policy.prior_sd
+        p = min(max(record.propensity, 1e-6), 1 - 1e-6)
+        return (
+            [
+                self.keys.bandit_arms,
+                self.keys.bandit_seen(record.decision_id, record.offer_id),
+                self.keys.bandit_version,
+            ],
+            [
+                arm_key(record.offer_id, record.channel),
+                math.log(p / (1 - p)),
+                reward,
+                1.0 / prior_sd**2,
+                self.policy.decay,
+                self.settings.bandit_seen_ttl_seconds,
+            ],
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            while not stop.is_set():
+                try:
+                    await self.step()
+                except (OSError, aioredis.RedisError) as err:
+                    log.warning("learner step failed, retrying: %s", err)
+                    await asyncio.sleep(1.0)
+        finally:
+            await self.stop()
+
+
+async def run_learner(settings: Settings, redis_url: str, stop: asyncio.Event | None = None) -> None:
+    # not the hot path's client: its short socket timeout would cut the blocking stream reads
+    client = aioredis.Redis.from_url(redis_url)
+    learner = Learner(client, Keys(settings.key_prefix), Metrics(), settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("learner (pid %d) consuming %s as group %r", os.getpid(), learner.keys.outcome_stream, GROUP)
+    try:
+        await learner.run(stop)
+    finally:
+        await client.aclose(close_connection_pool=True)
+
+
+def learner_main(settings_json: str, redis_url: str) -> None:
+    """Entry point of the learner process `nbo serve --learner` spawns."""
+    from server.app import configure_logging
+
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(settings.log_level)
+    asyncio.run(run_learner(settings, redis_url))

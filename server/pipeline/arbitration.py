@@ -1,0 +1,40 @@
+"""Arbitration: campaign tier first, then P x C x V x L inside a tier.
+
+P is the propensity, C the offer's weight on the channel, V its value and L its business lever.
+The expected value P x value - cost must reach the catalog's minimum, else the offer is below
+threshold. Ties break on campaign priority, then on catalog order, so rankings are reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from server.catalog.spec import ChannelView
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    order: npt.NDArray[np.intp]  # indices into the candidate arrays, best first, threshold cleared
+    below: npt.NDArray[np.intp]  # indices of candidates below the threshold
+    expected_value: npt.NDArray[np.float64]
+    score: npt.NDArray[np.float64]
+
+
+def rank(
+    view: ChannelView,
+    positions: npt.NDArray[np.intp],
+    propensity: npt.NDArray[np.float64],
+    min_expected_value: float,
+) -> Ranking:
+    value = view.value[positions]
+    expected = propensity * value - view.cost[positions]
+    score = propensity * view.weight[positions] * value * view.lever[positions]
+    ok = expected >= min_expected_value
+    idx = np.flatnonzero(ok)
+    # lexsort sorts by the last key first: tier asc, score desc, priority desc, position asc
+    keys = (positions[idx], -view.priority[positions[idx]], -score[idx], view.tier[positions[idx]])
+    order = idx[np.lexsort(keys)]
+    return Ranking(order=order, below=np.flatnonzero(~ok), expected_value=expected, score=score)

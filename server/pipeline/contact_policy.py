@@ -1,0 +1,60 @@
+"""Contact policy: which offers a customer's contact history rules out right now.
+
+The history lives in Redis (see server.state.redis_store): a hash with, per offer, the time of the last
+decline (`d:<offer>`), the count of presentations without a response (`p:<offer>`), the end
+of a suppression (`s:<offer>`) and, for offers and campaigns with a per-customer cap, the
+awards so far (`a:o:<offer>`, `a:c:<campaign>`); and a per-channel sorted set of recent awards for frequency caps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from server.catalog.spec import ContactPolicy
+from server.domain import Channel
+from server.state.contacts import ContactHistory
+
+
+def channel_room(policy: ContactPolicy, channel: Channel, history: ContactHistory) -> int | None:
+    """How many more offers the channel cap allows in the window; None when uncapped."""
+    cap = policy.max_per_window.get(channel)
+    return None if cap is None else max(cap - history.sent_in_window, 0)
+
+
+def blocked_offers(
+    policy: ContactPolicy,
+    history: ContactHistory,
+    offer_ids: Sequence[str],
+    now: float,
+    caps: Sequence[tuple[str, int, int]] = (),
+) -> dict[int, str]:
+    """Positions in `offer_ids` that the history rules out, with a readable reason.
+
+    `caps` gives, per offer, (campaign id, offer's per-customer cap, campaign's per-customer
+    cap), -1 meaning none; empty when no offer has such a cap.
+    """
+    out: dict[int, str] = {}
+    if not history.declined_at and not history.suppressed_until and not history.awards:
+        return out
+    for pos, offer_id in enumerate(offer_ids):
+        if caps and history.awards:
+            campaign_id, own, shared = caps[pos]
+            if own >= 0 and history.awards.get(f"o:{offer_id}", 0) >= own:
+                out[pos] = f"awarded {history.awards[f'o:{offer_id}']} times; at most {own} per customer"
+                continue
+            if shared >= 0 and history.awards.get(f"c:{campaign_id}", 0) >= shared:
+                n = history.awards[f"c:{campaign_id}"]
+                out[pos] = f"campaign {campaign_id} awarded {n} times; at most {shared} per customer"
+                continue
+        declined = history.declined_at.get(offer_id)
+        if declined is not None and now - declined < policy.decline_cooldown_seconds:
+            days = (policy.decline_cooldown_seconds - (now - declined)) / 86400
+            out[pos] = f"declined recently; cooldown ends in {days:.1f} days"
+            continue
+        until = history.suppressed_until.get(offer_id)
+        if until is not None and now < until:
+            out[pos] = (
+                f"presented {policy.max_presented_without_response} times without a response; "
+                f"suppressed for {(until - now) / 86400:.1f} more days"
+            )
+    return out

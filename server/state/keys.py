@@ -1,0 +1,105 @@
+"""Every Redis key the server uses, in one place.
+
+Per-customer keys carry the hash tag `{c:<id>}` so one customer's keys share a Redis Cluster
+slot and a Lua script may touch them together; budget counters all carry `{b}` (see
+server.catalog.budgets). Every script touches one of those slots only. Ids must be validated
+(server.ids) first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "nbo:"
+
+    # -- per customer ------------------------------------------------------------------------
+    def features(self, customer_id: str) -> str:
+        return f"{self.prefix}{{c:{customer_id}}}:features"
+
+    def contacts(self, customer_id: str) -> str:
+        """Hash: per-offer decline time, presented-without-response counts, suppression."""
+        return f"{self.prefix}{{c:{customer_id}}}:contacts"
+
+    def channel_contacts(self, customer_id: str, channel: str) -> str:
+        """Sorted set of award ids scored by award time, for frequency caps."""
+        return f"{self.prefix}{{c:{customer_id}}}:sent:{channel}"
+
+    def request(self, customer_id: str, request_id: str) -> str:
+        return f"{self.prefix}{{c:{customer_id}}}:req:{request_id}"
+
+    def decision(self, customer_id: str, decision_id: str) -> str:
+        return f"{self.prefix}{{c:{customer_id}}}:dec:{decision_id}"
+
+    def outcome_event(self, customer_id: str, event_digest: str) -> str:
+        return f"{self.prefix}{{c:{customer_id}}}:ev:{event_digest}"
+
+    def features_pattern(self) -> str:
+        return f"{self.prefix}{{c:*}}:features"
+
+    # -- global: one tag, so that publishing (a transaction over several) stays in one slot --
+    @property
+    def schema_current(self) -> str:
+        return f"{self.prefix}{{g}}:schema:current"
+
+    def schema(self, version: int) -> str:
+        return f"{self.prefix}{{g}}:schema:v{version}"
+
+    @property
+    def catalog_current(self) -> str:
+        return f"{self.prefix}{{g}}:catalog:current"
+
+    def catalog(self, version: int) -> str:
+        return f"{self.prefix}{{g}}:catalog:v{version}"
+
+    @property
+    def catalog_seq(self) -> str:
+        return f"{self.prefix}{{g}}:catalog:seq"
+
+    def model(self, version: str) -> str:
+        return f"{self.prefix}{{g}}:model:v:{version}"
+
+    @property
+    def model_current(self) -> str:
+        return f"{self.prefix}{{g}}:model:current"
+
+    @property
+    def model_history(self) -> str:
+        """List of published versions, oldest first; rollback pops the live one."""
+        return f"{self.prefix}{{g}}:model:history"
+
+    # -- budgets: one tag for all, so one script can walk candidates of several campaigns --------
+    @property
+    def budget_total(self) -> str:
+        return f"{self.prefix}{{b}}:total"
+
+    def budget_day(self, day: str) -> str:
+        return f"{self.prefix}{{b}}:day:{day}"
+
+    def budget_hour(self, hour: str) -> str:
+        return f"{self.prefix}{{b}}:hour:{hour}"
+
+    # -- the bandit's learned parameters: one tag, so a learning step is one script in one slot --
+    @property
+    def bandit_arms(self) -> str:
+        """Hash: arm (`<offer>|<channel>`) -> "mean,precision,n" of its offset's posterior."""
+        return f"{self.prefix}{{bandit}}:arms"
+
+    @property
+    def bandit_version(self) -> str:
+        """Counter bumped by every learning step; replicas reload the arms when it moves."""
+        return f"{self.prefix}{{bandit}}:version"
+
+    def bandit_seen(self, decision_id: str, offer_id: str) -> str:
+        """Set once the (decision, offer) reward was learned from, so redelivery is harmless."""
+        return f"{self.prefix}{{bandit}}:seen:{decision_id}:{offer_id}"
+
+    @property
+    def decision_stream(self) -> str:
+        return f"{self.prefix}log:decisions"
+
+    @property
+    def outcome_stream(self) -> str:
+        return f"{self.prefix}log:outcomes"

@@ -1,0 +1,197 @@
+"""The writer that appends decision and outcome records to Redis Streams.
+
+Records are queued in memory and written in pipelined batches off the request path; a decision
+waits at most `log_flush_seconds` before it is in Redis. The writer also trims both streams every
+`log_trim_seconds`, never past what a consumer group still needs (server.state.streams.safe_trim).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+from server.metrics import Metrics
+from server.state.keys import Keys
+from server.state.records import DecisionRecord, OutcomeRecord
+from server.state.streams import safe_trim
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Where a decision's full answer is kept for request_id repeats."""
+
+    decision_key: str
+    payload: bytes
+    # set when no commit script ran, so the request key must be written here (first writer wins)
+    request_key: str | None = None
+    decision_id: str = ""
+    request_ttl: int = 0
+    decision_ttl: int = 0
+
+
+# (stream key, stream fields, replay)
+_Item = tuple[str, dict[Any, Any], Replay | None]
+
+
+class _Buffer:
+    """A bounded FIFO whose items stay in it until taken, so cancelling the writer loses none."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: collections.deque[_Item] = collections.deque()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: _Item) -> None:
+        if len(self._items) >= self.limit:
+            raise asyncio.QueueFull
+        self._items.append(item)
+        self._ready.set()
+
+    def wake(self) -> None:
+        self._ready.set()
+
+    async def get_ready(self) -> None:
+        await self._ready.wait()
+
+    def take(self, n: int) -> list[_Item]:
+        out = [self._items.popleft() for _ in range(min(n, len(self._items)))]
+        if not self._items:
+            self._ready.clear()
+        return out
+
+
+class LogWriter:
+    """Batches stream appends (and replay payloads) into pipelines on a background task."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        metrics: Metrics,
+        *,
+        flush_seconds: float,
+        maxlen: int,
+        trim_seconds: float = 10.0,
+        max_queue: int = 100_000,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.metrics = metrics
+        self.flush_seconds = flush_seconds
+        self.maxlen = maxlen
+        self.trim_seconds = trim_seconds
+        self._queue = _Buffer(max_queue)
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._trimmer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name="log-writer")
+        self._trimmer = asyncio.create_task(self._trim_loop(), name="log-trimmer")
+
+    def decision(self, record: DecisionRecord, replay: Replay | None) -> None:
+        self._put((self.keys.decision_stream, record.to_fields(), replay))
+
+    def outcome(self, record: OutcomeRecord) -> None:
+        self._put((self.keys.outcome_stream, record.to_fields(), None))
+
+    def _put(self, item: _Item) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            # losing a log line beats blocking a live decision; the counter makes it visible
+            self.metrics.log_dropped.inc()
+
+    async def _run(self) -> None:
+        while not (self._closing and not len(self._queue)):
+            await self._queue.get_ready()
+            if not self._closing:
+                await asyncio.sleep(self.flush_seconds)
+            await self._write(self._queue.take(2000))
+
+    async def _write(self, batch: list[_Item]) -> None:
+        if not batch:
+            return
+        for attempt in range(5):
+            try:
+                # a fresh pipeline per attempt: a failed execute() empties the one it ran, and
+                # re-running that would "succeed" without writing anything. A retry after a
+                # partial write appends some entries twice, which readers de-duplicate.
+                await self._pipeline(batch).execute()
+                self.metrics.log_written.inc(len(batch))
+                return
+            except RedisError as err:
+                log.warning("decision log write failed (attempt %d): %s", attempt + 1, err)
+                await asyncio.sleep(0.1 * 2**attempt)
+        self.metrics.log_dropped.inc(len(batch))
+
+    def _pipeline(self, batch: list[_Item]) -> Pipeline:
+        pipe = self.client.pipeline(transaction=False)
+        for stream, fields, replay in batch:
+            # no MAXLEN here: it would drop entries a consumer group has not acknowledged yet
+            pipe.xadd(stream, fields)
+            if replay is None:
+                continue
+            pipe.hset(replay.decision_key, "response", replay.payload)
+            if replay.request_key is not None:
+                pipe.expire(replay.decision_key, replay.decision_ttl)
+                pipe.set(replay.request_key, replay.decision_id, nx=True, ex=replay.request_ttl)
+        return pipe
+
+    async def _trim_loop(self) -> None:
+        # a task of its own, so a slow trim never holds up the next batch of records
+        while True:
+            await asyncio.sleep(self.trim_seconds)
+            try:
+                await self.trim()
+            except Exception:  # a bug here must not stop trimming for the life of the worker
+                log.exception("trimming the decision log failed")
+
+    async def trim(self) -> int:
+        """Trim both streams toward `maxlen`, never past what a consumer group still needs.
+
+        Returns the entries removed. Failures are logged and retried on the next round: an
+        untrimmed stream is only longer, never wrong.
+        """
+        removed = 0
+        for stream in (self.keys.decision_stream, self.keys.outcome_stream):
+            try:
+                n = await safe_trim(self.client, stream, self.maxlen)
+            except RedisError as err:
+                log.warning("trimming %s failed: %s", stream, err)
+                continue
+            self.metrics.log_trimmed.inc(n)
+            removed += n
+        return removed
+
+    async def close(self, wait_seconds: float = 10.0) -> None:
+        """Write everything queued, then stop (a batch being written is never abandoned)."""
+        self._closing = True
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trimmer
+            self._trimmer = None
+        self._queue.wake()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, wait_seconds)
+            except TimeoutError:
+                log.error(
+                    "decision log writer did not finish within %.0fs; %d records lost", wait_seconds, len(self._queue)
+                )
+            self._task = None

@@ -1,0 +1,271 @@
+"""Typed records of decisions and outcomes: the schema of the decision and outcome logs.
+
+The decision log is the training and evaluation data of later stages: its schema is a contract.
+Each stream entry has two fields: `v` (record schema version) and `r` (the record as JSON).
+server.state.log_writer appends them; readers (the learner, `nbo export`) turn entries back into records with
+`decode_decision_record` / `decode_outcome_record`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from server.domain import CampaignType, Decision, NoOfferReason, RankedOffer, SuppressedOffer
+
+RECORD_VERSION = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """The candidates a decision considered, as columns (one entry per offer on the channel that
+    reached scoring or was stopped by contact policy, budget or rank)."""
+
+    offer_id: list[str]
+    campaign_id: list[str]
+    propensity: list[float]
+    expected_value: list[float]
+    score: list[float]
+    selection_probability: list[float]
+    status: list[str]  # "chosen", or why not: "contact policy: ...", "budget exhausted", ...
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        return {
+            "offer_id": self.offer_id,
+            "campaign_id": self.campaign_id,
+            "propensity": self.propensity,
+            "expected_value": self.expected_value,
+            "score": self.score,
+            "selection_probability": self.selection_probability,
+            "status": self.status,
+        }
+
+
+NO_CANDIDATES = Candidates([], [], [], [], [], [], [])
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    decision_id: str
+    ts: float
+    customer_id: str
+    channel: str
+    placement: str
+    context: dict[str, float]
+    events: list[str]
+    request_id: str
+    schema_version: int | None
+    features: list[float] | None  # NaN (missing) is written as null
+    candidates: Candidates
+    chosen: list[str]
+    no_offer_reason: str
+    model_version: str
+    catalog_version: str
+    bandit_version: str  # the exploration policy and learned parameters the decision used
+    degraded: bool
+    control_group: bool  # in the universal control group: nothing was awarded
+    would_offer: list[str]  # what a control-group customer would have been offered (for lift)
+
+    def to_fields(self) -> dict[Any, Any]:
+        data = {
+            "decision_id": self.decision_id,
+            "ts": self.ts,
+            "customer_id": self.customer_id,
+            "channel": self.channel,
+            "placement": self.placement,
+            "context": self.context,
+            "events": self.events,
+            "request_id": self.request_id,
+            "schema_version": self.schema_version,
+            "features": None if self.features is None else [None if math.isnan(f) else f for f in self.features],
+            "candidates": self.candidates.to_dict(),
+            "chosen": self.chosen,
+            "no_offer_reason": self.no_offer_reason,
+            "model_version": self.model_version,
+            "catalog_version": self.catalog_version,
+            "bandit_version": self.bandit_version,
+            "degraded": self.degraded,
+            "control_group": self.control_group,
+            "would_offer": self.would_offer,
+        }
+        return {"v": RECORD_VERSION, "r": _dumps(data)}
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRecord:
+    event_id: str
+    decision_id: str
+    customer_id: str
+    offer_id: str
+    outcome: str
+    value: float
+    ts: float
+    channel: str  # of the decision
+    propensity: float  # the offer's base propensity when it was decided (NaN: unknown)
+    prior_sd: float  # the bandit's prior sd for the offer's offset (NaN: unknown)
+
+    def to_fields(self) -> dict[Any, Any]:
+        data = asdict(self)
+        for name in ("propensity", "prior_sd"):
+            data[name] = None if math.isnan(data[name]) else data[name]
+        return {"v": RECORD_VERSION, "r": _dumps(data)}
+
+
+class RecordError(ValueError):
+    """A log entry that is not a record this code can read; the message says what is wrong."""
+
+
+# a stream entry as redis-py returns it (bytes), or decoded (decode_responses=True)
+Fields = Mapping[bytes, bytes] | Mapping[str, str]
+
+
+def decode_decision_record(fields: Fields) -> DecisionRecord:
+    """The DecisionRecord of a decision-stream entry (the inverse of `to_fields`).
+
+    Records written before a field existed read with a neutral default (empty text or list,
+    false, NaN for a number), so every reader of an old log sees the current type.
+    """
+    d = _payload(fields, "decision")
+    try:
+        features = d.get("features")
+        schema_version = d.get("schema_version")
+        return DecisionRecord(
+            decision_id=str(d["decision_id"]),
+            ts=float(d["ts"]),
+            customer_id=str(d.get("customer_id") or ""),
+            channel=str(d.get("channel") or ""),
+            placement=str(d.get("placement") or ""),
+            context={str(k): _number(v) for k, v in (d.get("context") or {}).items()},
+            events=[str(e) for e in d.get("events") or ()],
+            request_id=str(d.get("request_id") or ""),
+            schema_version=None if schema_version is None else int(schema_version),
+            features=None if features is None else [_number(f) for f in features],
+            candidates=_candidates(d.get("candidates")),
+            chosen=[str(o) for o in d.get("chosen") or ()],
+            no_offer_reason=str(d.get("no_offer_reason") or ""),
+            model_version=str(d.get("model_version") or ""),
+            catalog_version=str(d.get("catalog_version") or ""),
+            bandit_version=str(d.get("bandit_version") or ""),
+            degraded=bool(d.get("degraded", False)),
+            control_group=bool(d.get("control_group", False)),
+            would_offer=[str(o) for o in d.get("would_offer") or ()],
+        )
+    except KeyError as err:
+        raise RecordError(f"decision record without {err.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as err:
+        raise RecordError(f"malformed decision record {d.get('decision_id')!r}: {err}") from None
+
+
+def decode_outcome_record(fields: Fields) -> OutcomeRecord:
+    """The OutcomeRecord of an outcome-stream entry (the inverse of `to_fields`); fields added
+    later (channel, propensity, prior_sd) default to "" and NaN (unknown)."""
+    d = _payload(fields, "outcome")
+    try:
+        decision_id, offer_id, outcome = str(d["decision_id"]), str(d["offer_id"]), str(d["outcome"])
+        return OutcomeRecord(
+            # the id ReportOutcome gives a report without one
+            event_id=str(d.get("event_id") or f"{decision_id}:{offer_id}:{outcome}"),
+            decision_id=decision_id,
+            customer_id=str(d.get("customer_id") or ""),
+            offer_id=offer_id,
+            outcome=outcome,
+            value=_number(d.get("value", 0.0)),
+            ts=float(d["ts"]),
+            channel=str(d.get("channel") or ""),
+            propensity=_number(d.get("propensity")),
+            prior_sd=_number(d.get("prior_sd")),
+        )
+    except KeyError as err:
+        raise RecordError(f"outcome record without {err.args[0]!r}") from None
+    except (TypeError, ValueError) as err:
+        raise RecordError(f"malformed outcome record {d.get('event_id')!r}: {err}") from None
+
+
+def _payload(fields: Fields, kind: str) -> dict[str, Any]:
+    raw: bytes | str | None = None
+    for name, value in fields.items():
+        if name in (b"r", "r"):
+            raw = value
+    if raw is None:
+        raise RecordError(f"{kind} log entry without a record field 'r'")
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        raise RecordError(f"{kind} record is not JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{kind} record is not a JSON object")
+    return data
+
+
+def _number(value: Any) -> float:
+    """null (how NaN is written) and absent both read as NaN."""
+    return math.nan if value is None else float(value)
+
+
+def _candidates(data: Any) -> Candidates:
+    if not data:
+        return NO_CANDIDATES
+    if isinstance(data, list):  # the first layout: one object per candidate
+        data = {name: [row.get(name) for row in data] for name in _CANDIDATE_COLUMNS}
+    offers = [str(o) for o in data.get("offer_id") or ()]
+
+    def text(name: str) -> list[str]:
+        values = data.get(name)
+        return [str(v or "") for v in values] if values is not None else [""] * len(offers)
+
+    def numbers(name: str) -> list[float]:
+        values = data.get(name)
+        return [_number(v) for v in values] if values is not None else [math.nan] * len(offers)
+
+    columns = Candidates(
+        offer_id=offers,
+        campaign_id=text("campaign_id"),
+        propensity=numbers("propensity"),
+        expected_value=numbers("expected_value"),
+        score=numbers("score"),
+        selection_probability=numbers("selection_probability"),
+        status=text("status"),
+    )
+    lengths = {len(getattr(columns, name)) for name in _CANDIDATE_COLUMNS}
+    if len(lengths) > 1:
+        raise ValueError(f"candidate columns of different lengths {sorted(lengths)}")
+    return columns
+
+
+_CANDIDATE_COLUMNS = (
+    "offer_id",
+    "campaign_id",
+    "propensity",
+    "expected_value",
+    "score",
+    "selection_probability",
+    "status",
+)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def encode_decision(decision: Decision) -> bytes:
+    return _dumps(asdict(decision)).encode()
+
+
+def decode_decision(raw: bytes) -> Decision:
+    d: dict[str, Any] = json.loads(raw)
+    return Decision(
+        decision_id=d["decision_id"],
+        offers=tuple(
+            RankedOffer(**{**o, "campaign_type": CampaignType(o["campaign_type"]), "reasons": tuple(o["reasons"])})
+            for o in d["offers"]
+        ),
+        no_offer_reason=NoOfferReason(d["no_offer_reason"]),
+        model_version=d["model_version"],
+        catalog_version=d["catalog_version"],
+        degraded=d["degraded"],
+        suppressed=tuple(SuppressedOffer(**s) for s in d["suppressed"]),
+        replayed=True,
+    )
