@@ -1,9 +1,8 @@
-"""Process wiring: the Redis to use, worker processes sharing the port, signals and draining.
+"""One worker process: the Redis to use, the gRPC server, its reloaders, signals and draining.
 
 `Worker` is one gRPC server (one event loop) with its service, reloader and log writer; tests
-run one in-process. `run_server` is `nbo serve`: it resolves Redis (starting a private one when
-no URL is given), publishes the configured catalog, and runs one worker per process with
-SO_REUSEPORT so the kernel spreads connections over them.
+run one in-process. The parent that runs one worker per process with SO_REUSEPORT, and replaces
+dead ones, is server.supervisor (`nbo serve`).
 """
 
 from __future__ import annotations
@@ -12,12 +11,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import os
 import signal
-import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
+from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,6 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from server.api import servicers as grpc_api
-from server.catalog.spec import CatalogInvalid
 from server.config import Settings
 from server.learning.arms import ArmsReloader
 from server.learning.bandit import NO_ARMS, Arms
@@ -39,12 +35,13 @@ from server.models.scorers import ModelScorer, PriorScorer
 from server.pipeline.service import Clock, DecisionService, LiveConfig
 from server.state import catalog_store
 from server.state.catalog_store import CatalogReloader, LiveSnapshot
-from server.state.embedded_redis import EmbeddedRedis, free_port, running_url
+from server.state.embedded_redis import EmbeddedRedis, running_url
 from server.state.keys import Keys
 from server.state.log_writer import LogWriter
 from server.state.redis_store import StateStore
 
 log = logging.getLogger("nbo")
+WORKERS_HEALTH = "nbo.workers"  # SERVING while every worker of the server is serving
 
 
 def async_client(url: str, settings: Settings) -> aioredis.Redis:
@@ -183,7 +180,27 @@ class Worker:
                 log.error("shutdown step %r did not finish in %.0fs; skipped", name, grace + 12)
 
 
-async def _serve_worker(settings: Settings, redis_url: str, port: int, index: int) -> None:
+async def _watch_siblings(worker: Worker, settings: Settings, ready: SynchronizedArray[int]) -> None:
+    """Health service `nbo.workers` says whether every worker of this server is serving."""
+    last = -1
+    while True:
+        now = sum(ready[:])
+        if now != last:
+            up = now >= settings.workers
+            status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+            await worker.health.set(WORKERS_HEALTH, status)
+            last = now
+        await asyncio.sleep(0.5)
+
+
+async def _serve_worker(
+    settings: Settings,
+    redis_url: str,
+    port: int,
+    index: int,
+    ready: SynchronizedArray[int] | None = None,
+    restarts: Synchronized[int] | None = None,
+) -> None:
     if settings.metrics_port is not None:
         settings = settings.model_copy(update={"metrics_port": settings.metrics_port + index})
     worker = Worker(settings, redis_url, port)
@@ -193,7 +210,15 @@ async def _serve_worker(settings: Settings, redis_url: str, port: int, index: in
         loop.add_signal_handler(sig, stop.set)
     await worker.start()
     log.info("worker %d (pid %d) serving on %s:%d", index, os.getpid(), settings.host, worker.port)
+    watch = None
+    if ready is not None and restarts is not None:
+        ready[index] = 1
+        worker.metrics.workers_alive.set_function(lambda: sum(ready[:]))
+        worker.metrics.worker_restarts.set_function(lambda: restarts.value)
+        watch = asyncio.create_task(_watch_siblings(worker, settings, ready))
     await stop.wait()
+    if watch is not None:
+        watch.cancel()
     log.info("worker %d draining (grace %.1fs)", index, settings.grace_seconds)
     await worker.stop()
 
@@ -202,7 +227,14 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
 
 
-def worker_main(settings_json: str, redis_url: str, port: int, index: int) -> None:
+def worker_main(
+    settings_json: str,
+    redis_url: str,
+    port: int,
+    index: int,
+    ready: SynchronizedArray[int] | None = None,
+    restarts: Synchronized[int] | None = None,
+) -> None:
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level)
     try:
@@ -211,7 +243,7 @@ def worker_main(settings_json: str, redis_url: str, port: int, index: int) -> No
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve_worker(settings, redis_url, port, index))
+    asyncio.run(_serve_worker(settings, redis_url, port, index, ready, restarts))
 
 
 @contextlib.contextmanager
@@ -238,97 +270,3 @@ def publish_catalog(url: str, settings: Settings, path: Path) -> str:
         client.close()
     log.info("catalog %s %s", published.version, "published" if published.changed else "already live")
     return published.version
-
-
-class ServerGroup:
-    """The worker processes of one server, sharing a port through SO_REUSEPORT."""
-
-    def __init__(self, settings: Settings, redis_url: str) -> None:
-        self.settings = settings
-        self.port = settings.port or free_port()
-        ctx = multiprocessing.get_context("spawn")
-        self.procs = [
-            ctx.Process(
-                target=worker_main,
-                args=(settings.model_dump_json(), redis_url, self.port, i),
-                name=f"nbo-worker-{i}",
-                daemon=False,
-            )
-            for i in range(settings.workers)
-        ]
-        if settings.learner:
-            from server.learning.learner import learner_main
-
-            self.procs.append(
-                ctx.Process(
-                    target=learner_main, args=(settings.model_dump_json(), redis_url), name="nbo-learner", daemon=False
-                )
-            )
-
-    @property
-    def target(self) -> str:
-        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "[::]", "::") else self.settings.host
-        return f"{host}:{self.port}"
-
-    def start(self) -> None:
-        for p in self.procs:
-            p.start()
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until every worker's health check says SERVING (or raise)."""
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                dead = [p.name for p in self.procs if not p.is_alive()]
-                if dead:
-                    raise RuntimeError(f"worker(s) exited during start-up: {', '.join(dead)}")
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(service=grpc_api.SERVICE_NAME), timeout=1)
-                    if status.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"server on {self.target} not ready after {timeout:.0f}s")
-                time.sleep(0.1)
-
-    def signal(self, signum: int = signal.SIGTERM) -> None:
-        for p in self.procs:
-            if p.pid is not None and p.is_alive():
-                os.kill(p.pid, signum)
-
-    def join(self) -> int:
-        """Wait for the workers; if one fails, stop the rest. Returns an exit code."""
-        code = 0
-        for p in self.procs:
-            p.join()
-            if p.exitcode not in (0, None, -signal.SIGTERM):
-                code = 1
-                self.signal()
-        return code
-
-    def stop(self) -> int:
-        self.signal()
-        return self.join()
-
-
-def run_server(settings: Settings) -> int:
-    """`nbo serve`: blocks until SIGTERM/SIGINT, then drains and returns an exit code."""
-    configure_logging(settings.log_level)
-    with redis_for(settings) as url:
-        if settings.catalog is not None:
-            try:
-                publish_catalog(url, settings, settings.catalog)
-            except CatalogInvalid as err:
-                print(err.format_all(str(settings.catalog)), file=sys.stderr)
-                return 2
-            except catalog_store.NoSchema as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 2
-        group = ServerGroup(settings, url)
-        signal.signal(signal.SIGTERM, lambda *_: group.signal())
-        signal.signal(signal.SIGINT, lambda *_: group.signal())
-        group.start()
-        print(f"nbo serving on {group.target} with {settings.workers} worker(s); Redis {url}", flush=True)
-        return group.join()

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Python logging level of the server."""
 
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # NBO_METRICS_PORT="" in an env file or a unit means "off", not an error
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("key_prefix")
     @classmethod
     def _prefix_is_safe(cls, value: str) -> str:

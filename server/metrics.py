@@ -45,4 +45,10 @@ class Metrics:
         self.log_dropped = Counter("nbo_log_records_dropped", "Log records lost (queue full or Redis down)", registry=r)
         self.catalog_reloads = Counter("nbo_catalog_reloads", "Catalog reload attempts", ["result"], registry=r)
         self.model_loads = Counter("nbo_model_loads", "Model load attempts", ["result"], registry=r)
+        self.workers_alive = Gauge(
+            "nbo_workers_alive", "Worker processes of this server alive now, as the supervisor sees them", registry=r
+        )
+        self.worker_restarts = Gauge(
+            "nbo_worker_restarts", "Workers the supervisor replaced since the server started", registry=r
+        )
         self.catalog_version = Gauge("nbo_catalog_version", "Sequence number of the live catalog", registry=r)

@@ -40,7 +40,6 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from server.app import ServerGroup
 from server.catalog.spec import Catalog, parse_catalog
 from server.cli.export import ExportOptions, export_log
 from server.config import Settings
@@ -52,6 +51,7 @@ from server.state.catalog_store import current_schema, publish
 from server.state.embedded_redis import EmbeddedRedis
 from server.state.feature_store import FeatureStore, read_feature_file
 from server.state.keys import Keys
+from server.supervisor import ServerGroup
 from training.dataset import write_dataset
 from training.population import CATEGORICAL, CHANNEL_LEVELS
 from training.scenarios import NEW_OFFER_ID, changed_offers, drifted, with_new_offer

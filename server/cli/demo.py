@@ -16,7 +16,7 @@ import redis
 from rich.console import Console
 
 from server.api.client import NboClient, print_decision
-from server.app import ServerGroup, configure_logging
+from server.app import configure_logging
 from server.config import Settings
 from server.features.file import FeatureTable, merged_schema
 from server.models.registry import publish as model_publish
@@ -25,6 +25,7 @@ from server.state.catalog_store import current_schema, publish
 from server.state.embedded_redis import EmbeddedRedis
 from server.state.feature_store import FeatureStore, read_feature_file
 from server.state.keys import Keys
+from server.supervisor import ServerGroup
 from training.dataset import write_dataset
 from training.population import CATEGORICAL, Population
 from training.train import train
@@ -211,8 +212,9 @@ def _serve_until_signal(console: Console, group: ServerGroup, url: str) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # dead workers are replaced by the group; only a crash loop ends the demo early
     while not stop.wait(0.5):
-        if not all(p.is_alive() for p in group.procs):
+        if group.failed:
             break
 
 

@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # -- commands -----------------------------------------------------------------------------------
 def cmd_serve(opts: argparse.Namespace) -> int:
-    from server.app import run_server
+    from server.supervisor import run_server
 
     return run_server(_settings(opts))
 

@@ -1,0 +1,255 @@
+"""The parent process of `nbo serve`: owns the port, starts the workers and keeps them alive.
+
+Workers share one port through SO_REUSEPORT, which would also let any other process of the same
+user bind it and silently take a share of the calls. So the parent first proves nobody is on
+the port (a plain bind), then holds a SO_REUSEPORT socket on it for as long as it lives: the
+port's reuse group can then only be joined by processes of this user that also ask for reuse,
+and a second `nbo serve` on the same port is refused with a clear message instead.
+
+A worker that dies is replaced within `restart_delay` (the other workers keep serving), unless
+one worker slot crashes `max_restarts` times within `restart_window` seconds: that is a crash
+loop, and the group stops rather than burn CPU restarting a process that cannot run.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.api import servicers as grpc_api
+from server.app import configure_logging, publish_catalog, redis_for, worker_main
+from server.catalog.spec import CatalogInvalid
+from server.config import Settings
+from server.state import catalog_store
+
+log = logging.getLogger("nbo.supervisor")
+
+POLL_SECONDS = 0.2
+
+
+class PortTaken(RuntimeError):
+    """The port is already served by another process."""
+
+
+def claim_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """Bind host:port exclusively once (fails if anyone is there), then hold it for our workers."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    bind_host = host.strip("[]")
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.bind((bind_host, port))
+        port = probe.getsockname()[1]
+    except OSError as err:
+        probe.close()
+        if err.errno == errno.EADDRINUSE:
+            raise PortTaken(
+                f"port {port} on {host} is already in use by another process; stop it or choose another port (--port)"
+            ) from None
+        raise
+    probe.close()
+    held = socket.socket(family, socket.SOCK_STREAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        held.bind((bind_host, port))
+    except OSError as err:  # someone slipped in between the probe and the hold
+        held.close()
+        raise PortTaken(f"port {port} on {host} was taken while starting: {err}") from None
+    return held, port
+
+
+class ServerGroup:
+    """The worker processes of one server, sharing a port through SO_REUSEPORT, supervised."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis_url: str,
+        *,
+        restart_delay: float = 0.5,
+        max_restarts: int = 5,
+        restart_window: float = 60.0,
+    ) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+        self._held, self.port = claim_port(settings.host, settings.port)
+        self._ctx = multiprocessing.get_context("spawn")
+        # shared with the workers: which are serving (each sets its slot once its port answers, the
+        # supervisor clears it when the process dies) and how often one was replaced
+        self.ready: SynchronizedArray[int] = self._ctx.Array("i", settings.workers)
+        self.restarts: Synchronized[int] = self._ctx.Value("i", 0)
+        self.restart_delay = restart_delay
+        self.max_restarts = max_restarts
+        self.restart_window = restart_window
+        self.procs: list[BaseProcess] = [self._spawn(i) for i in range(settings.workers)]
+        self._crashes: list[deque[float]] = [deque() for _ in self.procs]
+        self._stopping = threading.Event()
+        self._failed = False
+        self._thread = threading.Thread(target=self._supervise, name="nbo-supervisor", daemon=True)
+
+    def _spawn(self, index: int) -> BaseProcess:
+        if index >= self.settings.workers:
+            from server.learning.learner import learner_main
+
+            return self._ctx.Process(
+                target=learner_main,
+                args=(self.settings.model_dump_json(), self.redis_url),
+                name="nbo-learner",
+                daemon=False,
+            )
+        return self._ctx.Process(
+            target=worker_main,
+            args=(self.settings.model_dump_json(), self.redis_url, self.port, index, self.ready, self.restarts),
+            name=f"nbo-worker-{index}",
+            daemon=False,
+        )
+
+    @property
+    def failed(self) -> bool:
+        """True once a crash loop made the group give up."""
+        return self._failed
+
+    @property
+    def target(self) -> str:
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "[::]", "::") else self.settings.host
+        return f"{host}:{self.port}"
+
+    def start(self) -> None:
+        if self.settings.learner:
+            self.procs.append(self._spawn(self.settings.workers))
+            self._crashes.append(deque())
+        for p in self.procs:
+            p.start()
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            wait([p.sentinel for p in self.procs], timeout=POLL_SECONDS)
+            if self._stopping.is_set():
+                break
+            for i, p in enumerate(self.procs):
+                if not p.is_alive():
+                    self._replace(i, p)
+
+    def _replace(self, index: int, dead: BaseProcess) -> None:
+        dead.join()
+        if index < self.settings.workers:
+            self.ready[index] = 0
+        now = time.monotonic()
+        crashes = self._crashes[index]
+        crashes.append(now)
+        while crashes and now - crashes[0] > self.restart_window:
+            crashes.popleft()
+        if len(crashes) > self.max_restarts:
+            log.error(
+                "%s died %d times in %.0fs (last exit code %s); stopping the server",
+                dead.name,
+                len(crashes),
+                self.restart_window,
+                dead.exitcode,
+            )
+            self._failed = True
+            threading.Thread(target=self.signal, daemon=True).start()
+            return
+        log.error("%s (pid %s) died with exit code %s; starting a new one", dead.name, dead.pid, dead.exitcode)
+        if self._stopping.wait(self.restart_delay):
+            return
+        fresh = self._spawn(index)
+        fresh.start()
+        self.procs[index] = fresh
+        with self.restarts.get_lock():
+            self.restarts.value += 1
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until every worker's health check says SERVING (or raise)."""
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self._failed:
+                    raise RuntimeError("workers kept dying during start-up; see the log")
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(service=grpc_api.SERVICE_NAME), timeout=1)
+                    if status.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"server on {self.target} not ready after {timeout:.0f}s")
+                time.sleep(0.1)
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        """Ask every process to stop (SIGTERM drains); dead workers are no longer replaced."""
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._stopping.set()
+        for p in list(self.procs):
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signum)
+
+    def join(self) -> int:
+        """Wait until the group is stopped and every process has exited. Returns an exit code."""
+        self._stopping.wait()
+        if self._thread.is_alive():
+            self._thread.join()
+        code = 1 if self._failed else 0
+        for p in self.procs:
+            p.join()
+            if p.exitcode not in (0, None, -signal.SIGTERM):
+                code = 1
+        self._held.close()
+        return code
+
+    def stop(self) -> int:
+        self.signal()
+        return self.join()
+
+
+def on_signals(handler: Callable[[], None]) -> None:
+    """Route SIGTERM and SIGINT of the parent to `handler` (called from the main thread)."""
+    signal.signal(signal.SIGTERM, lambda *_: handler())
+    signal.signal(signal.SIGINT, lambda *_: handler())
+
+
+def run_server(settings: Settings) -> int:
+    """`nbo serve`: blocks until SIGTERM/SIGINT, then drains and returns an exit code."""
+    configure_logging(settings.log_level)
+    with redis_for(settings) as url:
+        if settings.catalog is not None:
+            try:
+                publish_catalog(url, settings, settings.catalog)
+            except CatalogInvalid as err:
+                print(err.format_all(str(settings.catalog)), file=sys.stderr)
+                return 2
+            except catalog_store.NoSchema as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+        try:
+            group = ServerGroup(settings, url)
+        except PortTaken as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        on_signals(group.signal)
+        group.start()
+        try:
+            # a model compile can take seconds: only say "serving" once the port answers
+            group.wait_ready(timeout=120)
+        except (RuntimeError, TimeoutError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            group.stop()
+            return 1
+        print(f"nbo serving on {group.target} with {settings.workers} worker(s); Redis {url}", flush=True)
+        return group.join()
