@@ -73,6 +73,7 @@ class Worker:
             flush_seconds=settings.log_flush_seconds,
             maxlen=settings.decision_stream_maxlen,
             trim_seconds=settings.log_trim_seconds,
+            spill_dir=settings.log_spill_dir,
         )
         kwargs: dict[str, Any] = {"clock": clock} if clock else {}
         self.service = DecisionService(

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     log_flush_seconds: float = Field(0.05, gt=0)
     """Longest a decision waits in memory before its log record is written to Redis."""
 
+    log_spill_dir: Path | None = Path(".nbo/spill")
+    """Where log records wait on local disk while Redis is away (beyond 10,000 in memory), to be
+    written once it is back; unset = keep them in memory only (100,000 per worker, then dropped)."""
+
     metrics_port: int | None = Field(None, ge=0, le=65535)
     """If set, worker i serves Prometheus metrics on metrics_port + i."""
 

@@ -42,7 +42,17 @@ class Metrics:
         self.log_trimmed = Counter(
             "nbo_log_records_trimmed", "Log entries trimmed (only those every consumer group acknowledged)", registry=r
         )
-        self.log_dropped = Counter("nbo_log_records_dropped", "Log records lost (queue full or Redis down)", registry=r)
+        self.log_dropped = Counter(
+            "nbo_log_records_dropped",
+            "Log records lost: the memory queue was full with no spill directory, or shutdown came first",
+            registry=r,
+        )
+        self.log_spilled = Counter(
+            "nbo_log_records_spilled", "Log records moved to the local spill file while Redis was away", registry=r
+        )
+        self.log_replayed = Counter(
+            "nbo_log_records_replayed", "Spilled log records written to Redis once it was back", registry=r
+        )
         self.catalog_reloads = Counter("nbo_catalog_reloads", "Catalog reload attempts", ["result"], registry=r)
         self.model_loads = Counter("nbo_model_loads", "Model load attempts", ["result"], registry=r)
         self.workers_alive = Gauge(

@@ -3,6 +3,12 @@
 Records are queued in memory and written in pipelined batches off the request path; a decision
 waits at most `log_flush_seconds` before it is in Redis. The writer also trims both streams every
 `log_trim_seconds`, never past what a consumer group still needs (server.state.streams.safe_trim).
+
+The log is the training data and the evidence for `nbo budgets reconcile`, so an outage must not
+cost records: a batch Redis refuses is retried until Redis answers; meanwhile new records wait in
+memory up to `spill_at`, and beyond that move to a local spill file (server.state.spill) that is
+replayed once Redis is back, by this worker or, if it stops first, by the next one to start.
+Only when there is no spill directory and the memory queue is full is a record dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ import asyncio
 import collections
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -21,6 +28,7 @@ from redis.exceptions import RedisError
 from server.metrics import Metrics
 from server.state.keys import Keys
 from server.state.records import DecisionRecord, OutcomeRecord
+from server.state.spill import SpillDir, decode_item, encode_item
 from server.state.streams import safe_trim
 
 log = logging.getLogger(__name__)
@@ -86,6 +94,8 @@ class LogWriter:
         maxlen: int,
         trim_seconds: float = 10.0,
         max_queue: int = 100_000,
+        spill_dir: Path | None = None,
+        spill_at: int = 10_000,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -94,6 +104,10 @@ class LogWriter:
         self.maxlen = maxlen
         self.trim_seconds = trim_seconds
         self._queue = _Buffer(max_queue)
+        self._spill = SpillDir(spill_dir) if spill_dir is not None else None
+        self.spill_at = spill_at
+        self._spilled = False  # this worker's own spill file has records to replay
+        self._inflight: list[_Item] = []
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._trimmer: asyncio.Task[None] | None = None
@@ -117,27 +131,69 @@ class LogWriter:
             self.metrics.log_dropped.inc()
 
     async def _run(self) -> None:
+        await self._replay()  # what a worker that stopped during an outage left behind
         while not (self._closing and not len(self._queue)):
             await self._queue.get_ready()
             if not self._closing:
                 await asyncio.sleep(self.flush_seconds)
             await self._write(self._queue.take(2000))
+            if self._spilled:
+                await self._replay()
 
     async def _write(self, batch: list[_Item]) -> None:
         if not batch:
             return
-        for attempt in range(5):
+        self._inflight = batch
+        attempt = 0
+        while True:
             try:
                 # a fresh pipeline per attempt: a failed execute() empties the one it ran, and
                 # re-running that would "succeed" without writing anything. A retry after a
                 # partial write appends some entries twice, which readers de-duplicate.
                 await self._pipeline(batch).execute()
                 self.metrics.log_written.inc(len(batch))
+                self._inflight = []
                 return
             except RedisError as err:
-                log.warning("decision log write failed (attempt %d): %s", attempt + 1, err)
-                await asyncio.sleep(0.1 * 2**attempt)
-        self.metrics.log_dropped.inc(len(batch))
+                attempt += 1
+                if attempt == 1 or attempt % 50 == 0:
+                    log.warning("decision log write failed (attempt %d, %d queued): %s", attempt, len(self._queue), err)
+                if len(self._queue) > self.spill_at:
+                    await self._spill_queue(len(self._queue) - self.spill_at // 2)
+                await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
+
+    async def _spill_queue(self, n: int) -> None:
+        """Move the oldest n queued records to the spill file, keeping memory bounded."""
+        if self._spill is None:
+            return  # without a spill directory the queue's own limit decides (records dropped)
+        items = self._queue.take(n)
+        await asyncio.to_thread(self._spill_sync, items)
+
+    def _spill_sync(self, items: list[_Item]) -> None:
+        assert self._spill is not None
+        self._spill.append([encode_item(s, f, _replay_tuple(r)) for s, f, r in items])
+        self._spilled = True
+        self.metrics.log_spilled.inc(len(items))
+
+    async def _replay(self) -> None:
+        """Write every spill file nobody holds (this worker's own included) to Redis, then delete it."""
+        if self._spill is None:
+            return
+        self._spill.release()
+        self._spilled = False
+        for path in await asyncio.to_thread(self._spill.claim):
+            f = self._spill.open_claimed(path)
+            if f is None:
+                continue
+            try:
+                while lines := await asyncio.to_thread(SpillDir.read_lines, f, 2000):
+                    batch = [_from_line(line) for line in lines]
+                    await self._write(batch)
+                    self.metrics.log_replayed.inc(len(batch))
+                path.unlink()
+                log.info("replayed spilled log records from %s", path.name)
+            finally:
+                f.close()
 
     def _pipeline(self, batch: list[_Item]) -> Pipeline:
         pipe = self.client.pipeline(transaction=False)
@@ -179,7 +235,8 @@ class LogWriter:
         return removed
 
     async def close(self, wait_seconds: float = 10.0) -> None:
-        """Write everything queued, then stop (a batch being written is never abandoned)."""
+        """Write everything queued, then stop. What Redis does not take within `wait_seconds`
+        goes to the spill file for the next worker to replay (or, with no spill directory, is lost)."""
         self._closing = True
         if self._trimmer is not None:
             self._trimmer.cancel()
@@ -191,7 +248,28 @@ class LogWriter:
             try:
                 await asyncio.wait_for(self._task, wait_seconds)
             except TimeoutError:
-                log.error(
-                    "decision log writer did not finish within %.0fs; %d records lost", wait_seconds, len(self._queue)
-                )
+                self._give_up()
             self._task = None
+        if self._spill is not None:
+            self._spill.release()
+
+    def _give_up(self) -> None:
+        left = self._inflight + self._queue.take(len(self._queue))
+        self._inflight = []
+        if self._spill is not None and left:
+            self._spill_sync(left)
+            log.error(
+                "decision log: Redis did not take %d records before shutdown; they are in the spill file", len(left)
+            )
+        elif left:
+            self.metrics.log_dropped.inc(len(left))
+            log.error("decision log writer did not finish; %d records lost (no spill directory)", len(left))
+
+
+def _replay_tuple(replay: Replay | None) -> tuple[Any, ...] | None:
+    return None if replay is None else astuple(replay)
+
+
+def _from_line(line: str) -> _Item:
+    stream, fields, rp = decode_item(line)
+    return stream, dict(fields), None if rp is None else Replay(*rp)
