@@ -29,6 +29,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from server.api import servicers as grpc_api
+from server.api.http import HttpFront
 from server.catalog.spec import CatalogInvalid
 from server.config import Settings
 from server.learning.arms import ArmsReloader
@@ -105,6 +106,10 @@ class Worker:
             ]
         )
         grpc_api.add_to_server(self.service, self.server)
+        self.http: HttpFront | None = None
+        self.http_port: int | None = None
+        if settings.http_port is not None:
+            self.http = HttpFront(self.service, self.metrics, shutdown_seconds=settings.grace_seconds)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
@@ -152,6 +157,8 @@ class Worker:
         self.arms_reloader.start()
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.port}")
         await self.server.start()
+        if self.http is not None and self.settings.http_port is not None:
+            self.http_port = await self.http.start(self.settings.host, self.settings.http_port)
         for name in ("", grpc_api.SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.settings.metrics_port is not None:
@@ -175,6 +182,8 @@ class Worker:
             ("decision log", self.writer.close),
             ("redis client", lambda: self.client.aclose(close_connection_pool=True)),
         ]
+        if self.http is not None:
+            steps.insert(1, ("http front", self.http.stop))
         for name, step in steps:
             try:
                 async with asyncio.timeout(grace + 12):
@@ -246,6 +255,8 @@ class ServerGroup:
     def __init__(self, settings: Settings, redis_url: str) -> None:
         self.settings = settings
         self.port = settings.port or free_port()
+        if settings.http_port == 0:  # every worker must bind the same port
+            settings = self.settings = settings.model_copy(update={"http_port": free_port()})
         ctx = multiprocessing.get_context("spawn")
         self.procs = [
             ctx.Process(
@@ -331,4 +342,6 @@ def run_server(settings: Settings) -> int:
         signal.signal(signal.SIGINT, lambda *_: group.signal())
         group.start()
         print(f"nbo serving on {group.target} with {settings.workers} worker(s); Redis {url}", flush=True)
+        if group.settings.http_port is not None:
+            print(f"HTTP/JSON on http://{group.target.rpartition(':')[0]}:{group.settings.http_port}", flush=True)
         return group.join()
