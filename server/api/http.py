@@ -77,7 +77,9 @@ class HttpFront:
         handlers = {"Decide": self._decide, "ReportOutcome": self._outcomes}
         for rpc, path in RPC_PATHS.items():
             app.router.add_post(path, handlers[rpc])
-        # no access log: one line per decision would cost more than the decision's JSON
+        # no access log: one line per decision would cost more than the decision's JSON. Handlers
+        # are not cancelled when a caller hangs up (aiohttp's default): an award once started
+        # completes or is given back, as under gRPC
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_seconds)
 
     async def start(self, host: str, port: int) -> int:
