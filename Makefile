@@ -19,6 +19,7 @@ demo: $(STAMP)
 ## test: generated-code drift check, lint, format check, types, then the whole test suite
 test: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/python scripts/gen_openapi.py --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

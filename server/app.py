@@ -26,6 +26,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from server.api import servicers as grpc_api
+from server.api.http import HttpFront
 from server.config import Settings
 from server.learning.arms import ArmsReloader
 from server.learning.bandit import NO_ARMS, Arms
@@ -103,6 +104,10 @@ class Worker:
             ]
         )
         grpc_api.add_to_server(self.service, self.server)
+        self.http: HttpFront | None = None
+        self.http_port: int | None = None
+        if settings.http_port is not None:
+            self.http = HttpFront(self.service, self.metrics, shutdown_seconds=settings.grace_seconds)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
@@ -150,6 +155,8 @@ class Worker:
         self.arms_reloader.start()
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.port}")
         await self.server.start()
+        if self.http is not None and self.settings.http_port is not None:
+            self.http_port = await self.http.start(self.settings.host, self.settings.http_port)
         for name in ("", grpc_api.SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.settings.metrics_port is not None:
@@ -173,6 +180,8 @@ class Worker:
             ("decision log", self.writer.close),
             ("redis client", lambda: self.client.aclose(close_connection_pool=True)),
         ]
+        if self.http is not None:
+            steps.insert(1, ("http front", self.http.stop))
         for name, step in steps:
             try:
                 async with asyncio.timeout(grace + 12):

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     port: int = Field(50051, ge=0, le=65535)
     """gRPC port, shared by all worker processes (SO_REUSEPORT). 0 picks a free port."""
 
+    http_port: int | None = Field(None, ge=0, le=65535)
+    """HTTP/JSON port (POST /v1/decide, POST /v1/outcomes) for callers that cannot speak gRPC,
+    served by the same worker processes on the same host; unset = no HTTP. 0 picks a free port."""
+
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     """Worker processes; one per core is the sweet spot for a CPU-bound Python server."""
 

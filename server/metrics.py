@@ -22,6 +22,12 @@ class Metrics:
         self.candidates = Histogram(
             "nbo_candidates", "Offers scored per decision", buckets=CANDIDATE_BUCKETS, registry=r
         )
+        self.http_requests = Counter(
+            "nbo_http_requests",
+            "Requests to the HTTP/JSON front, by path (/v1/decide, /v1/outcomes or other) and HTTP status",
+            ["path", "status"],
+            registry=r,
+        )
         self.outcomes = Counter("nbo_outcomes", "Outcomes reported", ["outcome", "result"], registry=r)
         self.invalid_requests = Counter("nbo_invalid_requests", "Requests rejected as invalid", ["field"], registry=r)
         self.award_refusals = Counter(

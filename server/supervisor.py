@@ -87,6 +87,15 @@ class ServerGroup:
         self.settings = settings
         self.redis_url = redis_url
         self._held, self.port = claim_port(settings.host, settings.port)
+        self._held_http: socket.socket | None = None
+        if settings.http_port is not None:
+            try:
+                self._held_http, http_port = claim_port(settings.host, settings.http_port)
+            except PortTaken:
+                self._held.close()
+                raise
+            # with 0 every worker must still bind the same port: the one claimed here
+            settings = self.settings = settings.model_copy(update={"http_port": http_port})
         self._ctx = multiprocessing.get_context("spawn")
         # shared with the workers: which are serving (each sets its slot once its port answers, the
         # supervisor clears it when the process dies) and how often one was replaced
@@ -211,6 +220,8 @@ class ServerGroup:
             if p.exitcode not in (0, None, -signal.SIGTERM):
                 code = 1
         self._held.close()
+        if self._held_http is not None:
+            self._held_http.close()
         return code
 
     def stop(self) -> int:
@@ -252,4 +263,6 @@ def run_server(settings: Settings) -> int:
             group.stop()
             return 1
         print(f"nbo serving on {group.target} with {settings.workers} worker(s); Redis {url}", flush=True)
+        if group.settings.http_port is not None:
+            print(f"HTTP/JSON on http://{group.target.rpartition(':')[0]}:{group.settings.http_port}", flush=True)
         return group.join()

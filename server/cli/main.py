@@ -53,6 +53,7 @@ def _common(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
 def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
+    p.add_argument("--http-port", type=int, help="also serve HTTP/JSON on this port (default off; 0 = any free port)")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
     p.add_argument("--metrics-port", type=int, help="Prometheus port of worker 0 (worker i: +i)")

@@ -1,0 +1,66 @@
+"""What an error raised by the service means to a caller, for every transport.
+
+One table maps the domain's exceptions to status codes named as gRPC names them; the gRPC
+servicer sets that code, the HTTP/JSON front answers with the HTTP status of `HTTP_STATUS`.
+A caller mistake is never INTERNAL: anything not in the table is a bug, logged with its trace.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from server.domain import NotFoundError, RequestError
+from server.pipeline.service import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Code(enum.StrEnum):
+    """The status codes the API answers with (gRPC's names)."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    UNAVAILABLE = "UNAVAILABLE"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    INTERNAL = "INTERNAL"
+
+
+# the mapping of google.rpc.Code to HTTP that gRPC-JSON gateways use
+HTTP_STATUS: dict[Code, int] = {
+    Code.INVALID_ARGUMENT: 400,
+    Code.NOT_FOUND: 404,
+    Code.UNAVAILABLE: 503,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.UNAUTHENTICATED: 401,
+    Code.PERMISSION_DENIED: 403,
+    Code.INTERNAL: 500,
+}
+
+# first match wins; a new error type of the service gets its row here and both transports follow
+_BY_TYPE: tuple[tuple[type[Exception], Code], ...] = (
+    (RequestError, Code.INVALID_ARGUMENT),
+    (NotFoundError, Code.NOT_FOUND),
+    (ServiceUnavailable, Code.UNAVAILABLE),
+)
+INTERNAL_MESSAGE = "internal error; see the server log"
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    code: Code
+    message: str
+    field: str | None = None  # the request field at fault, for INVALID_ARGUMENT
+
+
+def status_of(err: Exception) -> Status:
+    for kind, code in _BY_TYPE:
+        if isinstance(err, kind):
+            return Status(code, str(err), err.field if isinstance(err, RequestError) else None)
+    log.error("internal error", exc_info=err)
+    return Status(Code.INTERNAL, INTERNAL_MESSAGE)
