@@ -30,7 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server.api import servicers as grpc_api
 from server.catalog.spec import CatalogInvalid
-from server.config import Settings
+from server.config import Settings, configure_logging
 from server.learning.arms import ArmsReloader
 from server.learning.bandit import NO_ARMS, Arms
 from server.metrics import Metrics
@@ -196,10 +196,6 @@ async def _serve_worker(settings: Settings, redis_url: str, port: int, index: in
     await stop.wait()
     log.info("worker %d draining (grace %.1fs)", index, settings.grace_seconds)
     await worker.stop()
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
 
 
 def worker_main(settings_json: str, redis_url: str, port: int, index: int) -> None:

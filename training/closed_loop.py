@@ -35,24 +35,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 import redis
 
+from server.api.aio_client import AsyncNboClient
 from server.app import ServerGroup
 from server.catalog.spec import Catalog, parse_catalog
-from server.cli.export import ExportOptions, export_log
 from server.config import Settings
 from server.features.file import merged_schema
-from server.gen.nbo.v1 import decisioning_pb2 as pb
-from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 from server.models.registry import publish as model_publish
 from server.state.catalog_store import current_schema, publish
 from server.state.embedded_redis import EmbeddedRedis
 from server.state.feature_store import FeatureStore, read_feature_file
 from server.state.keys import Keys
+from server.state.log_reader import LogReader
+from server.state.records import DecisionRecord
 from training.dataset import write_dataset
+from training.export import ExportOptions, export_log
 from training.population import CATEGORICAL, CHANNEL_LEVELS
 from training.scenarios import NEW_OFFER_ID, changed_offers, drifted, with_new_offer
 from training.train import train
@@ -60,7 +60,6 @@ from training.world import CAMPAIGNS, CC, WEB, WEB_SHARE, World
 
 log = logging.getLogger(__name__)
 SCENARIOS = ("stationary", "drift", "new-offer")
-CHANNEL_PB = {"web": pb.WEB, "call_centre": pb.CALL_CENTRE}
 EVENTS = {  # every trigger event of the channel: the world counts decisions as carrying them
     "web": [e for c in CAMPAIGNS if "web" in c.channels for e in c.events],
     "call_centre": [e for c in CAMPAIGNS if "call_centre" in c.channels for e in c.events],
@@ -209,9 +208,8 @@ def _draw_requests(world: World, n: int, seed: int) -> list[Request]:
     return out
 
 
-def _setup(cfg: SimulationConfig, url: str, world: World) -> None:
+def _setup(cfg: SimulationConfig, url: str, keys: Keys, world: World) -> None:
     """Features, catalog, and a model trained on a simulated history, all published."""
-    keys = Keys()
     client = redis.Redis.from_url(url)
     cfg.out.mkdir(parents=True, exist_ok=True)
     features = cfg.out / "customers.csv"
@@ -243,7 +241,7 @@ def _catalog_text(world: World, cfg: SimulationConfig) -> str:
 
 
 async def _drive(
-    cfg: SimulationConfig, target: str, url: str, scenario: Scenario, requests: list[Request]
+    cfg: SimulationConfig, target: str, url: str, keys: Keys, scenario: Scenario, requests: list[Request]
 ) -> list[Sent]:
     queue: asyncio.Queue[Request] = asyncio.Queue()
     for r in requests:
@@ -257,13 +255,12 @@ async def _drive(
 
     async def publish_change(new: World) -> None:
         client = redis.Redis.from_url(url)
-        publish(client, Keys(), _catalog_text(new, cfg), source=f"simulate:{cfg.scenario}")
+        publish(client, keys, _catalog_text(new, cfg), source=f"simulate:{cfg.scenario}")
         client.close()
         await asyncio.sleep(1.5)  # workers poll the catalog every second
         changed.set()
 
-    async def client_task(channel: grpc.aio.Channel) -> None:
-        stub = pb_grpc.DecisioningStub(channel)  # type: ignore[no-untyped-call]
+    async def client_task(client: AsyncNboClient) -> None:
         while not queue.empty():
             r = queue.get_nowait()
             after = change_at is not None and r.index >= change_at
@@ -273,15 +270,7 @@ async def _drive(
                     await publish_change(scenario.new_catalog)
                 await changed.wait()
             world = scenario.truths[int(after)]
-            resp = await stub.Decide(
-                pb.DecideRequest(
-                    customer_id=ids[r.customer],
-                    channel=CHANNEL_PB[r.channel],
-                    context=r.context,
-                    events=EVENTS[r.channel],
-                ),
-                timeout=10,
-            )
+            resp = await client.decide(ids[r.customer], r.channel, context=r.context, events=EVENTS[r.channel])
             # the response carries no timestamp; this is within milliseconds of the decision's
             s = Sent(r, resp.decision_id, resp.offers[0].offer_id if resp.offers else "", int(after), time.time())
             sent.append(s)
@@ -290,42 +279,24 @@ async def _drive(
             j = world.offer_ids.index(s.offer)
             ctx = {k: np.array([v]) for k, v in r.context.items()}
             p = float(world.oracle(np.array([r.customer]), np.array([j]), r.channel, ctx, np.array([s.ts]))[0])
-            outcome = pb.ACCEPTED if draws[r.index] < p else pb.DECLINED
-            value = float(world.offer_value[j]) if outcome == pb.ACCEPTED else 0.0
-            await stub.ReportOutcome(
-                pb.ReportOutcomeRequest(decision_id=s.decision_id, offer_id=s.offer, outcome=outcome, value=value),
-                timeout=10,
-            )
+            accepted = bool(draws[r.index] < p)
+            value = float(world.offer_value[j]) if accepted else 0.0
+            await client.report(s.decision_id, s.offer, "accepted" if accepted else "declined", value)
 
     # one connection per client, so SO_REUSEPORT spreads the load over the workers
-    channels = [
-        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(cfg.concurrency)
-    ]
+    clients = [AsyncNboClient(target, own_connection=True) for _ in range(cfg.concurrency)]
     try:
-        await asyncio.gather(*(client_task(c) for c in channels))
+        await asyncio.gather(*(client_task(c) for c in clients))
     finally:
-        for c in channels:
+        for c in clients:
             await c.close()
     return sent
 
 
-def _read_log(url: str) -> dict[str, dict[str, Any]]:
-    client = redis.Redis.from_url(url)
-    out: dict[str, dict[str, Any]] = {}
-    last = "-"
-    while True:
-        entries: Any = client.xrange(Keys().decision_stream, min=last, count=10_000)
-        if last != "-":
-            entries = entries[1:]
-        if not entries:
-            break
-        for _, fields in entries:
-            rec = json.loads(fields[b"r"])
-            out[rec["decision_id"]] = rec
-        last = entries[-1][0].decode()
-    client.close()
-    return out
+def _read_log(url: str, keys: Keys) -> dict[str, DecisionRecord]:
+    """Every logged decision by id (each once: the log is at least once)."""
+    with redis.Redis.from_url(url) as client:
+        return {rec.decision_id: rec for rec in LogReader(client, keys).decisions()}
 
 
 @dataclass
@@ -357,7 +328,7 @@ class Skipped:
 
 
 def _score(
-    sent: list[Sent], records: dict[str, dict[str, Any]], scenario: Scenario, terms: Terms
+    sent: list[Sent], records: dict[str, DecisionRecord], scenario: Scenario, terms: Terms
 ) -> tuple[Scores, Skipped]:
     scores = Scores.empty()
     control = degraded = missing = 0
@@ -366,17 +337,17 @@ def _score(
         if rec is None:
             missing += 1
             continue
-        if rec["control_group"]:
+        if rec.control_group:
             control += 1
             continue
-        if rec["degraded"]:
+        if rec.degraded:
             degraded += 1
             continue
         world = scenario.truths[s.world_index]
-        cand = rec["candidates"]
+        cand = rec.candidates
         rows = [
             (o, float(p))
-            for o, p, st in zip(cand["offer_id"], cand["propensity"], cand["status"], strict=True)
+            for o, p, st in zip(cand.offer_id, cand.propensity, cand.status, strict=True)
             if st == "chosen" or st.startswith("ranked below")
         ]
         scores.index.append(s.request.index)
@@ -398,7 +369,7 @@ def _score(
         j = np.array([world.offer_ids.index(o) for o in offers])
         r = s.request
         ctx = {k: np.full(len(j), v) for k, v in r.context.items()}
-        true_p = world.oracle(np.full(len(j), r.customer), j, r.channel, ctx, np.full(len(j), float(rec["ts"])))
+        true_p = world.oracle(np.full(len(j), r.customer), j, r.channel, ctx, np.full(len(j), rec.ts))
         value = world.offer_value[j]
         ev = true_p * value
         tier = np.array([terms.tier[o] for o in offers])
@@ -555,7 +526,6 @@ def run(cfg: SimulationConfig) -> SimulationResult:
     requests = _draw_requests(scenario.world, cfg.decisions, cfg.seed)
     cfg.out.mkdir(parents=True, exist_ok=True)
     with EmbeddedRedis(cfg.out / "redis", persist=False) as redis_server:
-        _setup(cfg, redis_server.url, scenario.world)
         settings = Settings(
             redis_url=redis_server.url,
             port=0,
@@ -564,22 +534,24 @@ def run(cfg: SimulationConfig) -> SimulationResult:
             log_level="WARNING",
             model_cache_dir=cfg.out / "models",
         )
+        keys = Keys(settings.key_prefix)
+        _setup(cfg, redis_server.url, keys, scenario.world)
         group = ServerGroup(settings, redis_server.url)
         group.start()
         try:
             group.wait_ready(timeout=60)
             loop_started = time.perf_counter()
-            sent = asyncio.run(_drive(cfg, group.target, redis_server.url, scenario, requests))
+            sent = asyncio.run(_drive(cfg, group.target, redis_server.url, keys, scenario, requests))
             loop_seconds = time.perf_counter() - loop_started
             time.sleep(1.0)  # the last log batches (written at most log_flush_seconds late)
         finally:
             group.stop()
-        records = _read_log(redis_server.url)
+        records = _read_log(redis_server.url, keys)
         # the run's log in the dataset schema, for `nbo train` / `nbo ope` on what the server did;
         # every outcome is reported at once, so no decision is waiting for its reward
         with redis.Redis.from_url(redis_server.url) as client:
-            exported = export_log(client, Keys(), cfg.out / "log.parquet", ExportOptions(include_open=True))
-            schema = current_schema(client, Keys())
+            exported = export_log(client, keys, cfg.out / "log.parquet", ExportOptions(include_open=True))
+            schema = current_schema(client, keys)
     final_catalog = scenario.new_catalog or scenario.world
     if schema is None:
         raise RuntimeError("no feature schema in Redis after set-up")  # _setup loads it: a bug
@@ -703,12 +675,20 @@ def summary_markdown(r: SimulationResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(opts: argparse.Namespace | Sequence[str]) -> int:
-    """`nbo simulate` (its flags are defined in server/cli.py)."""
-    if not isinstance(opts, argparse.Namespace):
-        from server.cli.main import build_parser
+# -- command line (`nbo simulate`, registered in server/cli/simulate.py) -----------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", choices=SCENARIOS, default="stationary")
+    p.add_argument("--decisions", type=int, default=50_000, help="decisions to simulate (default 50,000)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2, help="server worker processes")
+    p.add_argument("--concurrency", type=int, default=16, help="concurrent simulated callers")
+    p.add_argument("--customers", type=int, default=20_000, help="customers in the synthetic world")
+    p.add_argument("--out", type=Path, default=Path("simulation"), help="results go to OUT/<scenario>/")
+    p.add_argument("--no-bandit", dest="bandit", action="store_false", help="the model alone: no bandit, no learner")
 
-        opts = build_parser().parse_args(["simulate", *opts])
+
+def run_command(opts: argparse.Namespace) -> int:
+    """`nbo simulate` (`run` is the simulation itself, from a SimulationConfig)."""
     logging.basicConfig(level=logging.WARNING)
     cfg = SimulationConfig(
         scenario=opts.scenario,
@@ -728,6 +708,14 @@ def main(opts: argparse.Namespace | Sequence[str]) -> int:
         f"({result.exported_rows:,} rows)"
     )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nbo simulate", description="closed loop: the real server and learner against the synthetic world"
+    )
+    add_arguments(parser)
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
