@@ -16,12 +16,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/nbo demo
 
-## test: generated-code drift check, lint, format check, types, then the whole test suite
+## test: generated-code drift check, lint, format check, types, import rules, then the whole test suite
 test: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q
 
 serve: $(STAMP)
