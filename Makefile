@@ -16,13 +16,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/nbo demo
 
-## test: generated-code drift check, lint, format check, types, then the whole test suite
+## test: generated-code drift check, lint, format check, types, import rules, then the whole test suite
 test: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
 	$(BIN)/python scripts/gen_openapi.py --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q
 
 serve: $(STAMP)

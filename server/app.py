@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server.api import servicers as grpc_api
 from server.api.http import HttpFront
-from server.config import Settings
+from server.config import Settings, configure_logging
 from server.learning.arms import ArmsReloader
 from server.learning.bandit import NO_ARMS, Arms
 from server.metrics import Metrics
@@ -231,10 +231,6 @@ async def _serve_worker(
         watch.cancel()
     log.info("worker %d draining (grace %.1fs)", index, settings.grace_seconds)
     await worker.stop()
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
 
 
 def worker_main(

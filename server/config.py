@@ -6,6 +6,7 @@ file, then the defaults here. `REDIS_URL` is also accepted without the prefix.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -114,3 +115,8 @@ class Settings(BaseSettings):
         if not value or any(ch in value for ch in "{} \n"):
             raise ValueError("must be non-empty without braces or whitespace")
         return value
+
+
+def configure_logging(level: str) -> None:
+    """Log lines of every process (server workers, learner, commands) in one format, with the pid."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")

@@ -32,9 +32,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.api import servicers as grpc_api
-from server.app import configure_logging, publish_catalog, redis_for, worker_main
+from server.app import publish_catalog, redis_for, worker_main
 from server.catalog.spec import CatalogInvalid
-from server.config import Settings
+from server.config import Settings, configure_logging
 from server.state import catalog_store
 
 log = logging.getLogger("nbo.supervisor")

@@ -30,7 +30,9 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-CONTEXT_PREFIX = "ctx_"
+# the serving side names context inputs; the dataset's context columns carry the same names
+from server.models.inputs import CONTEXT_PREFIX as CONTEXT_PREFIX  # noqa: PLC0414 (a re-export)
+
 TEXT_COLUMNS = ("decision_id", "customer_id", "channel", "placement", "offer_id")
 NUMERIC_COLUMNS = ("timestamp", "selection_probability", "outcome", "value")
 FIXED_COLUMNS = (

@@ -390,7 +390,13 @@ def report_json(report: Report) -> str:
     return json.dumps(clean(asdict(report)), indent=2)
 
 
-# -- command line ------------------------------------------------------------------------------
+# -- command line (`nbo ope`, registered in server/cli/ope.py) ---------------------------------
+DESCRIPTION = (
+    "Estimate a candidate policy's acceptance rate and value per decision from a logged dataset "
+    "(IPS, SNIPS, doubly robust; 95% intervals; effective sample size). See docs/ope.md."
+)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log", type=Path, required=True, metavar="FILE", help="logged dataset (CSV or Parquet, docs/dataset.md)"
@@ -546,11 +552,7 @@ def run(opts: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="nbo ope",
-        description="Estimate a candidate policy's acceptance rate and value per decision from a logged dataset "
-        "(IPS, SNIPS, doubly robust; 95% intervals; effective sample size). See docs/ope.md.",
-    )
+    parser = argparse.ArgumentParser(prog="nbo ope", description=DESCRIPTION)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

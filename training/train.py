@@ -507,8 +507,11 @@ def _world_oracle(seed: int, customers: int | None) -> Oracle:
     return oracle
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="nbo train", description="Train the propensity model from logged interactions.")
+# -- command line (`nbo train`, registered in server/cli/train.py) ------------------------------
+DESCRIPTION = "Train the propensity model from logged interactions."
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data", type=Path, required=True, help="dataset file (CSV or Parquet)")
     ap.add_argument("--out", type=Path, required=True, help="directory for the model artifacts")
     ap.add_argument("--catalog", type=Path, help="catalog YAML for offer value, cost, prior and campaign type")
@@ -524,7 +527,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the customer features file loaded into the servers: its categorical levels order the model's",
     )
     ap.add_argument("--categorical", default="", help="with --features: comma-separated categorical columns")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     live_schema = None
     if args.features is not None:
         from server.features.file import merged_schema, read_feature_file
@@ -553,6 +558,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(summary(result))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nbo train", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 
 from server.catalog.exploration import BanditPolicy
 from server.catalog.spec import bandit_policy
-from server.config import Settings
+from server.config import Settings, configure_logging
 from server.learning.bandit import arm_key
 from server.metrics import Metrics
 from server.state.keys import Keys
@@ -163,8 +163,6 @@ async def run_learner(settings: Settings, redis_url: str, stop: asyncio.Event | 
 
 def learner_main(settings_json: str, redis_url: str) -> None:
     """Entry point of the learner process `nbo serve --learner` spawns."""
-    from server.app import configure_logging
-
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level)
     asyncio.run(run_learner(settings, redis_url))

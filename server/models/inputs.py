@@ -29,6 +29,7 @@ from server.features.schema import FeatureSchema
 Source = Literal[
     "feature", "context", "offer_id", "channel", "offer_value", "offer_cost", "offer_prior", "campaign_type"
 ]
+# request context `k` is input column `ctx_k`, here and in the training dataset (training.dataset)
 CONTEXT_PREFIX = "ctx_"
 OFFER_COLUMNS: tuple[Source, ...] = ("offer_id", "channel", "offer_value", "offer_cost", "offer_prior", "campaign_type")
 CATEGORICAL_SOURCES = frozenset({"offer_id", "channel", "campaign_type"})

@@ -1,4 +1,5 @@
-"""Catalog versions in Redis: publishing (CLI) and the background reloader (every worker).
+"""Catalog versions in Redis: publishing (CLI), the stored versions the log names, and the
+background reloader (every worker).
 
 A published catalog is immutable: `catalog:v<N>` holds its text and metadata and
 `catalog:current` names the live N. Workers poll the pointer (and the feature-schema pointer,
@@ -14,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -81,18 +83,94 @@ def publish(client: redis.Redis, keys: Keys, text: str, source: str = "catalog")
     return Published(seq, version_label(seq, text), changed=True)
 
 
+class CatalogNotStored(LookupError):
+    """No stored catalog is the version asked for."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCatalog:
+    seq: int
+    version: str  # "<seq>-<hash prefix>": how decisions (DecisionRecord.catalog_version) name it
+    text: str
+    source: str
+    schema_version: int | None  # the feature schema it was published against
+    published_at: float
+
+
+def _stored(client: redis.Redis, keys: Keys, seq: int) -> StoredCatalog | None:
+    raw = client.get(keys.catalog(seq))
+    if raw is None:
+        return None
+    rec: dict[str, Any] = json.loads(cast(bytes, raw))
+    text = str(rec["text"])
+    schema_version = rec.get("schema_version")
+    return StoredCatalog(
+        seq=seq,
+        version=version_label(seq, text),
+        text=text,
+        source=str(rec.get("source", "")),
+        schema_version=schema_version if isinstance(schema_version, int) else None,
+        published_at=float(rec.get("published_at", 0.0)),
+    )
+
+
+def stored_catalog(client: redis.Redis, keys: Keys, version: str) -> StoredCatalog:
+    """The stored catalog a decision names. A Redis rebuilt from scratch reuses sequence numbers,
+    so the content hash in the name must match too; CatalogNotStored when nothing does."""
+    seq, _, _ = version.partition("-")
+    if not seq.isdigit():
+        raise CatalogNotStored(f"catalog version {version!r} is not a stored catalog version")
+    found = _stored(client, keys, int(seq))
+    if found is None:
+        raise CatalogNotStored(f"catalog v{seq} is not stored")
+    if found.version != version:
+        raise CatalogNotStored(f"catalog v{seq} holds {found.version}, not {version}")
+    return found
+
+
+def compile_stored(client: redis.Redis, keys: Keys, stored: StoredCatalog) -> Catalog:
+    """Compile a stored catalog against the feature schema it was published against (a later
+    schema may no longer compile its rules), else the current one. LookupError when there is
+    no schema; CatalogInvalid when it does not compile."""
+    schema = None
+    if stored.schema_version is not None:
+        raw = client.get(keys.schema(stored.schema_version))
+        schema = None if raw is None else FeatureSchema.from_json(cast(bytes, raw))
+    schema = schema or current_schema(client, keys)
+    if schema is None:
+        raise LookupError("no feature schema in Redis")
+    return parse_catalog(stored.text, schema, version=stored.version)
+
+
+class NoCatalog(RuntimeError):
+    """No catalog is published, or the live one cannot be loaded."""
+
+
+def live_catalog(client: redis.Redis, keys: Keys) -> Catalog:
+    """The live catalog compiled as the servers compile it; NoCatalog when there is none."""
+    current = client.get(keys.catalog_current)
+    if current is None:
+        raise NoCatalog("no catalog published: run `nbo catalog load FILE`")
+    seq = int(cast(bytes, current))
+    try:
+        stored = _stored(client, keys, seq)
+        if stored is None:
+            raise LookupError(f"catalog v{seq} is not stored")
+        return compile_stored(client, keys, stored)
+    except (LookupError, CatalogInvalid) as err:
+        raise NoCatalog(f"the live catalog v{seq} cannot be loaded: {err}") from err
+
+
 def list_versions(client: redis.Redis, keys: Keys) -> list[tuple[int, str, str, float, bool]]:
     """(seq, version, source, published_at, live) of every stored catalog version."""
     live = client.get(keys.catalog_current)
-    live_seq = int(live) if live is not None else None
-    last = int(client.get(keys.catalog_seq) or 0)
+    live_seq = int(cast(bytes, live)) if live is not None else None
+    last = int(cast(bytes, client.get(keys.catalog_seq) or 0))
     out = []
     for seq in range(1, last + 1):
-        raw = client.get(keys.catalog(seq))
-        if raw is None:
-            continue
-        rec = json.loads(raw)
-        out.append((seq, version_label(seq, rec["text"]), rec["source"], rec["published_at"], seq == live_seq))
+        found = _stored(client, keys, seq)
+        if found is not None:
+            out.append((seq, found.version, found.source, found.published_at, seq == live_seq))
     return out
 
 

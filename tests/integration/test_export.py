@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 import redis
 
-from server.cli.export import ExportError, ExportOptions, export_log, register
+from server.cli import export as export_command
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.state.keys import Keys
 from server.state.records import RecordError, decode_decision_record, decode_outcome_record
 from tests.integration.harness import Clock, Harness
 from tests.unit.catalog_fixtures import BASE
 from training.dataset import read_dataset
+from training.export import ExportError, ExportOptions, export_log
 from training.train import build_spec, encode, load_catalog
 
 KEYS = Keys()
@@ -92,9 +93,9 @@ def _iso(ts: float) -> str:
 
 def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="nbo")
-    register(parser.add_subparsers(dest="command", required=True))
+    export_command.add_arguments(parser.add_subparsers(dest="command", required=True).add_parser("export"))
     opts = parser.parse_args(argv)
-    return int(opts.func(opts))
+    return export_command.run(opts)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

@@ -13,7 +13,6 @@ from server.catalog.spec import parse_catalog
 from server.features.file import merged_schema
 from server.state.feature_store import read_feature_file
 from training.closed_loop import (
-    PICKING,
     POLICIES,
     SimulationConfig,
     _draw_requests,
@@ -22,6 +21,7 @@ from training.closed_loop import (
     main,
     run,
 )
+from training.closed_loop_scoring import PICKING
 from training.dataset import read_dataset
 from training.population import CATEGORICAL
 from training.scenarios import NEW_OFFER_ID, changed_offers, drifted, with_new_offer

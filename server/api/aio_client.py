@@ -1,0 +1,53 @@
+"""An asyncio client of the Decisioning API, for callers that keep many requests in flight (the
+closed-loop simulation). API-side code like server.api.client: it speaks protobuf as any
+caller would, so nothing outside server/api needs the generated code."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from server.api.client import CHANNELS, OUTCOMES
+from server.gen.nbo.v1 import decisioning_pb2 as pb
+from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
+
+
+class AsyncNboClient:
+    """One channel to a server. `own_connection`: a TCP connection of its own rather than one
+    shared by every channel to the same target, so several clients spread over the worker
+    processes behind one SO_REUSEPORT port."""
+
+    def __init__(self, target: str, *, timeout: float = 10.0, own_connection: bool = True) -> None:
+        options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+        self.channel = grpc.aio.insecure_channel(target, options=options)
+        self.stub = pb_grpc.DecisioningStub(self.channel)  # type: ignore[no-untyped-call]
+        self.timeout = timeout
+
+    async def decide(
+        self,
+        customer_id: str,
+        channel: str,
+        *,
+        context: Mapping[str, float] | None = None,
+        events: Sequence[str] = (),
+        max_offers: int = 1,
+    ) -> Any:
+        request = pb.DecideRequest(
+            customer_id=customer_id,
+            channel=CHANNELS[channel],
+            context=dict(context or {}),
+            events=list(events),
+            max_offers=max_offers,
+        )
+        return await self.stub.Decide(request, timeout=self.timeout)
+
+    async def report(self, decision_id: str, offer_id: str, outcome: str, value: float = 0.0) -> Any:
+        request = pb.ReportOutcomeRequest(
+            decision_id=decision_id, offer_id=offer_id, outcome=OUTCOMES[outcome], value=value
+        )
+        return await self.stub.ReportOutcome(request, timeout=self.timeout)
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -1,0 +1,94 @@
+"""What the `nbo` commands share: consoles, Settings from flags, the Redis they work on, times."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime, tzinfo
+from pathlib import Path
+
+import redis
+from pydantic import ValidationError
+from rich.console import Console
+
+from server.config import Settings
+from server.state.keys import Keys
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def settings(opts: argparse.Namespace) -> Settings:
+    """Settings from NBO_* env vars, overridden by the flags that were given."""
+    fields = set(Settings.model_fields)
+    overrides = {k: v for k, v in vars(opts).items() if k in fields and v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        for e in err.errors():
+            err_console.print(f"error: setting {'.'.join(map(str, e['loc']))}: {e['msg']}")
+        raise SystemExit(2) from None
+
+
+def redis_flags(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """--redis-url, --data-dir and --key-prefix: which Redis, and which deployment's keys in it."""
+    # a nested subcommand must not reset, with its defaults, what its parent command was given
+    default = argparse.SUPPRESS if nested else None
+    p.add_argument(
+        "--redis-url",
+        dest="redis_url",
+        default=default,
+        help="Redis URL (default: REDIS_URL, else a private redis-server)",
+    )
+    p.add_argument(
+        "--data-dir", type=Path, default=default, help="directory of the private redis-server (default .nbo)"
+    )
+    p.add_argument("--key-prefix", default=default, help="prefix of every Redis key (default nbo:)")
+
+
+def serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
+    p.add_argument("--http-port", type=int, help="also serve HTTP/JSON on this port (default off; 0 = any free port)")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port of worker 0 (worker i: +i)")
+
+
+@contextlib.contextmanager
+def open_redis(opts: argparse.Namespace) -> Iterator[tuple[redis.Redis, Keys]]:
+    """A client of the configured (or private) Redis and the key names, closed on exit."""
+    from server.app import redis_for
+
+    chosen = settings(opts)
+    with redis_for(chosen) as url:
+        client = redis.Redis.from_url(url)
+        try:
+            yield client, Keys(chosen.key_prefix)
+        finally:
+            client.close()
+
+
+def parse_at(text: str | None, tz: tzinfo) -> float:
+    """Epoch seconds of an ISO 8601 time (naive: in `tz`); now when None. ValueError if unreadable."""
+    if text is None:
+        return time.time()
+    at = datetime.fromisoformat(text)
+    return (at if at.tzinfo is not None else at.replace(tzinfo=tz)).timestamp()
+
+
+def names(text: str) -> list[str]:
+    """The names of a comma-separated list."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def print_lines(lines: Sequence[str], *, stderr: bool = False) -> None:
+    """Plain lines, one per line however narrow the terminal, for people and scripts alike."""
+    for line in lines:
+        (err_console if stderr else console).print(line, highlight=False, markup=False, emoji=False, soft_wrap=True)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word if n == 1 else words or word + 's'}"

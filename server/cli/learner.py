@@ -1,0 +1,29 @@
+"""`nbo learner`: the bandit's online learner on its own (`nbo serve --learner` runs it beside the server)."""
+
+from __future__ import annotations
+
+import argparse
+
+from server.cli.common import redis_flags, settings
+
+NAME = "learner"
+HELP = "run the bandit's online learner (consumes the outcome stream)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    redis_flags(p)
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+
+
+def run(opts: argparse.Namespace) -> int:
+    import asyncio
+
+    from server.app import redis_for
+    from server.config import configure_logging
+    from server.learning.learner import run_learner
+
+    chosen = settings(opts)
+    configure_logging(chosen.log_level)
+    with redis_for(chosen) as url:
+        asyncio.run(run_learner(chosen, url))
+    return 0

@@ -1,0 +1,211 @@
+"""`nbo budgets reconcile`: the budget counters and per-customer award counts against the log.
+
+A write that never lands (a failover, a release that failed after a timeout) leaves a counter
+off without a trace, and budgets then under- or over-spend. The counters are rebuilt from the
+decision log (server.state.budget_log), compared with what Redis holds, and the differences
+written back as increments, so an award landing meanwhile is kept.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import cast
+
+import redis
+
+from server.catalog.budgets import DAY_KEY_TTL_SECONDS, HOUR_KEY_TTL_SECONDS, Tally, decode_counts
+from server.catalog.spec import Catalog
+from server.state.budget_log import CatalogVersions, Coverage, LogScan, coverage, log_gaps, scan_log
+from server.state.keys import Keys
+from server.state.log_reader import CHUNK
+
+CUSTOMER_CHUNK = 1_000
+AWARD_FIELDS = ("a:o:", "a:c:")  # per-customer award counts in a customer's contacts hash
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """One counter that differs from what the log says."""
+
+    key: str
+    field: str
+    stored: int
+    logged: int
+
+    @property
+    def difference(self) -> int:
+        return self.logged - self.stored
+
+
+def drifts(key: str, stored: Mapping[str, int], logged: Mapping[str, int]) -> list[Drift]:
+    # a missing field is 0: the scripts never write an increment of 0 (a free offer's spend)
+    return [
+        Drift(key, name, stored.get(name, 0), logged.get(name, 0))
+        for name in sorted(stored.keys() | logged.keys())
+        if stored.get(name, 0) != logged.get(name, 0)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetKeys:
+    """The budget hashes the log can rebuild, each with the TTL to set when it is written (None:
+    the total, which never expires), and the stored ones it cannot."""
+
+    ttl: dict[str, int | None]
+    rebuilt: dict[str, dict[str, int]]
+    skipped: list[str]  # stored keys the log cannot rebuild
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPeriods:
+    """The days and hours that have budget counters in Redis."""
+
+    days: frozenset[str]
+    hours: frozenset[str]
+
+    @classmethod
+    def read(cls, client: redis.Redis, keys: Keys) -> StoredPeriods:
+        def suffixes(pattern: str) -> frozenset[str]:
+            marker = pattern.removesuffix("*")
+            found = cast(Iterable[bytes], client.scan_iter(match=pattern, count=1000))
+            return frozenset(k.decode().removeprefix(marker) for k in found)
+
+        return cls(suffixes(keys.budget_day("*")), suffixes(keys.budget_hour("*")))
+
+
+def budget_keys(keys: Keys, tally: Tally, cover: Coverage, stored: StoredPeriods) -> BudgetKeys:
+    ttl: dict[str, int | None] = {keys.budget_total: None}
+    rebuilt: dict[str, dict[str, int]] = {keys.budget_total: tally.total}
+    skipped: list[str] = []
+    stored_days, stored_hours = stored.days, stored.hours
+    for day in sorted(stored_days | tally.days.keys()):
+        if cover.day(day):
+            ttl[keys.budget_day(day)] = DAY_KEY_TTL_SECONDS
+            rebuilt[keys.budget_day(day)] = tally.days.get(day, {})
+        elif day in stored_days:
+            skipped.append(keys.budget_day(day))
+    for hour in sorted(stored_hours | tally.hours.keys()):
+        if cover.hour(hour):
+            ttl[keys.budget_hour(hour)] = HOUR_KEY_TTL_SECONDS
+            rebuilt[keys.budget_hour(hour)] = tally.hours.get(hour, {})
+        elif hour in stored_hours:
+            skipped.append(keys.budget_hour(hour))
+    return BudgetKeys(ttl, rebuilt, skipped)
+
+
+def budget_drifts(client: redis.Redis, plan: BudgetKeys) -> list[Drift]:
+    pipe = client.pipeline(transaction=False)
+    names = list(plan.rebuilt)
+    for key in names:
+        pipe.hgetall(key)
+    stored = [decode_counts(raw) for raw in pipe.execute()]
+    return [d for key, held in zip(names, stored, strict=True) for d in drifts(key, held, plan.rebuilt[key])]
+
+
+@dataclass
+class CustomerDrifts:
+    drifts: list[Drift] = field(default_factory=list)
+    new_keys: set[str] = field(default_factory=set)  # contacts hashes that do not exist yet
+    expired: int = 0  # customers whose contact history expired (idle): not recreated
+
+
+def _award_counts(raw: Mapping[bytes, bytes]) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in raw.items() if k.decode().startswith(AWARD_FIELDS)}
+
+
+def customer_drifts(
+    client: redis.Redis, keys: Keys, scan: LogScan, now: float, history_ttl: int, chunk: int = CUSTOMER_CHUNK
+) -> CustomerDrifts:
+    """Per-customer award counts of every customer awarded in the log, against the log."""
+    out = CustomerDrifts()
+    customers = sorted(scan.last_award)
+    for i in range(0, len(customers), chunk):
+        batch = customers[i : i + chunk]
+        pipe = client.pipeline(transaction=False)
+        for cid in batch:
+            pipe.hgetall(keys.contacts(cid))
+        for cid, raw in zip(batch, pipe.execute(), strict=True):
+            key = keys.contacts(cid)
+            if not raw and now - scan.last_award[cid] > history_ttl:
+                # the history expired after the customer went idle: the server forgot them too
+                out.expired += 1
+                continue
+            found = drifts(key, _award_counts(raw), scan.customers.get(cid, {}))
+            if found and not raw:
+                out.new_keys.add(key)
+            out.drifts += found
+    return out
+
+
+# -- the reconciliation -------------------------------------------------------------------------------
+@dataclass
+class Reconciliation:
+    scan: LogScan
+    fallbacks: dict[str, str]  # catalog version -> why the live catalog stood in for it
+    gaps: list[str]
+    coverage: Coverage
+    budget: BudgetKeys
+    budget_drifts: list[Drift]
+    customers: CustomerDrifts
+
+    @property
+    def all_drifts(self) -> list[Drift]:
+        return self.budget_drifts + self.customers.drifts
+
+
+def plan_reconcile(
+    client: redis.Redis,
+    keys: Keys,
+    live: Catalog,
+    *,
+    maxlen: int,
+    history_ttl: int,
+    now: float,
+    chunk: int = CHUNK,
+) -> Reconciliation:
+    """Rebuild every counter from the log and compare; nothing is written."""
+    catalogs = CatalogVersions(client, keys, live)
+    scan = scan_log(client, keys, catalogs, chunk)
+    tz = live.timezone
+    stored = StoredPeriods.read(client, keys)
+    gaps = log_gaps(client, keys, scan, catalogs.used(), maxlen, sorted(stored.days), tz)
+    cover = coverage(scan, tz, now, complete=not gaps)
+    budget = budget_keys(keys, scan.tally, cover, stored)
+    return Reconciliation(
+        scan=scan,
+        fallbacks=dict(catalogs.fallbacks),
+        gaps=gaps,
+        coverage=cover,
+        budget=budget,
+        budget_drifts=budget_drifts(client, budget),
+        customers=customer_drifts(client, keys, scan, now, history_ttl),
+    )
+
+
+def apply_reconcile(client: redis.Redis, plan: Reconciliation, history_ttl: int) -> None:
+    """Write the log's values. Each fix is an increment by the difference, not a set, so an
+    award that lands while we run is kept rather than overwritten."""
+    if plan.budget_drifts:
+        # every budget key carries the {b} tag: one slot, so one MULTI/EXEC even on a cluster
+        pipe = client.pipeline(transaction=True)
+        for d in plan.budget_drifts:
+            pipe.hincrby(d.key, d.field, d.difference)
+        for key in sorted({d.key for d in plan.budget_drifts}):
+            ttl = plan.budget.ttl[key]
+            if ttl is not None:
+                pipe.expire(key, ttl)
+        pipe.execute()
+    by_customer: dict[str, list[Drift]] = defaultdict(list)
+    for d in plan.customers.drifts:
+        by_customer[d.key].append(d)
+    keys_in_order = sorted(by_customer)
+    for i in range(0, len(keys_in_order), CUSTOMER_CHUNK):
+        pipe = client.pipeline(transaction=False)
+        for key in keys_in_order[i : i + CUSTOMER_CHUNK]:
+            for d in by_customer[key]:
+                pipe.hincrby(key, d.field, d.difference)
+            if key in plan.customers.new_keys:
+                pipe.expire(key, history_ttl)  # as commit.lua: contact history expires when idle
+        pipe.execute()
