@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.faults import redis_faults, server_faults
+from loadtest.faults import edge_faults, redis_faults, server_faults
 from loadtest.faults.env import Env, start_env
 from loadtest.faults.report import Result, machine, render
 
@@ -68,6 +68,7 @@ SCENARIOS: dict[str, Scenario] = {
     "overload": _overload,
     "deadlines": _deadlines,
     "fuzz": lambda s, env: server_faults.fuzz_decide(env, n=int(s.plan.value(100_000, 2_000))),
+    "edges": lambda s, env: edge_faults.edges(env),
 }
 
 

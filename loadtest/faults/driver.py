@@ -76,9 +76,17 @@ async def _sleep_until(t: float) -> None:
 
 
 async def open_loop(
-    target: str, rate: float, duration: float, deadline: float, customers: Sequence[str], *, seed: int = 1,
-    start_at: float = 0.0, channels: int = 16, sink: list[Call] | None = None,
-) -> list[Call]:  # fmt: skip
+    target: str,
+    rate: float,
+    duration: float,
+    deadline: float,
+    customers: Sequence[str],
+    *,
+    seed: int = 1,
+    start_at: float = 0.0,
+    channels: int = 16,
+    sink: list[Call] | None = None,
+) -> list[Call]:
     """Decide calls at `rate` per second for `duration` seconds from `start_at` (monotonic).
 
     Calls are appended to `sink` (if given) as they are sent, so a scenario can watch them live."""
@@ -135,9 +143,16 @@ def _open_loop_proc(args: tuple[str, float, float, float, list[str], int, float]
 
 
 def run_open_loop(
-    target: str, rate: float, duration: float, deadline: float, customers: Sequence[str], *, procs: int = 1,
-    seed: int = 1, start_at: float,
-) -> Awaitable[list[Call]]:  # fmt: skip
+    target: str,
+    rate: float,
+    duration: float,
+    deadline: float,
+    customers: Sequence[str],
+    *,
+    procs: int = 1,
+    seed: int = 1,
+    start_at: float,
+) -> Awaitable[list[Call]]:
     """`open_loop` split over `procs` spawned processes; await the result from the event loop."""
     loop = asyncio.get_running_loop()
     pool = ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"))

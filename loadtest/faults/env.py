@@ -165,6 +165,7 @@ class Server:
     target: str = ""
     metrics_port: int = 0
     proc: subprocess.Popen[str] | None = None
+    first_call: str = ""  # status of a Decide sent the moment the banner was printed
 
     @property
     def stderr_path(self) -> Path:
@@ -185,7 +186,18 @@ class Server:
         if not match:
             raise RuntimeError(f"nbo serve did not start: {banner!r} {self.stderr_text()[-2000:]}")
         self.target = match.group(1)
+        self.first_call = self._call_now()
         self._wait_ready(timeout)
+
+    def _call_now(self) -> str:
+        """One Decide, without waiting for the port: "serving" should mean it answers."""
+        with grpc.insecure_channel(self.target) as channel:
+            stub = pb_grpc.DecisioningStub(channel)  # type: ignore[no-untyped-call]
+            try:
+                stub.Decide(pb.DecideRequest(customer_id="first-call", channel=pb.WEB), timeout=5)
+            except grpc.RpcError as err:
+                return str(err.code().name)
+        return "OK"
 
     def _wait_ready(self, timeout: float) -> None:
         """Every worker logged `serving` and a Decide answers with the catalog live."""

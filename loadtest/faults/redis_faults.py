@@ -4,14 +4,17 @@ start again from its append-only file)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 
 import grpc
 
 from loadtest.faults.driver import Call, open_loop, report_outcome
-from loadtest.faults.env import BUDGETED, KEYS, Env, budget_counter, settled_stream
+from loadtest.faults.env import BUDGETED, KEYS, NBO, Env, budget_counter, settled_stream
 from loadtest.faults.report import Result, codes, ms, pct, percentile
 from server.config import Settings
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
@@ -129,5 +132,22 @@ async def redis_restart(env: Env, down_for: float = 60.0, after: float = 5.0) ->
         f"counter {counter}, log {logged_awards}",
         counter == logged_awards,
     )
+    lowered, said = await asyncio.to_thread(_reconcile_lowers, env)
+    res.check("`nbo budgets reconcile --dry-run` proposes lowering no counter", f"{lowered} ({said})", not lowered)
     res.notes.append(f"{len(calls)} calls in all: {codes(c.code for c in calls)}")
     return res
+
+
+def _reconcile_lowers(env: Env) -> tuple[int, str]:
+    """How many counters `nbo budgets reconcile --dry-run` would lower, and its last line."""
+    run = subprocess.run(
+        [*NBO, "budgets", "reconcile", "--dry-run"],
+        env={**os.environ, "REDIS_URL": env.redis.url},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # its drift table ends each row with the difference, signed: a minus lowers a counter
+    lowered = sum(bool(re.search(r"\s-\d+\s*$", line)) for line in run.stdout.splitlines())
+    last = (run.stdout.strip().splitlines() or run.stderr.strip().splitlines() or [""])[-1]
+    return lowered, f"exit {run.returncode}: {last[:120]}"
