@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import resource
 import signal
 import time
 from collections import Counter
@@ -69,18 +70,27 @@ async def saturation(env: Env, step: float, levels: tuple[int, ...] = (8, 32, 96
     """Best normal answers per second over a short closed-loop ramp (5 s deadline)."""
     best, notes = 0.0, []
     for level in levels:
+        cpu = time.process_time()
         calls = await closed_loop(env.server.target, level, step, 5.0, env.customers)
         rate = sum(c.normal for c in calls) / step
-        notes.append(f"{level} callers: {rate:.0f} normal/s, p50 {ms(percentile([c.latency for c in calls], 50))}")
+        driver = (time.process_time() - cpu) / step  # the driver's own share of the machine
+        notes.append(
+            f"{level} callers: {rate:.0f} normal/s, p50 {ms(percentile([c.latency for c in calls], 50))}, "
+            f"driver {driver:.2f} cores"
+        )
         best = max(best, rate)
     return best, notes
 
 
 async def overload(env: Env, sat: float, duration: float = 10.0, procs: int = 2) -> Result:
     res = Result("overload", f"open loop at 3x saturation ({3 * sat:.0f} req/s), 2 s deadline")
+    cpu, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     calls = await run_open_loop(
         env.server.target, 3 * sat, duration, 2.0, env.customers, procs=procs, start_at=time.monotonic() + 5.0
     )
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    driver = (used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime) / (time.monotonic() - wall)
+    res.info("driver CPU (its processes, start-up and the 5 s wait included)", f"{driver:.2f} cores")
     span = max(c.sent for c in calls) - min(c.sent for c in calls) if calls else 0.0
     res.info("calls sent (achieved rate)", f"{len(calls)} ({len(calls) / span if span else 0:.0f}/s)")
     good = sum(c.normal for c in calls) / duration
