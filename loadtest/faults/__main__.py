@@ -80,7 +80,8 @@ async def run_one(suite: Suite, name: str, work: Path) -> Result:
         env = await asyncio.to_thread(start_env, work / name)
         res = await SCENARIOS[name](suite, env)
     except Exception as err:  # one broken scenario must not hide the others' figures
-        res = Result(name, "did not complete", error=f"{type(err).__name__}: {err}")
+        last = (str(err).strip().splitlines() or [""])[-1][:300]  # the whole traceback is on stderr
+        res = Result(name, "did not complete", error=f"{type(err).__name__}: {last}")
         traceback.print_exc()
     finally:
         if env is not None:

@@ -280,6 +280,7 @@ class Env:
 
 def start_env(tmp: Path, customers: int = 5000, extra_env: dict[str, str] | None = None) -> Env:
     tmp.mkdir(parents=True, exist_ok=True)
+    tmp = tmp.resolve()  # the server runs in it: relative paths would point elsewhere
     rds = Redis(tmp / "redis")
     rds.start()
     server = Server(rds.url, tmp, extra_env=extra_env or {})
