@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
 import resource
@@ -12,7 +13,7 @@ from collections import Counter
 
 import grpc
 
-from loadtest.faults.driver import closed_loop, fuzz, open_loop, random_payloads, run_open_loop
+from loadtest.faults.driver import Call, closed_loop, fuzz, open_loop, random_payloads, run_open_loop
 from loadtest.faults.env import BUDGETED, KEYS, Env, budget_counter, settled_stream
 from loadtest.faults.report import Result, codes, ms, pct, percentile
 from server.gen.nbo.v1 import decisioning_pb2 as pb
@@ -37,6 +38,7 @@ async def worker_kill(env: Env, gap: float = 10.0) -> Result:
     start = time.monotonic() + 1.0
     load = asyncio.create_task(open_loop(env.server.target, RATE, lead + 2 * gap, 5.0, env.customers, start_at=start))
     await asyncio.sleep(start + lead - time.monotonic())
+    kills: list[float] = []
     for index in (0, 1):
         pid = env.server.worker_pids().get(index)
         if pid is None:
@@ -44,6 +46,7 @@ async def worker_kill(env: Env, gap: float = 10.0) -> Result:
             continue
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
+        kills.append(killed_at)
         after = await _replaced_after(env, index, pid, killed_at, gap)
         res.values[f"replaced_{index}"] = after
         res.check(
@@ -63,7 +66,19 @@ async def worker_kill(env: Env, gap: float = 10.0) -> Result:
     res.values.update(failed=len(failed), calls=len(calls), parent_alive=alive)
     res.check("the server (parent) still running", "yes" if alive else "no", alive)
     res.info("degraded answers", str(sum(c.degraded for c in calls)))
+    res.info("failed calls by when they were sent", _by_kill(failed, start, kills))
     return res
+
+
+def _by_kill(failed: list[Call], start: float, kills: list[float]) -> str:
+    """Failed calls per period (before the first kill, after each), with the last one's offset."""
+    edges = [start, *kills, float("inf")]
+    parts = []
+    for i, (lo, hi) in enumerate(itertools.pairwise(edges)):
+        some = [c.sent - lo for c in failed if lo <= c.sent < hi]
+        label = "before the first kill" if i == 0 else f"after kill {i}"
+        parts.append(f"{label}: {len(some)}" + (f" (last sent +{max(some):.2f} s)" if some and i else ""))
+    return "; ".join(parts)
 
 
 async def saturation(env: Env, step: float, levels: tuple[int, ...] = (8, 32, 96)) -> tuple[float, list[str]]:
