@@ -4,6 +4,7 @@ id conflicts, an unknown customer's concurrent repeats, what is counted as inval
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,6 +28,35 @@ class Run:
     banner: str
     stderr: str
     seconds: float
+    stop: str = ""  # how it went when we stopped it with SIGTERM
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _stop(proc: subprocess.Popen[str], grace: float = 30.0) -> str:
+    """SIGTERM (which should drain and stop every worker); SIGKILL what is left after `grace` s."""
+    kids = _children(proc.pid)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+        said = f"exit {proc.returncode} {time.monotonic() - started:.1f} s after SIGTERM"
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        said = f"still running {grace:.0f} s after SIGTERM; killed"
+    settle = time.monotonic() + 3.0  # the resource tracker exits just after its parent
+    while (left := [k for k in kids if Path(f"/proc/{k}").exists()]) and time.monotonic() < settle:
+        time.sleep(0.1)
+    for k in left:  # our own children, orphaned: they must not outlive the run
+        with contextlib.suppress(OSError):
+            os.kill(k, signal.SIGKILL)
+    return said + (f"; {len(left)} child process(es) left running (killed)" if left else "")
 
 
 def _run_serve(args: list[str], env: dict[str, str], cwd: Path, wait: float) -> Run:
@@ -41,15 +71,9 @@ def _run_serve(args: list[str], env: dict[str, str], cwd: Path, wait: float) -> 
     reader.join(wait)  # the banner, or "" once it exited
     code = proc.poll()
     seconds = time.monotonic() - started
-    if code is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop = _stop(proc) if code is None else ""
     proc.stdout.close()
-    return Run(code, "".join(first).strip(), (cwd / "serve.stderr").read_text(errors="replace"), seconds)
+    return Run(code, "".join(first).strip(), (cwd / "serve.stderr").read_text(errors="replace"), seconds, stop)
 
 
 def _err(err: grpc.aio.AioRpcError) -> str:
@@ -156,5 +180,10 @@ async def edges(env: Env) -> Result:
         '`nbo serve` with NBO_METRICS_PORT="" starts',
         run.banner[:100] or f"exit {run.exit_code}",
         "serving on" in run.banner,
+    )
+    res.check(
+        "it stops on SIGTERM within 30 s, leaving no worker",
+        run.stop or "not started",
+        run.stop.startswith("exit") and "left running" not in run.stop,
     )
     return res
