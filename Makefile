@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test serve lint typecheck protos bench-load loadtest clean
+.PHONY: demo test serve lint typecheck protos bench-load loadtest faults faults-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ protos: $(STAMP)
 ## loadtest: h2load against the server and the echo baseline (see loadtest/README.md)
 loadtest: $(STAMP)
 	bash loadtest/run.sh
+
+## faults: the issue-10 fault suite against real Redis and `nbo serve` processes (see loadtest/README.md)
+faults: $(STAMP)
+	$(BIN)/python -m loadtest.faults
+
+faults-quick: $(STAMP)
+	$(BIN)/python -m loadtest.faults --quick
 
 clean:
 	rm -rf $(VENV) .nbo .pytest_cache .mypy_cache .ruff_cache
