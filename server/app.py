@@ -190,10 +190,18 @@ class Worker:
                 log.error("shutdown step %r did not finish in %.0fs; skipped", name, grace + 12)
 
 
-async def _watch_siblings(worker: Worker, settings: Settings, ready: SynchronizedArray[int]) -> None:
-    """Health service `nbo.workers` says whether every worker of this server is serving."""
+async def _watch_siblings(
+    worker: Worker, settings: Settings, ready: SynchronizedArray[int], stop: asyncio.Event
+) -> None:
+    """Health service `nbo.workers` says whether every worker of this server is serving; a
+    worker whose parent died (SIGKILL leaves no one to stop it) drains and exits."""
+    parent = os.getppid()
     last = -1
     while True:
+        if os.getppid() != parent:
+            log.error("the supervisor (pid %d) is gone; this worker stops", parent)
+            stop.set()
+            return
         now = sum(ready[:])
         if now != last:
             up = now >= settings.workers
@@ -225,7 +233,7 @@ async def _serve_worker(
         ready[index] = 1
         worker.metrics.workers_alive.set_function(lambda: sum(ready[:]))
         worker.metrics.worker_restarts.set_function(lambda: restarts.value)
-        watch = asyncio.create_task(_watch_siblings(worker, settings, ready))
+        watch = asyncio.create_task(_watch_siblings(worker, settings, ready, stop))
     await stop.wait()
     if watch is not None:
         watch.cancel()

@@ -211,7 +211,10 @@ class ServerGroup:
 
     def join(self) -> int:
         """Wait until the group is stopped and every process has exited. Returns an exit code."""
-        self._stopping.wait()
+        # a timeout, so the main thread wakes to run a signal handler even when the signal was
+        # delivered to another thread (without it SIGTERM could go unnoticed)
+        while not self._stopping.wait(0.5):
+            pass
         if self._thread.is_alive():
             self._thread.join()
         code = 1 if self._failed else 0

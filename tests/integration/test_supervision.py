@@ -233,3 +233,30 @@ def test_a_second_server_on_the_same_port_is_refused(
     assert done.returncode == 2
     assert "already in use by another process" in done.stderr
     assert served.proc.poll() is None
+
+
+def test_sigterm_right_after_the_banner_is_not_lost(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    load_customers(redis_server.url, CUSTOMER, tmp_path)
+    publish_text(redis_server.url, BASE)
+    for _ in range(3):
+        served = _start(redis_server.url, tmp_path, "0")
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=30) == 0
+
+
+def test_workers_stop_when_their_supervisor_is_killed(served: Served) -> None:
+    _wait_for(lambda: len(served.worker_pids()) == 2, 30)
+    pids = list(served.worker_pids().values())
+    served.proc.kill()
+    served.proc.wait()
+
+    def gone() -> bool:
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            return False
+        return True
+
+    _wait_for(gone, 30)
