@@ -7,9 +7,13 @@ NOT_FOUND naming the field, never UNKNOWN or INTERNAL.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from server.api import converters
 from server.api.status import status_of
@@ -18,6 +22,45 @@ from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 from server.pipeline.service import DecisionService
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Decisioning"].full_name
+log = logging.getLogger(__name__)
+
+
+class Undecodable:
+    """A request whose bytes are not the message: the handler answers INVALID_ARGUMENT.
+
+    gRPC would otherwise answer UNKNOWN with the exception's class and log a traceback per call,
+    which a fuzzer or a broken client turns into megabytes of log."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _decoder(message_type: Any) -> Callable[[bytes], Any]:
+    def decode(raw: bytes) -> Any:
+        try:
+            return message_type.FromString(raw)
+        except DecodeError:
+            return Undecodable(f"request: not a valid {message_type.DESCRIPTOR.full_name} message")
+
+    return decode
+
+
+class _EveryTenSeconds:
+    """Logs the first of a kind of event, then at most one line per 10 s with the count since."""
+
+    def __init__(self) -> None:
+        self._next = 0.0
+        self._count = 0
+
+    def __call__(self, message: str) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now >= self._next:
+            log.warning("%s (%d such requests since the last report)", message, self._count)
+            self._count = 0
+            self._next = now + 10.0
 
 
 def _fail(context: grpc.aio.ServicerContext[Any, Any], err: Exception) -> None:
@@ -31,8 +74,18 @@ def _fail(context: grpc.aio.ServicerContext[Any, Any], err: Exception) -> None:
 class DecisioningServicer(pb_grpc.DecisioningServicer):
     def __init__(self, service: DecisionService) -> None:
         self.service = service
+        self._report_undecodable = _EveryTenSeconds()
+
+    def _undecodable(self, request: Undecodable, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.service.metrics.invalid_requests.labels("message").inc()
+        self._report_undecodable(request.message)
+        context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+        context.set_details(request.message)
 
     async def Decide(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, Undecodable):
+            self._undecodable(request, context)
+            return pb.DecideResponse()
         try:
             decision = await self.service.decide(converters.decide_request_from_pb(request))
         except Exception as err:
@@ -41,6 +94,9 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
         return converters.decide_response_to_pb(decision)
 
     async def ReportOutcome(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, Undecodable):
+            self._undecodable(request, context)
+            return pb.ReportOutcomeResponse()
         try:
             result = await self.service.report_outcome(converters.outcome_from_pb(request))
         except Exception as err:
@@ -50,4 +106,19 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
 
 
 def add_to_server(service: DecisionService, server: grpc.aio.Server) -> None:
-    pb_grpc.add_DecisioningServicer_to_server(DecisioningServicer(service), server)  # type: ignore[no-untyped-call]
+    """As the generated add_DecisioningServicer_to_server, with decoders that never raise."""
+    servicer = DecisioningServicer(service)
+    handlers = {
+        "Decide": grpc.unary_unary_rpc_method_handler(
+            servicer.Decide,
+            request_deserializer=_decoder(pb.DecideRequest),
+            response_serializer=pb.DecideResponse.SerializeToString,
+        ),
+        "ReportOutcome": grpc.unary_unary_rpc_method_handler(
+            servicer.ReportOutcome,
+            request_deserializer=_decoder(pb.ReportOutcomeRequest),
+            response_serializer=pb.ReportOutcomeResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

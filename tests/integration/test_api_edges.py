@@ -48,6 +48,27 @@ async def test_malformed_requests_are_invalid_argument_naming_the_field(
     assert message in (info.value.details() or "")
 
 
+# field 1 (customer_id) as a length-delimited string holding a byte that is not UTF-8; and a
+# lone tag byte with no value
+UNDECODABLE = [pytest.param(b"\x0a\x01\xff", id="bad-utf8"), pytest.param(b"\x9c", id="truncated")]
+
+
+@pytest.mark.parametrize("raw", UNDECODABLE)
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [("Decide", "nbo.v1.DecideRequest"), ("ReportOutcome", "nbo.v1.ReportOutcomeRequest")],
+)
+async def test_undecodable_bytes_are_invalid_argument(nbo: Harness, raw: bytes, method: str, message: str) -> None:
+    assert nbo.channel is not None
+    call = nbo.channel.unary_unary(f"/nbo.v1.Decisioning/{method}", request_serializer=None)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call(raw, timeout=5)
+    assert info.value.code() == INVALID
+    assert info.value.details() == f"request: not a valid {message} message"
+    counted = nbo.worker.metrics.registry.get_sample_value("nbo_invalid_requests_total", {"field": "message"})
+    assert counted is not None and counted >= 1
+
+
 async def test_health_and_reflection(nbo: Harness) -> None:
     assert nbo.channel is not None
     health = health_pb2_grpc.HealthStub(nbo.channel)

@@ -2,9 +2,8 @@
 
 One redis-server and one `nbo serve --workers 2` subprocess for the module; raw-byte fuzzing
 (500 payloads), Redis paused 2 s under 200 req/s, then SIGKILL of each worker. Only correctness
-outcomes are asserted, never timings (the machine may be shared); the targets issue 10 has not
-met yet are strict xfails, so they turn into failures (to be un-marked) once it is fixed. The
-full suite with its timed targets is `make faults`.
+outcomes are asserted, never timings (the machine may be shared). The full suite with its timed
+targets is `make faults`.
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ from loadtest.faults.env import Env, start_env
 from loadtest.faults.redis_faults import redis_pause
 from loadtest.faults.report import Result
 from loadtest.faults.server_faults import fuzz_decide, worker_kill
-
-ISSUE_7 = "issue 10 item 7: undecodable messages are answered UNKNOWN"
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +40,6 @@ async def test_fuzz_no_internal_error_and_no_worker_restart(fuzzed: Result) -> N
     assert sum(fuzzed.values.get(code, 0) for code in ("OK", "INVALID_ARGUMENT", "UNKNOWN", "INTERNAL")) == 500
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE_7)
 async def test_fuzz_no_unknown_status(fuzzed: Result) -> None:
     assert fuzzed.values.get("UNKNOWN", 0) == 0
 
