@@ -97,11 +97,12 @@ class Worker:
         )
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", 1 << 20),
                 ("grpc.keepalive_permit_without_calls", 1),
-            ]
+            ],
         )
         grpc_api.add_to_server(self.service, self.server)
         self.http: HttpFront | None = None

@@ -28,6 +28,19 @@ class Metrics:
             ["path", "status"],
             registry=r,
         )
+        # the names and labels of the usual gRPC server metrics (go-grpc-prometheus, py-grpc-prometheus)
+        rpc = ["grpc_type", "grpc_service", "grpc_method"]
+        self.grpc_started = Counter("grpc_server_started", "RPCs started on the server", rpc, registry=r)
+        self.grpc_handled = Counter(
+            "grpc_server_handled", "RPCs completed on the server, by status code", [*rpc, "grpc_code"], registry=r
+        )
+        self.grpc_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the handler's start to its answer, by method",
+            rpc,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.outcomes = Counter("nbo_outcomes", "Outcomes reported", ["outcome", "result"], registry=r)
         self.invalid_requests = Counter("nbo_invalid_requests", "Requests rejected as invalid", ["field"], registry=r)
         self.award_refusals = Counter(

@@ -19,6 +19,7 @@ from server.api import converters
 from server.api.status import status_of
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
+from server.metrics import Metrics
 from server.pipeline.service import DecisionService
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Decisioning"].full_name
@@ -71,10 +72,36 @@ def _fail(context: grpc.aio.ServicerContext[Any, Any], err: Exception) -> None:
     context.set_details(status.message)
 
 
+class _RpcMetrics:
+    """grpc_server_* for one method, with the labelled children looked up once."""
+
+    def __init__(self, metrics: Metrics, method: str) -> None:
+        labels = ("unary", SERVICE_NAME, method)
+        self._started = metrics.grpc_started.labels(*labels)
+        self._seconds = metrics.grpc_seconds.labels(*labels)
+        self._handled = metrics.grpc_handled
+        self._labels = labels
+        self._by_code: dict[Any, Any] = {}
+
+    def start(self) -> float:
+        self._started.inc()
+        return time.perf_counter()
+
+    def done(self, started: float, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._seconds.observe(time.perf_counter() - started)
+        code = context.code() or grpc.StatusCode.OK
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._handled.labels(*self._labels, code.name)
+        child.inc()
+
+
 class DecisioningServicer(pb_grpc.DecisioningServicer):
     def __init__(self, service: DecisionService) -> None:
         self.service = service
         self._report_undecodable = _EveryTenSeconds()
+        self._decide_rpc = _RpcMetrics(service.metrics, "Decide")
+        self._outcome_rpc = _RpcMetrics(service.metrics, "ReportOutcome")
 
     def _undecodable(self, request: Undecodable, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.service.metrics.invalid_requests.labels("message").inc()
@@ -83,6 +110,20 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
         context.set_details(request.message)
 
     async def Decide(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = self._decide_rpc.start()
+        try:
+            return await self._decide(request, context)
+        finally:
+            self._decide_rpc.done(started, context)
+
+    async def ReportOutcome(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = self._outcome_rpc.start()
+        try:
+            return await self._report_outcome(request, context)
+        finally:
+            self._outcome_rpc.done(started, context)
+
+    async def _decide(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, Undecodable):
             self._undecodable(request, context)
             return pb.DecideResponse()
@@ -93,7 +134,7 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
             return pb.DecideResponse()
         return converters.decide_response_to_pb(decision)
 
-    async def ReportOutcome(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def _report_outcome(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, Undecodable):
             self._undecodable(request, context)
             return pb.ReportOutcomeResponse()

@@ -147,3 +147,28 @@ async def test_no_catalog_yet_is_degraded(redis_url: str) -> None:
         assert (r.no_offer_reason, r.degraded) == (pb.DEGRADED, True)
     finally:
         await harness.stop()
+
+
+async def test_calls_beyond_the_concurrency_bound_are_shed_and_every_answer_is_counted(
+    redis_url: str, tmp_path: Path
+) -> None:
+    load_customers(redis_url, CUSTOMERS, tmp_path)
+    version = publish_text(redis_url, BASE)
+    nbo = Harness(redis_url, Clock(), max_concurrent_rpcs=2)
+    await nbo.start()
+    try:
+        await wait_for_catalog(nbo, version)
+        calls = [nbo.stub.Decide(pb.DecideRequest(customer_id="vip", channel=pb.WEB), timeout=5) for _ in range(60)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await nbo.stop()
+    shed = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert shed, "60 calls at once against a bound of 2 must shed some"
+    assert {r.code() for r in shed} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    ok = len(results) - len(shed)
+    assert ok >= 2
+    handled = nbo.worker.metrics.registry.get_sample_value(
+        "grpc_server_handled_total",
+        {"grpc_type": "unary", "grpc_service": "nbo.v1.Decisioning", "grpc_method": "Decide", "grpc_code": "OK"},
+    )
+    assert handled == ok
