@@ -15,6 +15,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, settings
@@ -261,14 +262,21 @@ class BudgetMachine(RuleBasedStateMachine):
         return out
 
     def redis_counters(self) -> Counter[tuple[str, str]]:
+        keys = self.sync.keys(f"{KEYS.prefix}{{b}}:*")
+        pipe = self.sync.pipeline(transaction=False)  # one round trip: shrinking replays many steps
+        for key in keys:
+            pipe.hgetall(key)
         out: Counter[tuple[str, str]] = Counter()
-        for key in self.sync.scan_iter(f"{KEYS.prefix}{{b}}:*"):
-            for name, value in decode_counts(self.sync.hgetall(key)).items():
-                out[(key.decode(), name)] = value
+        for key, raw in zip(keys, pipe.execute(), strict=True):
+            out.update({(key.decode(), name): value for name, value in decode_counts(raw).items()})
         return out
 
     def snapshot(self, pattern: str) -> dict[bytes, bytes | None]:
-        return {key: self.sync.dump(key) for key in sorted(self.sync.keys(pattern))}
+        keys = sorted(self.sync.keys(pattern))
+        pipe = self.sync.pipeline(transaction=False)
+        for key in keys:
+            pipe.dump(key)
+        return dict(zip(keys, pipe.execute(), strict=True))
 
     @rule(target=held, period=periods, walk=walks, k=st.integers(1, 3))
     def reserve(self, period: int, walk: list[str], k: int) -> object:
@@ -370,14 +378,22 @@ class BudgetMachine(RuleBasedStateMachine):
     @invariant()
     def per_customer_counts_match_and_stay_within_their_caps(self) -> None:
         caps = {f"a:{scope}": b.per_customer for scope, b in self.world.budgets.items() if b.per_customer is not None}
-        for customer, who in self.customers.items():
-            assert decode_counts(self.sync.hgetall(KEYS.contacts(customer))) == dict(+who.counts)
-            assert self.sync.zcard(KEYS.channel_contacts(customer, "web")) == who.sent
-            assert all(who.counts[name] <= cap for name, cap in caps.items()), (customer, who.counts, caps)
+        pipe = self.sync.pipeline(transaction=False)
+        for customer in CUSTOMERS:
+            pipe.hgetall(KEYS.contacts(customer))
+            pipe.zcard(KEYS.channel_contacts(customer, "web"))
+        stored = pipe.execute()
+        for i, who in enumerate(self.customers[c] for c in CUSTOMERS):
+            assert decode_counts(stored[2 * i]) == dict(+who.counts)
+            assert stored[2 * i + 1] == who.sent
+            assert all(who.counts[name] <= cap for name, cap in caps.items()), (who.counts, caps)
             cap = self.world.contact_cap
             assert cap is None or who.sent <= cap
 
 
+# passing takes seconds; a failure then shrinks to a minimal sequence of steps, which can take a
+# few minutes (Hypothesis stops at five), so the suite's 120 s timeout would hide the reproducer
+@pytest.mark.timeout(420)
 def test_budget_counters_always_equal_the_awards_held(redis_url: str) -> None:
     run_state_machine_as_test(
         lambda: BudgetMachine(redis_url),
