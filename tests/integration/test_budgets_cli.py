@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from server.catalog.budgets import Limits, PaceOver, Pacing, Usage
-from server.cli.budgets import Drift, live_catalog, plan_reconcile, scope_row
 from server.cli import main as cli
+from server.cli.budgets import Drift, live_catalog, plan_reconcile, scope_row
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.state.keys import Keys
 from server.state.records import NO_CANDIDATES, DecisionRecord
