@@ -30,7 +30,15 @@ from server.ids import id_problem, new_decision_id, split_decision_id
 from server.metrics import Metrics
 from server.pipeline.arbitration import arbitrate
 from server.pipeline.award import award
-from server.pipeline.context import UNAVAILABLE_STATUSES, LiveConfig, RequestContext, Services, Stage
+from server.pipeline.context import (
+    UNAVAILABLE_STATUSES,
+    CandidateStatus,
+    LiveConfig,
+    Positions,
+    RequestContext,
+    Services,
+    Stage,
+)
 from server.pipeline.control_groups import in_holdout
 from server.pipeline.eligibility import eligibility
 from server.pipeline.explain import no_offer_reason, ranked_offers, suppressed
@@ -39,7 +47,15 @@ from server.pipeline.record import candidate_records, log_decision
 from server.pipeline.scoring import score
 from server.pipeline.validate import validate_request
 from server.state.records import NO_CANDIDATES, OutcomeRecord, decode_decision
-from server.state.store import NOT_OFFERED, RECORDED, UNKNOWN_DECISION, LogSink, StateStore, StateUnavailable
+from server.state.store import (
+    NOT_OFFERED,
+    RECORDED,
+    UNKNOWN_DECISION,
+    CustomerState,
+    LogSink,
+    StateStore,
+    StateUnavailable,
+)
 
 __all__ = ["UNAVAILABLE_STATUSES", "Clock", "DecisionService", "LiveConfig", "ServiceUnavailable", "validate_request"]
 
@@ -59,12 +75,14 @@ class DecisionService:
         metrics: Metrics,
         settings: Settings,
         clock: Clock = time.time,
+        new_id: Callable[[str, float], str] = new_decision_id,
     ) -> None:
         self.store = store
         self.writer = writer
         self.metrics = metrics
         self.settings = settings
         self.clock = clock
+        self.new_id = new_id  # (customer id, now) -> decision id; seeds the bandit's draw
         self.services = Services(store, writer, metrics, settings)
         self.live: LiveConfig | None = None
 
@@ -78,7 +96,7 @@ class DecisionService:
             raise
         live = self.live
         now = self.clock()
-        decision_id = new_decision_id(req.customer_id, now)
+        decision_id = self.new_id(req.customer_id, now)
         if live is None:
             # no catalog yet (or none valid): fail closed rather than guess
             decision = Decision(decision_id, (), NoOfferReason.DEGRADED, "", "", degraded=True)
@@ -90,16 +108,9 @@ class DecisionService:
 
     async def _decide(self, ctx: RequestContext) -> Decision:
         req, catalog = ctx.req, ctx.catalog
-        try:
-            ctx.state = state = await self.store.read(
-                req.customer_id, req.channel.value, ctx.now, catalog.contact_policy.window_seconds, req.request_id
-            )
-        except StateUnavailable as err:
-            self.metrics.redis_errors.labels("read").inc()
-            log.warning("feature/contact read failed, degrading: %s", err)
-            return self._empty(ctx, NoOfferReason.DEGRADED, degraded=True)
-        if state.replay_decision_id is not None:
-            return await self._replay(req.customer_id, state.replay_decision_id)
+        state = await self._read(ctx)
+        if isinstance(state, Decision):
+            return state  # degraded, or the answer to an earlier request with this id
         vector = state.vector
         if vector is None or state.vector_schema not in ctx.live.readable_versions:
             return self._empty(ctx, NoOfferReason.UNKNOWN_CUSTOMER)
@@ -130,9 +141,7 @@ class DecisionService:
         awarded: list[int] = []
         committed = False
         if ctx.control_group:
-            # universal control group: nothing is awarded, but what would have been is logged
-            ctx.would_offer = [ctx.view.offer_ids[p] for p in ranked[: ctx.k if room is None else min(ctx.k, room)]]
-            status.drop(ranked, Stage.RANKED_OUT)
+            _hold_back(ctx, status, ranked, room)
         elif ranked.size or req.request_id:
             outcome = await award(ctx, self.services, status, ranked, room, scores)
             if outcome.degraded:
@@ -153,6 +162,22 @@ class DecisionService:
             ctx, self.services, decision, candidate_records(ctx, status, scores, awarded, taken), keep=committed
         )
         return decision
+
+    async def _read(self, ctx: RequestContext) -> CustomerState | Decision:
+        """Stage 2: everything the decision reads, in one round trip."""
+        req = ctx.req
+        window = ctx.catalog.contact_policy.window_seconds
+        try:
+            ctx.state = state = await self.store.read(
+                req.customer_id, req.channel.value, ctx.now, window, req.request_id
+            )
+        except StateUnavailable as err:
+            self.metrics.redis_errors.labels("read").inc()
+            log.warning("feature/contact read failed, degrading: %s", err)
+            return self._empty(ctx, NoOfferReason.DEGRADED, degraded=True)
+        if state.replay_decision_id is not None:
+            return await self._replay(req.customer_id, state.replay_decision_id)
+        return state
 
     def _empty(self, ctx: RequestContext, reason: NoOfferReason, *, degraded: bool = False) -> Decision:
         decision = Decision(
@@ -235,3 +260,9 @@ class DecisionService:
                 )
             )
         return OutcomeResult(recorded=recorded, duplicate=not recorded)
+
+
+def _hold_back(ctx: RequestContext, status: CandidateStatus, ranked: Positions, room: int | None) -> None:
+    """Universal control group: nothing is awarded, but what would have been is logged."""
+    ctx.would_offer = [ctx.view.offer_ids[p] for p in ranked[: ctx.k if room is None else min(ctx.k, room)]]
+    status.drop(ranked, Stage.RANKED_OUT)

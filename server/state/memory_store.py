@@ -247,7 +247,8 @@ class InMemoryStateStore:
         history = self._hash(contacts)
         if outcome == "presented":
             if self._add(contacts, f"p:{offer_id}", 1) >= max_presented:
-                history[f"s:{offer_id}"] = repr(now + suppression_seconds)
+                # a number computed in Lua reaches the hash as Lua prints it (%.14g)
+                history[f"s:{offer_id}"] = f"{now + suppression_seconds:.14g}"
                 history.pop(f"p:{offer_id}", None)
         elif outcome == "declined":
             history[f"d:{offer_id}"] = repr(now)
