@@ -42,9 +42,9 @@ def rank(
 
 
 def arbitrate(ctx: RequestContext, status: CandidateStatus, scores: Scores) -> npt.NDArray[np.intp]:
-    """Stage 6: rank the live candidates (positions, best first); those below the catalog's
+    """Stage 6: rank the scored candidates (positions, best first); those below the catalog's
     minimum expected value leave at Stage.BELOW. Fills expected value and score."""
-    alive = status.alive()
+    alive = scores.candidates
     if not alive.size:
         return alive
     ranking = rank(ctx.view, alive, scores.propensity[alive], ctx.catalog.min_expected_value)

@@ -28,7 +28,8 @@ _REFUSED = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: one is made per request, and a frozen dataclass's __init__ costs a microsecond
+@dataclass(slots=True)
 class AwardOutcome:
     """Positions awarded; or degraded (state unreachable: send nothing); or the request id was
     already decided (`replay_of`: that decision's id)."""
@@ -41,7 +42,8 @@ class AwardOutcome:
 _DEGRADED = AwardOutcome([], degraded=True)
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: one is made per request, and a frozen dataclass's __init__ costs a microsecond
+@dataclass(slots=True)
 class _Plan:
     """What one award works on: how many may be awarded, the budget period, offer id -> position,
     the scores (propensities are kept for the learner) and the candidates' status."""
@@ -68,7 +70,7 @@ async def award(
         status=status,
     )
     for attempt in range(_AWARD_ATTEMPTS):
-        remaining = [p for p in order if status.is_alive(p)]
+        remaining = status.still_alive(ranked)
         outcome = await _award_once(ctx, svc, plan, remaining, may_retry=attempt + 1 < _AWARD_ATTEMPTS)
         if outcome is not None:
             return outcome
@@ -113,10 +115,7 @@ async def _award_once(
     if committed.status == RETRY:
         return None
     awarded = [plan.by_id[o] for o in committed.awarded]
-    chosen = set(awarded)
-    for p in remaining:
-        if p not in chosen and plan.status.is_alive(p):
-            plan.status.drop_one(p, Stage.RANKED_OUT)
+    plan.status.rank_out(remaining, awarded)
     return AwardOutcome(awarded)
 
 

@@ -10,7 +10,7 @@ and any detail for explain; every stage changes it through its methods only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -49,23 +49,23 @@ class Services:
     settings: Settings
 
 
-class Stage(IntEnum):
+class Stage:
     """Why a candidate left the pipeline, in pipeline order; the furthest stage any candidate
-    reached names the decision's no-offer reason."""
+    reached names the decision's no-offer reason. Plain ints, not an IntEnum: numpy compares
+    and assigns them at C speed, where an enum member costs attribute probing on every use."""
 
-    ALIVE = 0
-    NOT_LIVE = 1
-    NOT_FIRED = 2
-    NOT_TARGETED = 3
-    INELIGIBLE = 4
-    HELD_OUT = 5
-    CONTACT = 6
-    BELOW = 7
-    BUDGET = 8
-    RANKED_OUT = 9
+    ALIVE: Final = 0
+    NOT_LIVE: Final = 1
+    NOT_FIRED: Final = 2
+    NOT_TARGETED: Final = 3
+    INELIGIBLE: Final = 4
+    HELD_OUT: Final = 5
+    CONTACT: Final = 6
+    BELOW: Final = 7
+    BUDGET: Final = 8
+    RANKED_OUT: Final = 9
 
 
-# keyed by int: the stage array holds plain int8 values
 STAGE_REASON: dict[int, NoOfferReason] = {
     Stage.NOT_LIVE: NoOfferReason.NO_ELIGIBLE_OFFER,
     Stage.NOT_FIRED: NoOfferReason.NO_ELIGIBLE_OFFER,
@@ -109,20 +109,30 @@ class CandidateStatus:
     def alive(self) -> Positions:
         return np.flatnonzero(self.stage == Stage.ALIVE)
 
-    def where(self, stage: Stage) -> Positions:
+    def where(self, stage: int) -> Positions:
         return np.flatnonzero(self.stage == stage)
 
-    def is_alive(self, pos: int) -> bool:
-        return bool(self.stage[pos] == Stage.ALIVE)
+    def still_alive(self, positions: Positions) -> list[int]:
+        """Those of `positions` still in the running, in the given order."""
+        out: list[int] = positions[self.stage[positions] == Stage.ALIVE].tolist()
+        return out
 
-    def drop(self, positions: Positions | list[int], stage: Stage) -> None:
+    def drop(self, positions: Positions | list[int], stage: int) -> None:
         """Take candidates out at `stage` (vectorised)."""
         self.stage[positions] = stage
 
-    def drop_one(self, pos: int, stage: Stage, note: str | None = None) -> None:
+    def drop_one(self, pos: int, stage: int, note: str | None = None) -> None:
         self.stage[pos] = stage
         if note is not None:
             self.notes[pos] = note
+
+    def rank_out(self, positions: list[int], awarded: list[int]) -> None:
+        """Those of `positions` still alive and not awarded lost to the offers ranked above them."""
+        chosen = set(awarded)
+        stage = self.stage
+        out = [p for p in positions if p not in chosen and stage[p] == Stage.ALIVE]
+        if out:
+            stage[out] = Stage.RANKED_OUT
 
     def text(self, pos: int) -> str:
         return status_text(int(self.stage[pos]), self.notes.get(pos))
@@ -143,8 +153,9 @@ class CandidateStatus:
 
 @dataclass(slots=True)
 class Scores:
-    """Per offer position on the channel (zero where not scored)."""
+    """Per offer position on the channel (zero where not scored), and the live candidates scored."""
 
+    candidates: Positions  # positions alive when scored (held-out ones are scored but not here)
     propensity: F64
     from_model: npt.NDArray[np.bool_]
     expected: F64
@@ -171,6 +182,8 @@ class RequestContext:
 
     req: DecideRequest
     live: LiveConfig
+    catalog: Catalog  # live.catalog
+    view: ChannelView  # the catalog's offers on the request's channel
     now: float
     decision_id: str
     k: int  # effective max_offers
@@ -179,11 +192,3 @@ class RequestContext:
     would_offer: list[str] = field(default_factory=list)  # universal control group: what it would get
     segments: dict[int, bool] = field(default_factory=dict)  # segment index -> customer is in it
     exploration: Exploration = NO_EXPLORATION
-
-    @property
-    def catalog(self) -> Catalog:
-        return self.live.catalog
-
-    @property
-    def view(self) -> ChannelView:
-        return self.live.catalog.views[self.req.channel]

@@ -16,8 +16,8 @@ from server.pipeline.context import CandidateStatus, RequestContext, Scores, Sta
 def score(ctx: RequestContext, status: CandidateStatus, features: npt.NDArray[np.float32]) -> Scores:
     """Propensity (and whether a model gave it) per offer position; zero where not scored."""
     n = status.stage.size
-    scores = Scores(np.zeros(n), np.zeros(n, dtype=np.bool_), np.zeros(n), np.zeros(n))
     alive = status.alive()
+    scores = Scores(alive, np.zeros(n), np.zeros(n, dtype=np.bool_), np.zeros(n), np.zeros(n))
     held = status.where(Stage.HELD_OUT)
     scored = np.concatenate([alive, held]) if held.size else alive
     if scored.size:

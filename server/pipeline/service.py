@@ -101,7 +101,9 @@ class DecisionService:
             # no catalog yet (or none valid): fail closed rather than guess
             decision = Decision(decision_id, (), NoOfferReason.DEGRADED, "", "", degraded=True)
         else:
-            decision = await self._decide(RequestContext(req, live, now, decision_id, k))
+            catalog = live.catalog
+            ctx = RequestContext(req, live, catalog, catalog.views[req.channel], now, decision_id, k)
+            decision = await self._decide(ctx)
         self.metrics.decisions.labels(req.channel.value, decision.no_offer_reason.value).inc()
         self.metrics.decision_latency.labels(req.channel.value).observe(time.perf_counter() - started)
         return decision
@@ -135,7 +137,7 @@ class DecisionService:
             )
         status, room = eligible.status, eligible.room
         scores = score(ctx, status, vector)
-        self.metrics.candidates.observe(int((status.stage == Stage.ALIVE).sum()))
+        self.metrics.candidates.observe(scores.candidates.size)
         ranked = arbitrate(ctx, status, scores)
         ranked, ctx.exploration = explore(ctx, ranked, scores)
         awarded: list[int] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +39,9 @@ from server.state.store import (
     Recorded,
     Reserved,
 )
+
+if TYPE_CHECKING:
+    from server.state.store import LogSink, StateStore
 
 Hash = dict[str, str]
 
@@ -276,3 +280,8 @@ class InMemoryLog:
 
     def outcome(self, record: OutcomeRecord) -> None:
         self.outcomes.append(record)
+
+
+if TYPE_CHECKING:  # mypy checks that both implement their protocols
+    _store: StateStore = InMemoryStateStore()
+    _log: LogSink = InMemoryLog(InMemoryStateStore())
