@@ -4,7 +4,7 @@ is kept for repeats) and hand both to the log writer, off the request path."""
 from __future__ import annotations
 
 from server.domain import Decision
-from server.pipeline.context import CandidateStatus, RequestContext, Scores, Services
+from server.pipeline.context import CandidateStatus, RequestContext, Scores, Services, status_text
 from server.state.log_writer import Replay
 from server.state.records import Candidates, DecisionRecord, encode_decision
 
@@ -20,6 +20,7 @@ def candidate_records(
     chosen = set(awarded)
     first_choice = ctx.exploration.first_choice
     offers = [catalog.offers[view.offers[p]] for p in positions]
+    stage, notes = status.stage.tolist(), status.notes  # plain ints: cheaper than a scalar each
     return Candidates(
         offer_id=[o.id for o in offers],
         campaign_id=[o.campaign_id for o in offers],
@@ -27,7 +28,7 @@ def candidate_records(
         expected_value=scores.expected[logged].tolist(),
         score=scores.score[logged].tolist(),
         selection_probability=[taken.get(p, first_choice.get(p, 0.0)) for p in positions],
-        status=["chosen" if p in chosen else status.text(p) for p in positions],
+        status=["chosen" if p in chosen else status_text(stage[p], notes.get(p)) for p in positions],
     )
 
 
