@@ -6,7 +6,7 @@ Starts a private redis-server (server.state.embedded_redis, free port, no persis
 customers, compiles real catalogs (server.catalog.spec.parse_catalog against the loaded schema) and
 builds the reservations with server.catalog.budgets.reservation, as the decision pipeline does. Then:
 
-1. Script calls through server.state.redis_store.StateStore (redis.asyncio on uvloop, hiredis, the server's
+1. Script calls through server.state.redis_store.RedisStateStore (redis.asyncio on uvloop, hiredis, the server's
    blocking pool): `reserve` for walks of 1, 3 and 10 candidates, each candidate with 9 checks
    (offer and campaign: total awards, spend, awards today, spend today; channel capacity per
    hour). A walk of n either awards its first candidate (the other n-1 are only sent along) or
@@ -55,7 +55,7 @@ from server.state.embedded_redis import EmbeddedRedis
 from server.state.feature_store import FeatureStore, read_feature_file
 from server.state.keys import Keys
 from server.state.log_writer import LogWriter
-from server.state.redis_store import Pick, StateStore
+from server.state.redis_store import Pick, RedisStateStore
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC: fixed, so the day and hour counter keys are too
 BIG = 1_000_000_000
@@ -176,7 +176,7 @@ async def bench_scripts(
     settings = Settings(redis_url=url, redis_pool_size=opts.concurrency, redis_timeout_seconds=5.0)
     aclient = async_client(url, settings)
     sync = redis.Redis.from_url(url)
-    store = StateStore(aclient, KEYS)
+    store = RedisStateStore(aclient, KEYS)
     # c0..c8 have a daily cap of 1 that is already used; c9 never runs out
     catalog = parse_catalog(
         catalog_text(budgeted=range(N_OFFERS), capacity=True, daily_cap_of={i: 1 for i in range(9)}), schema
@@ -280,7 +280,7 @@ async def decision_service(url: str) -> AsyncIterator[DecisionService]:
     writer = LogWriter(client, KEYS, metrics, flush_seconds=settings.log_flush_seconds, maxlen=10_000)
     writer.start()
     try:
-        yield DecisionService(StateStore(client, KEYS), writer, metrics, settings)
+        yield DecisionService(RedisStateStore(client, KEYS), writer, metrics, settings)
     finally:
         await writer.close()
         await client.aclose(close_connection_pool=True)

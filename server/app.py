@@ -39,7 +39,7 @@ from server.state.catalog_store import CatalogReloader, LiveSnapshot
 from server.state.embedded_redis import EmbeddedRedis, running_url
 from server.state.keys import Keys
 from server.state.log_writer import LogWriter
-from server.state.redis_store import StateStore
+from server.state.redis_store import RedisStateStore
 
 log = logging.getLogger("nbo")
 WORKERS_HEALTH = "nbo.workers"  # SERVING while every worker of the server is serving
@@ -78,7 +78,7 @@ class Worker:
         )
         kwargs: dict[str, Any] = {"clock": clock} if clock else {}
         self.service = DecisionService(
-            StateStore(self.client, self.keys), self.writer, self.metrics, settings, **kwargs
+            RedisStateStore(self.client, self.keys), self.writer, self.metrics, settings, **kwargs
         )
         self.reloader = CatalogReloader(
             self.client, self.keys, self.metrics, self._swap, poll_seconds=settings.catalog_poll_seconds

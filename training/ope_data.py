@@ -5,11 +5,11 @@ The log is read with `training.dataset.read_dataset`, except that rows whose
 `selection_probability` is missing or 0 are kept (with NaN) so that the estimators can skip and
 count them instead of rejecting the whole file.
 
-Candidates of a logged row are what the *current* catalog would consider for it: the offers on
-the row's channel whose campaign is live at the row's timestamp, with channel consent, in a
-target segment and passing the offer's eligibility rule, all evaluated on the row's features
-and context with the server's compiled rules. Trigger campaigns count as fired (the dataset
-keeps no events; training.world logs the same way). Contact policy, budgets, capacity and
+Candidates of a logged row are what the *current* catalog would consider for it, decided by the
+server's own eligibility function (server.pipeline.eligibility) on the row's features, context
+and timestamp: the offers on the row's channel whose campaign is live, with channel consent, in
+a target segment and passing the offer's eligibility rule. Trigger campaigns count as fired (the
+dataset keeps no events; training.world logs the same way). Contact policy, budgets, capacity and
 control groups depend on history that the dataset does not hold: where the log has the
 `unavailable` column (`nbo export` writes it), the offers it names for a row (blocked then by
 contact policy, a campaign control group or a budget) are removed from that row's candidates;
@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from server.catalog.rules import Now
 from server.catalog.spec import Catalog, CatalogInvalid, parse_catalog
 from server.domain import Channel
 from server.features.schema import FeatureSchema, FeatureSpec
 from server.models.inputs import InputSpec, OfferAttributes, build_rows
+from server.pipeline.eligibility import eligibility
 from training.dataset import (
     CONTEXT_PREFIX,
     CSV_SUFFIXES,
@@ -291,47 +290,34 @@ def _candidates(catalog: Catalog, log: LoggedData, vectors: F32, contexts: list[
     positions: list[int] = []
     ids: list[str] = []
     features = vectors.tolist()
-    tz = catalog.timezone
     for i in range(len(log)):
         ch = Channel(str(log.channel[i]))
         view = catalog.views[ch]
         if not view.offers:
             continue
-        feats = features[i]
-        consent_at = catalog.consent.get(ch)
-        if consent_at is not None:
-            flag = feats[consent_at]
-            if not (catalog.consent_missing_allows if math.isnan(flag) else flag > 0):
-                continue
-        ts = float(log.timestamp[i])
-        now = Now.from_datetime(datetime.fromtimestamp(ts, tz))
-        ctx = contexts[i]
-        segments: dict[int, bool] = {}  # each segment rule evaluated at most once, as the server does
-        camp_ok = []
-        for ci in view.campaigns:
-            camp = catalog.campaigns[ci]
-            ok = camp.live(ts)
-            if ok and camp.target:
-                ok = False
-                for s in camp.target:
-                    if s not in segments:
-                        segments[s] = catalog.segments[s].rule(feats, ctx, now)
-                    if segments[s]:
-                        ok = True
-                        break
-            camp_ok.append(ok)
-        alive = [camp_ok[c] for c in view.offer_campaign.tolist()]
-        for pos, rule in view.rules:
-            if alive[pos] and not rule(feats, ctx, now):
-                alive[pos] = False
+        # the server's eligibility; what a dataset row cannot know is passed as unknown: every
+        # trigger counts as fired, control groups and contact history are not applied
+        eligible = eligibility(
+            catalog,
+            ch,
+            features[i],
+            contexts[i],
+            float(log.timestamp[i]),
+            events=None,
+            customer_id=None,
+            history=None,
+            segments={},
+        )
+        if eligible is None:
+            continue  # no consent on the channel
+        alive = eligible.status.alive().tolist()
         if log.unavailable is not None and log.unavailable[i]:
             blocked = log.unavailable[i]
-            alive = [ok and view.offer_ids[pos] not in blocked for pos, ok in enumerate(alive)]
-        for pos, ok in enumerate(alive):
-            if ok:
-                rows.append(i)
-                positions.append(pos)
-                ids.append(view.offer_ids[pos])
+            alive = [pos for pos in alive if view.offer_ids[pos] not in blocked]
+        for pos in alive:
+            rows.append(i)
+            positions.append(pos)
+            ids.append(view.offer_ids[pos])
     return Candidates(
         np.asarray(rows, dtype=np.int64), np.asarray(positions, dtype=np.int64), np.asarray(ids, dtype=np.str_)
     )

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server.catalog.spec import ChannelView
+from server.pipeline.context import CandidateStatus, RequestContext, Scores, Stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,3 +39,15 @@ def rank(
     keys = (positions[idx], -view.priority[positions[idx]], -score[idx], view.tier[positions[idx]])
     order = idx[np.lexsort(keys)]
     return Ranking(order=order, below=np.flatnonzero(~ok), expected_value=expected, score=score)
+
+
+def arbitrate(ctx: RequestContext, status: CandidateStatus, scores: Scores) -> npt.NDArray[np.intp]:
+    """Stage 6: rank the scored candidates (positions, best first); those below the catalog's
+    minimum expected value leave at Stage.BELOW. Fills expected value and score."""
+    alive = scores.candidates
+    if not alive.size:
+        return alive
+    ranking = rank(ctx.view, alive, scores.propensity[alive], ctx.catalog.min_expected_value)
+    scores.expected[alive], scores.score[alive] = ranking.expected_value, ranking.score
+    status.drop(alive[ranking.below], Stage.BELOW)
+    return alive[ranking.order]

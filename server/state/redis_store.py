@@ -12,78 +12,69 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from server.catalog.budgets import DAY_KEY_TTL_SECONDS, HOUR_KEY_TTL_SECONDS, Period, Reservation
 from server.features.schema import decode_vector
 from server.state.contacts import ContactHistory
 from server.state.keys import Keys
+from server.state.store import (
+    CAMPAIGN_CAP,
+    CHANNEL_CAP,
+    COMMITTED,
+    OFFER_CAP,
+    RECORDED,
+    REPLAY,
+    RETRY,
+    Committed,
+    CustomerState,
+    Pick,
+    Recorded,
+    Reserved,
+    StateUnavailable,
+)
+
+__all__ = [
+    "CAMPAIGN_CAP",
+    "CHANNEL_CAP",
+    "COMMITTED",
+    "OFFER_CAP",
+    "REPLAY",
+    "RETRY",
+    "Committed",
+    "CustomerState",
+    "Pick",
+    "Recorded",
+    "RedisStateStore",
+    "Reserved",
+]
 
 
 def _lua(name: str) -> str:
     return resources.files("server.state").joinpath("lua", name).read_text()
 
 
-@dataclass(frozen=True, slots=True)
-class CustomerState:
-    vector: npt.NDArray[np.float32] | None  # None: unknown customer (or unreadable vector)
-    vector_schema: int | None
-    history: ContactHistory
-    replay_decision_id: str | None
+class RedisStateStore:
+    """The StateStore protocol (server.state.store) over Redis, one script call per step; Redis
+    errors leave as StateUnavailable."""
 
-
-@dataclass(frozen=True, slots=True)
-class Pick:
-    """An offer the budget reservation granted, with the per-customer caps to re-check."""
-
-    offer_id: str
-    campaign_id: str
-    offer_cap: int  # -1: none
-    campaign_cap: int
-    propensity: float  # the base propensity the offer was ranked with, kept for the learner
-    prior_sd: float  # the bandit's prior sd for the offer's offset (wider for offers the model lacks)
-
-
-@dataclass(frozen=True, slots=True)
-class Reserved:
-    awarded: tuple[str, ...]
-    refused: tuple[tuple[str, int, int], ...]  # (offer, failing check number from 1, its count)
-
-
-@dataclass(frozen=True, slots=True)
-class Committed:
-    status: int  # COMMITTED; REPLAY of an earlier decision with the same request id; or RETRY
-    decision_id: str
-    awarded: tuple[str, ...]
-    refused: tuple[tuple[str, int], ...]  # (offer, CHANNEL_CAP | OFFER_CAP | CAMPAIGN_CAP)
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    status: int  # 1 recorded, 0 duplicate, -1 unknown decision, -2 offer not in the decision
-    channel: str  # of the decision, when recorded
-    propensity: float  # the offer's base propensity at decision time; NaN if not known
-    prior_sd: float  # the bandit prior sd of the offer's offset; NaN if not known
-
-
-COMMITTED, REPLAY, RETRY = 1, 2, 3  # RETRY: per-customer caps refused every pick, nothing written
-CHANNEL_CAP, OFFER_CAP, CAMPAIGN_CAP = 1, 2, 3
-
-
-class StateStore:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.client = client
-        self.keys = keys
+        self._keys = keys
         self._read = client.register_script(_lua("read.lua"))
         self._reserve = client.register_script(_lua("reserve.lua"))
         self._release = client.register_script(_lua("release.lua"))
         self._commit = client.register_script(_lua("commit.lua"))
         self._outcome = client.register_script(_lua("outcome.lua"))
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
 
     async def read(
         self, customer_id: str, channel: str, now: float, window_seconds: float, request_id: str
@@ -91,15 +82,18 @@ class StateStore:
         k = self.keys
         # one script call instead of a pipeline: same single round trip, a quarter of the
         # client-side command packing, which dominates the cost of a decision's I/O
-        blob, contacts, sent, replay_raw = await self._read(
-            keys=[
-                k.features(customer_id),
-                k.contacts(customer_id),
-                k.channel_contacts(customer_id, channel),
-                k.request(customer_id, request_id or "-"),
-            ],
-            args=[f"({now - window_seconds}", 1 if request_id else 0],
-        )
+        try:
+            blob, contacts, sent, replay_raw = await self._read(
+                keys=[
+                    k.features(customer_id),
+                    k.contacts(customer_id),
+                    k.channel_contacts(customer_id, channel),
+                    k.request(customer_id, request_id or "-"),
+                ],
+                args=[f"({now - window_seconds}", 1 if request_id else 0],
+            )
+        except RedisError as err:
+            raise StateUnavailable(str(err)) from err
         replay = replay_raw.decode() if replay_raw else None
         vector: npt.NDArray[np.float32] | None = None
         version: int | None = None
@@ -122,7 +116,10 @@ class StateStore:
             args += [r.offer_id, len(r.checks)]
             for c in r.checks:
                 args += c.args()
-        raw = await self._reserve(keys=self._budget_keys(period), args=args)
+        try:
+            raw = await self._reserve(keys=self._budget_keys(period), args=args)
+        except RedisError as err:
+            raise StateUnavailable(str(err)) from err
         n = int(raw[0])
         awarded = tuple(x.decode() for x in raw[1 : 1 + n])
         rest = raw[1 + n :]
@@ -136,7 +133,10 @@ class StateStore:
             for c in r.checks:
                 args += [c.key, c.field, c.incr]
         if args[0]:
-            await self._release(keys=self._budget_keys(period), args=args)
+            try:
+                await self._release(keys=self._budget_keys(period), args=args)
+            except RedisError as err:
+                raise StateUnavailable(str(err)) from err
 
     async def commit(
         self,
@@ -176,7 +176,10 @@ class StateStore:
         ]
         for p in picks:
             args += [p.offer_id, p.campaign_id, p.offer_cap, p.campaign_cap, f"{p.propensity!r},{p.prior_sd!r}"]
-        raw = await self._commit(keys=keys, args=args)
+        try:
+            raw = await self._commit(keys=keys, args=args)
+        except RedisError as err:
+            raise StateUnavailable(str(err)) from err
         status = int(raw[0])
         found_id = raw[1].decode()
         if status == REPLAY:
@@ -188,7 +191,10 @@ class StateStore:
         return Committed(status, found_id, awarded, refused)
 
     async def replay(self, customer_id: str, decision_id: str) -> bytes | None:
-        value = await self.client.hget(self.keys.decision(customer_id, decision_id), "response")
+        try:
+            value = await self.client.hget(self.keys.decision(customer_id, decision_id), "response")
+        except RedisError as err:
+            raise StateUnavailable(str(err)) from err
         return value.encode() if isinstance(value, str) else value
 
     async def record_outcome(
@@ -207,12 +213,19 @@ class StateStore:
     ) -> Recorded:
         k = self.keys
         digest = hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()
-        raw = await self._outcome(
-            keys=[k.decision(customer_id, decision_id), k.outcome_event(customer_id, digest), k.contacts(customer_id)],
-            args=[offer_id, outcome, now, event_ttl, max_presented, suppression_seconds, history_ttl],
-        )
+        try:
+            raw = await self._outcome(
+                keys=[
+                    k.decision(customer_id, decision_id),
+                    k.outcome_event(customer_id, digest),
+                    k.contacts(customer_id),
+                ],
+                args=[offer_id, outcome, now, event_ttl, max_presented, suppression_seconds, history_ttl],
+            )
+        except RedisError as err:
+            raise StateUnavailable(str(err)) from err
         status = int(raw[0])
-        if status != 1:
+        if status != RECORDED:
             return Recorded(status, "", math.nan, math.nan)
         p, sd = raw[2].decode().split(",") if raw[2] else ("nan", "nan")
         return Recorded(status, raw[1].decode(), float(p), float(sd))

@@ -20,7 +20,7 @@ from server.state.redis_store import (
     RETRY,
     Committed,
     Pick,
-    StateStore,
+    RedisStateStore,
 )
 
 PERIOD = Period(day="2027-01-15", hour="2027-01-15T10", day_fraction=10 / 24)
@@ -28,9 +28,9 @@ KEYS = Keys()
 
 
 @pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[StateStore]:
+async def store(redis_url: str) -> AsyncIterator[RedisStateStore]:
     client = aioredis.Redis.from_url(redis_url)
-    yield StateStore(client, KEYS)
+    yield RedisStateStore(client, KEYS)
     await client.aclose()
 
 
@@ -52,7 +52,7 @@ def offer(offer_id: str, campaign: str, *, total: int, spend: int, daily: int, c
 
 
 async def test_a_reservation_failing_its_third_check_changes_nothing(
-    store: StateStore, redis_client: redis.Redis
+    store: RedisStateStore, redis_client: redis.Redis
 ) -> None:
     redis_client.hset(KEYS.budget_day(PERIOD.day), "o:a:n", 3)
     redis_client.hset(KEYS.budget_total, mapping={"o:a:n": 3, "o:a:spend": 750})
@@ -65,7 +65,7 @@ async def test_a_reservation_failing_its_third_check_changes_nothing(
 
 
 async def test_the_walk_awards_the_next_candidate_and_counts_exactly_it(
-    store: StateStore, redis_client: redis.Redis
+    store: RedisStateStore, redis_client: redis.Redis
 ) -> None:
     redis_client.hset(KEYS.budget_total, "o:a:n", 10)
     walk = [offer("a", "camp", total=10, spend=10**6, daily=100), offer("b", "camp", total=10, spend=10**6, daily=100)]
@@ -83,7 +83,9 @@ async def test_the_walk_awards_the_next_candidate_and_counts_exactly_it(
     assert redis_client.ttl(KEYS.budget_day(PERIOD.day)) > 0 and redis_client.ttl(KEYS.budget_hour(PERIOD.hour)) > 0
 
 
-async def test_two_offers_of_one_call_add_up_on_a_shared_counter(store: StateStore, redis_client: redis.Redis) -> None:
+async def test_two_offers_of_one_call_add_up_on_a_shared_counter(
+    store: RedisStateStore, redis_client: redis.Redis
+) -> None:
     shared = Check(TOTAL, "c:camp:n", 1, 1, "campaign total")
     walk = [Reservation("a", (shared,)), Reservation("b", (shared,)), Reservation("free", ())]
     result = await store.reserve(PERIOD, 2, walk)
@@ -92,7 +94,7 @@ async def test_two_offers_of_one_call_add_up_on_a_shared_counter(store: StateSto
     assert redis_client.hget(KEYS.budget_total, "c:camp:n") == b"1"
 
 
-async def test_release_gives_back_exactly_what_was_reserved(store: StateStore, redis_client: redis.Redis) -> None:
+async def test_release_gives_back_exactly_what_was_reserved(store: RedisStateStore, redis_client: redis.Redis) -> None:
     walk = [offer("a", "camp", total=10, spend=10**6, daily=100)]
     await store.reserve(PERIOD, 1, walk)
     await store.release(PERIOD, walk)
@@ -101,7 +103,7 @@ async def test_release_gives_back_exactly_what_was_reserved(store: StateStore, r
 
 
 async def commit(
-    store: StateStore, picks: list[Pick], *, cap: int | None = None, request_id: str = "", may_retry: bool = False
+    store: RedisStateStore, picks: list[Pick], *, cap: int | None = None, request_id: str = "", may_retry: bool = False
 ) -> Committed:
     return await store.commit(
         customer_id="c1",
@@ -120,7 +122,7 @@ async def commit(
 
 
 async def test_commit_refusing_on_its_third_check_records_no_contact(
-    store: StateStore, redis_client: redis.Redis
+    store: RedisStateStore, redis_client: redis.Redis
 ) -> None:
     redis_client.hset(KEYS.contacts("c1"), mapping={"a:o:x": 0, "a:c:camp": 2})
     before = {k: redis_client.dump(k) for k in (KEYS.contacts("c1"), KEYS.channel_contacts("c1", "web"))}
@@ -131,7 +133,7 @@ async def test_commit_refusing_on_its_third_check_records_no_contact(
 
 
 async def test_commit_counts_per_customer_caps_and_the_channel_cap(
-    store: StateStore, redis_client: redis.Redis
+    store: RedisStateStore, redis_client: redis.Redis
 ) -> None:
     result = await commit(
         store,
@@ -148,7 +150,7 @@ async def test_commit_counts_per_customer_caps_and_the_channel_cap(
 
 
 async def test_commit_refused_by_a_customer_cap_writes_nothing_when_a_retry_may_follow(
-    store: StateStore, redis_client: redis.Redis
+    store: RedisStateStore, redis_client: redis.Redis
 ) -> None:
     redis_client.hset(KEYS.contacts("c1"), "a:o:x", 1)
     before = snapshot(redis_client)

@@ -1,0 +1,55 @@
+"""Stage 5: the bandit's policy over the ranked candidates.
+
+The walk order is drawn from the policy (seeded by the decision id, so a decision is
+reproducible); every candidate's first-slot probability is kept, so the logged selection
+probabilities are exact. Tiers still rank first: exploration never crosses the business rules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from server.learning.bandit import choose, decision_rng, posterior, taken_probability
+from server.pipeline.context import Exploration, RequestContext, Scores
+
+Positions = npt.NDArray[np.intp]
+
+
+def explore(ctx: RequestContext, ranked: Positions, scores: Scores) -> tuple[Positions, Exploration]:
+    """The walk order (positions) drawn from the bandit's policy, and the draw's probabilities."""
+    policy = ctx.catalog.bandit
+    if not policy.enabled or not ranked.size:
+        return ranked, ctx.exploration
+    view = ctx.view
+    ids = [view.offer_ids[p] for p in ranked]
+    mean, sd, prior = posterior(policy, ctx.live.arms, ctx.req.channel.value, ids, scores.from_model[ranked])
+    weight = view.weight[ranked] * view.value[ranked] * view.lever[ranked]
+    choice = choose(
+        policy,
+        policy.on(ctx.req.channel),
+        scores.propensity[ranked],
+        mean,
+        sd,
+        view.tier[ranked],
+        weight,
+        decision_rng(policy.seed, ctx.decision_id),
+    )
+    order = ranked[choice.order]
+    positions = ranked.tolist()
+    drawn = Exploration(
+        walk=order.tolist(),
+        first_choice=dict(zip(positions, choice.probability.tolist(), strict=True)),
+        adjusted=dict(zip(positions, choice.adjusted.tolist(), strict=True)),
+        prior_sd=dict(zip(positions, prior.tolist(), strict=True)),
+    )
+    return order, drawn
+
+
+def taken_probabilities(drawn: Exploration, awarded: list[int]) -> dict[int, float]:
+    """Probability each awarded offer was drawn with, given what came before it in the walk."""
+    if not drawn.walk:
+        return dict.fromkeys(awarded, 1.0)
+    index = {p: i for i, p in enumerate(drawn.walk)}
+    pi = np.array([drawn.first_choice[p] for p in drawn.walk])
+    return {pos: taken_probability(pi, index[pos], list(range(index[pos]))) for pos in awarded}

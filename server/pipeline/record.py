@@ -1,0 +1,79 @@
+"""Stage 8b: the log — build the decision's typed record (and, for a request id, where its answer
+is kept for repeats) and hand both to the log writer, off the request path."""
+
+from __future__ import annotations
+
+from server.domain import Decision
+from server.pipeline.context import CandidateStatus, RequestContext, Scores, Services, status_text
+from server.state.log_writer import Replay
+from server.state.records import Candidates, DecisionRecord, encode_decision
+
+
+def candidate_records(
+    ctx: RequestContext, status: CandidateStatus, scores: Scores, awarded: list[int], taken: dict[int, float]
+) -> Candidates:
+    """The logged candidates: those that reached scoring, were held out for lift measurement, or
+    were stopped by contact policy or later."""
+    catalog, view = ctx.catalog, ctx.view
+    logged = status.logged()
+    positions = logged.tolist()
+    chosen = set(awarded)
+    first_choice = ctx.exploration.first_choice
+    offers = [catalog.offers[view.offers[p]] for p in positions]
+    stage, notes = status.stage.tolist(), status.notes  # plain ints: cheaper than a scalar each
+    return Candidates(
+        offer_id=[o.id for o in offers],
+        campaign_id=[o.campaign_id for o in offers],
+        propensity=scores.propensity[logged].tolist(),
+        expected_value=scores.expected[logged].tolist(),
+        score=scores.score[logged].tolist(),
+        selection_probability=[taken.get(p, first_choice.get(p, 0.0)) for p in positions],
+        status=["chosen" if p in chosen else status_text(stage[p], notes.get(p)) for p in positions],
+    )
+
+
+def log_decision(ctx: RequestContext, svc: Services, decision: Decision, candidates: Candidates, *, keep: bool) -> None:
+    """`keep`: the commit script ran, so it created the decision and request keys already."""
+    req, state = ctx.req, ctx.state
+    record = DecisionRecord(
+        decision_id=decision.decision_id,
+        ts=ctx.now,
+        customer_id=req.customer_id,
+        channel=req.channel.value,
+        placement=req.placement,
+        context=dict(req.context),
+        events=list(req.events),
+        request_id=req.request_id,
+        schema_version=state.vector_schema if state else None,
+        features=state.vector.tolist() if state is not None and state.vector is not None else None,
+        candidates=candidates,
+        chosen=[o.offer_id for o in decision.offers],
+        no_offer_reason=decision.no_offer_reason.value,
+        model_version=decision.model_version,
+        catalog_version=decision.catalog_version,
+        bandit_version=f"arms-{ctx.live.arms.version}" if ctx.catalog.bandit.enabled else "off",
+        degraded=decision.degraded,
+        control_group=ctx.control_group,
+        would_offer=ctx.would_offer,
+    )
+    svc.writer.decision(record, _replay(ctx, svc, decision, keep=keep))
+
+
+def _replay(ctx: RequestContext, svc: Services, decision: Decision, *, keep: bool) -> Replay | None:
+    req = ctx.req
+    if not req.request_id:
+        return None  # nobody can ask for this answer again
+    keys = svc.store.keys
+    decision_key = keys.decision(req.customer_id, decision.decision_id)
+    if keep:
+        # the commit script created the decision key and the request key; add the full answer
+        return Replay(decision_key, encode_decision(decision))
+    # nothing was awarded, so no script ran: remember the answer for repeats here
+    return Replay(
+        decision_key,
+        encode_decision(decision),
+        request_key=keys.request(req.customer_id, req.request_id),
+        decision_id=decision.decision_id,
+        request_ttl=svc.settings.request_id_ttl_seconds,
+        decision_ttl=svc.settings.decision_ttl_seconds,
+    )

@@ -1,0 +1,287 @@
+"""The StateStore protocol in memory, with the Lua scripts' semantics, for unit tests.
+
+Budget counters, per-customer award caps, contact history, the channel's sends in the window,
+request-id replay and outcome idempotency behave as read.lua, reserve.lua, release.lua,
+commit.lua and outcome.lua do; keys never expire (tests control time through `now`). Faults
+and races are injected with `before[op]`, a callable run at the start of operation `op`
+("read", "reserve", "release", "commit", "replay", "outcome") that may raise StateUnavailable
+or change the state as a concurrent decision would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from server.catalog.budgets import Period, Reservation
+from server.state.contacts import ContactHistory
+from server.state.keys import Keys
+from server.state.log_writer import Replay
+from server.state.records import DecisionRecord, OutcomeRecord
+from server.state.store import (
+    CAMPAIGN_CAP,
+    CHANNEL_CAP,
+    COMMITTED,
+    DUPLICATE,
+    NOT_OFFERED,
+    OFFER_CAP,
+    RECORDED,
+    REPLAY,
+    RETRY,
+    UNKNOWN_DECISION,
+    Committed,
+    CustomerState,
+    Pick,
+    Recorded,
+    Reserved,
+)
+
+if TYPE_CHECKING:
+    from server.state.store import LogSink, StateStore
+
+Hash = dict[str, str]
+
+
+class InMemoryStateStore:
+    def __init__(self, keys: Keys | None = None) -> None:
+        self._keys = keys or Keys()
+        self.features: dict[str, tuple[int, npt.NDArray[np.float32]]] = {}  # customer -> (schema, vector)
+        self.hashes: dict[str, Hash] = {}  # contacts, decisions and budget counters by key
+        self.sent: dict[str, dict[str, float]] = {}  # sent-zset key -> member -> time
+        self.strings: dict[str, str] = {}  # request ids and outcome events
+        self.before: dict[str, Callable[[], None]] = {}
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    def put_features(self, customer_id: str, vector: Sequence[float], schema_version: int = 1) -> None:
+        self.features[customer_id] = (schema_version, np.asarray(vector, dtype=np.float32))
+
+    def budget_counters(self, period: Period) -> tuple[Hash, Hash, Hash]:
+        """The totals, day and hour counter hashes as reserve.lua keeps them."""
+        total, day, hour = self._budget_keys(period)
+        return self.hashes.get(total, {}), self.hashes.get(day, {}), self.hashes.get(hour, {})
+
+    def _hook(self, op: str) -> None:
+        hook = self.before.get(op)
+        if hook is not None:
+            hook()
+
+    def _hash(self, key: str) -> Hash:
+        return self.hashes.setdefault(key, {})
+
+    async def read(
+        self, customer_id: str, channel: str, now: float, window_seconds: float, request_id: str
+    ) -> CustomerState:
+        self._hook("read")
+        k = self._keys
+        stored = self.features.get(customer_id)
+        contacts = self.hashes.get(k.contacts(customer_id), {})
+        sent = self.sent.get(k.channel_contacts(customer_id, channel), {})
+        in_window = sum(1 for t in sent.values() if t > now - window_seconds)
+        history = ContactHistory.from_hash({a.encode(): b.encode() for a, b in contacts.items()}, in_window)
+        replay = self.strings.get(k.request(customer_id, request_id)) if request_id else None
+        if stored is None:
+            return CustomerState(None, None, history, replay)
+        return CustomerState(stored[1].copy(), stored[0], history, replay)
+
+    def _budget_keys(self, period: Period) -> list[str]:
+        k = self._keys
+        return [k.budget_total, k.budget_day(period.day), k.budget_hour(period.hour)]
+
+    async def reserve(self, period: Period, max_awards: int, walk: Sequence[Reservation]) -> Reserved:
+        self._hook("reserve")
+        keys = self._budget_keys(period)
+        pending: dict[tuple[str, str], int] = {}
+        awarded: list[str] = []
+        refused: list[tuple[str, int, int]] = []
+        for r in walk:
+            if len(awarded) >= max_awards:
+                break
+            failed = self._first_failed(keys, r, pending)
+            if failed is not None:
+                refused.append((r.offer_id, *failed))
+                continue
+            awarded.append(r.offer_id)
+            for c in r.checks:
+                slot = (keys[c.key - 1], c.field)
+                pending[slot] = pending.get(slot, 0) + c.incr
+        for (key, fld), incr in pending.items():
+            if incr:
+                self._add(key, fld, incr)
+        return Reserved(tuple(awarded), tuple(refused))
+
+    def _first_failed(
+        self, keys: list[str], r: Reservation, pending: dict[tuple[str, str], int]
+    ) -> tuple[int, int] | None:
+        """(check number from 1, its count) of the first limit the candidate would exceed."""
+        for j, c in enumerate(r.checks, 1):
+            if c.limit < 0:
+                continue
+            slot = (keys[c.key - 1], c.field)
+            used = self._count(*slot) + pending.get(slot, 0)
+            if used + c.incr > c.limit:
+                return j, used
+        return None
+
+    def _count(self, key: str, fld: str) -> int:
+        return int(self.hashes.get(key, {}).get(fld, "0"))
+
+    def _add(self, key: str, fld: str, incr: int) -> int:
+        value = self._count(key, fld) + incr
+        self._hash(key)[fld] = str(value)
+        return value
+
+    async def release(self, period: Period, reservations: Sequence[Reservation]) -> None:
+        self._hook("release")
+        keys = self._budget_keys(period)
+        for r in reservations:
+            for c in r.checks:
+                if c.incr:
+                    self._add(keys[c.key - 1], c.field, -c.incr)
+
+    async def commit(
+        self,
+        *,
+        customer_id: str,
+        channel: str,
+        decision_id: str,
+        request_id: str,
+        now: float,
+        window_seconds: float,
+        channel_cap: int | None,
+        picks: Sequence[Pick],
+        may_retry: bool,
+        decision_ttl: int,
+        request_ttl: int,
+        history_ttl: int,
+    ) -> Committed:
+        self._hook("commit")
+        k = self._keys
+        request_key = k.request(customer_id, request_id)
+        if request_id and request_key in self.strings:
+            return Committed(REPLAY, self.strings[request_key], (), ())
+        sent = self.sent.setdefault(k.channel_contacts(customer_id, channel), {})
+        if channel_cap is not None:
+            for member in [m for m, t in sent.items() if t <= now - window_seconds]:
+                del sent[member]
+        contacts = k.contacts(customer_id)
+        awarded, refused = self._check_caps(contacts, len(sent), channel_cap, picks)
+        if may_retry and not awarded and picks and any(why != CHANNEL_CAP for _, why in refused):
+            return Committed(RETRY, decision_id, (), tuple(refused))
+        decision = self._hash(k.decision(customer_id, decision_id))
+        decision.update(offers=",".join(p.offer_id for p in awarded), channel=channel, ts=repr(now))
+        for p in awarded:
+            sent[f"{decision_id}:{p.offer_id}"] = now
+            decision[f"p:{p.offer_id}"] = f"{p.propensity!r},{p.prior_sd!r}"
+            if p.offer_cap >= 0 or p.campaign_cap >= 0:
+                self._add(contacts, f"a:o:{p.offer_id}", 1)
+                self._add(contacts, f"a:c:{p.campaign_id}", 1)
+        if request_id:
+            self.strings[request_key] = decision_id
+        return Committed(COMMITTED, decision_id, tuple(p.offer_id for p in awarded), tuple(refused))
+
+    def _check_caps(
+        self, contacts: str, sent: int, channel_cap: int | None, picks: Sequence[Pick]
+    ) -> tuple[list[Pick], list[tuple[str, int]]]:
+        """commit.lua's checks, before any write: which picks fit the channel and customer caps."""
+        room = -1 if channel_cap is None else channel_cap - sent
+        counts: dict[str, int] = {}
+        awarded: list[Pick] = []
+        refused: list[tuple[str, int]] = []
+        for p in picks:
+            fo, fc = f"a:o:{p.offer_id}", f"a:c:{p.campaign_id}"
+            for f in (fo, fc):
+                counts.setdefault(f, self._count(contacts, f))
+            if channel_cap is not None and len(awarded) >= room:
+                refused.append((p.offer_id, CHANNEL_CAP))
+            elif p.offer_cap >= 0 and counts[fo] + 1 > p.offer_cap:
+                refused.append((p.offer_id, OFFER_CAP))
+            elif p.campaign_cap >= 0 and counts[fc] + 1 > p.campaign_cap:
+                refused.append((p.offer_id, CAMPAIGN_CAP))
+            else:
+                awarded.append(p)
+                if p.offer_cap >= 0 or p.campaign_cap >= 0:
+                    counts[fo] += 1
+                    counts[fc] += 1
+        return awarded, refused
+
+    async def replay(self, customer_id: str, decision_id: str) -> bytes | None:
+        self._hook("replay")
+        raw = self.hashes.get(self._keys.decision(customer_id, decision_id), {}).get("response")
+        return None if raw is None else raw.encode("latin-1")
+
+    async def record_outcome(
+        self,
+        *,
+        customer_id: str,
+        decision_id: str,
+        offer_id: str,
+        outcome: str,
+        event_id: str,
+        now: float,
+        event_ttl: int,
+        max_presented: int,
+        suppression_seconds: float,
+        history_ttl: int,
+    ) -> Recorded:
+        self._hook("outcome")
+        k = self._keys
+        decision = self.hashes.get(k.decision(customer_id, decision_id))
+        if decision is None or "offers" not in decision:
+            return Recorded(UNKNOWN_DECISION, "", float("nan"), float("nan"))
+        if offer_id not in decision["offers"].split(","):
+            return Recorded(NOT_OFFERED, "", float("nan"), float("nan"))
+        event_key = k.outcome_event(customer_id, event_id)
+        if event_key in self.strings:
+            return Recorded(DUPLICATE, "", float("nan"), float("nan"))
+        self.strings[event_key] = "1"
+        self._apply_outcome(k.contacts(customer_id), offer_id, outcome, now, max_presented, suppression_seconds)
+        p, sd = decision.get(f"p:{offer_id}", "nan,nan").split(",")
+        return Recorded(RECORDED, decision.get("channel", ""), float(p), float(sd))
+
+    def _apply_outcome(
+        self, contacts: str, offer_id: str, outcome: str, now: float, max_presented: int, suppression_seconds: float
+    ) -> None:
+        history = self._hash(contacts)
+        if outcome == "presented":
+            if self._add(contacts, f"p:{offer_id}", 1) >= max_presented:
+                # a number computed in Lua reaches the hash as Lua prints it (%.14g)
+                history[f"s:{offer_id}"] = f"{now + suppression_seconds:.14g}"
+                history.pop(f"p:{offer_id}", None)
+        elif outcome == "declined":
+            history[f"d:{offer_id}"] = repr(now)
+            history.pop(f"p:{offer_id}", None)
+        else:
+            history.pop(f"p:{offer_id}", None)  # any response resets the count without one
+
+
+@dataclass
+class InMemoryLog:
+    """The LogSink protocol in memory: records kept in order, replay answers written to the store
+    at once (the Redis log writer does it within log_flush_seconds)."""
+
+    store: InMemoryStateStore
+    decisions: list[DecisionRecord] = field(default_factory=list)
+    outcomes: list[OutcomeRecord] = field(default_factory=list)
+
+    def decision(self, record: DecisionRecord, replay: Replay | None) -> None:
+        self.decisions.append(record)
+        if replay is None:
+            return
+        self.store.hashes.setdefault(replay.decision_key, {})["response"] = replay.payload.decode("latin-1")
+        if replay.request_key is not None:
+            self.store.strings.setdefault(replay.request_key, replay.decision_id)
+
+    def outcome(self, record: OutcomeRecord) -> None:
+        self.outcomes.append(record)
+
+
+if TYPE_CHECKING:  # mypy checks that both implement their protocols
+    _store: StateStore = InMemoryStateStore()
+    _log: LogSink = InMemoryLog(InMemoryStateStore())

@@ -1,0 +1,151 @@
+"""What the decision pipeline needs from shared state, as a protocol.
+
+`RedisStateStore` (server.state.redis_store) is the production implementation: one Lua script
+per step, each in one Cluster slot. `InMemoryStateStore` (server.state.memory_store) keeps the
+same semantics in dictionaries, for unit tests of the whole pipeline without a redis-server.
+
+Every method raises `StateUnavailable` when the state cannot be reached; the pipeline then
+degrades (send nothing) or answers UNAVAILABLE, never guesses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from server.catalog.budgets import Period, Reservation
+from server.state.contacts import ContactHistory
+from server.state.keys import Keys
+from server.state.log_writer import Replay
+from server.state.records import DecisionRecord, OutcomeRecord
+
+
+class StateUnavailable(Exception):
+    """Shared state could not be read or written (Redis down, timed out, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerState:
+    vector: npt.NDArray[np.float32] | None  # None: unknown customer (or unreadable vector)
+    vector_schema: int | None
+    history: ContactHistory
+    replay_decision_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """An offer the budget reservation granted, with the per-customer caps to re-check."""
+
+    offer_id: str
+    campaign_id: str
+    offer_cap: int  # -1: none
+    campaign_cap: int
+    propensity: float  # the base propensity the offer was ranked with, kept for the learner
+    prior_sd: float  # the bandit's prior sd for the offer's offset (wider for offers the model lacks)
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    awarded: tuple[str, ...]
+    refused: tuple[tuple[str, int, int], ...]  # (offer, failing check number from 1, its count)
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    status: int  # COMMITTED; REPLAY of an earlier decision with the same request id; or RETRY
+    decision_id: str
+    awarded: tuple[str, ...]
+    refused: tuple[tuple[str, int], ...]  # (offer, CHANNEL_CAP | OFFER_CAP | CAMPAIGN_CAP)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    status: int  # RECORDED, DUPLICATE, UNKNOWN_DECISION or NOT_OFFERED
+    channel: str  # of the decision, when recorded
+    propensity: float  # the offer's base propensity at decision time; NaN if not known
+    prior_sd: float  # the bandit prior sd of the offer's offset; NaN if not known
+
+
+COMMITTED, REPLAY, RETRY = 1, 2, 3  # RETRY: per-customer caps refused every pick, nothing written
+CHANNEL_CAP, OFFER_CAP, CAMPAIGN_CAP = 1, 2, 3
+RECORDED, DUPLICATE, UNKNOWN_DECISION, NOT_OFFERED = 1, 0, -1, -2
+
+
+class StateStore(Protocol):
+    """The pipeline's state: one read per decision, budget reserve/release, customer commit,
+    replay lookup and outcome recording."""
+
+    @property
+    def keys(self) -> Keys:
+        """Where decisions and request ids live (the log writer stores replay answers there)."""
+        ...
+
+    async def read(
+        self, customer_id: str, channel: str, now: float, window_seconds: float, request_id: str
+    ) -> CustomerState:
+        """Feature vector, contact history (sends in the window) and an earlier decision of the
+        request id, in one round trip."""
+        ...
+
+    async def reserve(self, period: Period, max_awards: int, walk: Sequence[Reservation]) -> Reserved:
+        """Walk the ranked candidates; award the first `max_awards` that fit every limit, count
+        exactly those."""
+        ...
+
+    async def release(self, period: Period, reservations: Sequence[Reservation]) -> None:
+        """Give back reservations that were not awarded after all."""
+        ...
+
+    async def commit(
+        self,
+        *,
+        customer_id: str,
+        channel: str,
+        decision_id: str,
+        request_id: str,
+        now: float,
+        window_seconds: float,
+        channel_cap: int | None,
+        picks: Sequence[Pick],
+        may_retry: bool,
+        decision_ttl: int,
+        request_ttl: int,
+        history_ttl: int,
+    ) -> Committed:
+        """Re-check the channel cap and per-customer caps, record the contacts, the decision and
+        the request id, atomically. With `may_retry`, when per-customer caps refuse every pick,
+        write nothing and answer RETRY so the caller can try the next candidates."""
+        ...
+
+    async def replay(self, customer_id: str, decision_id: str) -> bytes | None:
+        """The stored answer of an earlier decision, once the log writer has written it."""
+        ...
+
+    async def record_outcome(
+        self,
+        *,
+        customer_id: str,
+        decision_id: str,
+        offer_id: str,
+        outcome: str,
+        event_id: str,
+        now: float,
+        event_ttl: int,
+        max_presented: int,
+        suppression_seconds: float,
+        history_ttl: int,
+    ) -> Recorded:
+        """Apply one outcome to the contact history, once per event id."""
+        ...
+
+
+class LogSink(Protocol):
+    """Where decision and outcome records go, off the request path (server.state.log_writer)."""
+
+    def decision(self, record: DecisionRecord, replay: Replay | None) -> None: ...
+
+    def outcome(self, record: OutcomeRecord) -> None: ...
