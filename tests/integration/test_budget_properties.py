@@ -44,7 +44,7 @@ from server.catalog.budgets import (
 from server.catalog.spec import Catalog, parse_catalog
 from server.domain import Channel
 from server.state.keys import Keys
-from server.state.redis_store import COMMITTED, REPLAY, RETRY, Pick, StateStore
+from server.state.redis_store import COMMITTED, REPLAY, RETRY, Pick, RedisStateStore
 from tests.unit.catalog_fixtures import SCHEMA
 
 KEYS = Keys()
@@ -232,7 +232,7 @@ class BudgetMachine(RuleBasedStateMachine):
         self.sync = redis.Redis.from_url(redis_url)
         self.sync.flushall()  # every example starts from an empty database
         self.aio = aioredis.Redis.from_url(redis_url)
-        self.store = StateStore(self.aio, KEYS)
+        self.store = RedisStateStore(self.aio, KEYS)
         self.awards: Counter[tuple[int, str]] = Counter()  # (period, offer) granted and not released
         self.customers = {c: Customer() for c in CUSTOMERS}
         self.decisions = 0

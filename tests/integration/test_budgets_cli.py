@@ -11,7 +11,6 @@ import redis
 
 from server.catalog.budgets import Limits, PaceOver, Pacing, Usage
 from server.cli import main as cli
-from server.cli.budgets import Drift, live_catalog, plan_reconcile, scope_row
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.state.budget_counters import scope_row
 from server.state.budget_reconcile import Drift, plan_reconcile
