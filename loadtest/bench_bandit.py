@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_reserve import alternate, catalog_text, decision_service, load_customers, summarise
 
-from server.catalog.spec import parse_catalog
+from server.catalog.compiler import parse_catalog
 from server.domain import Channel, DecideRequest
 from server.pipeline.service import DecisionService, LiveConfig
 from server.state.embedded_redis import EmbeddedRedis

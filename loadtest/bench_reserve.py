@@ -3,7 +3,7 @@
     .venv/bin/python loadtest/bench_reserve.py [--calls 20000] [--concurrency 32] [--decisions 12000]
 
 Starts a private redis-server (server.state.embedded_redis, free port, no persistence), loads seeded
-customers, compiles real catalogs (server.catalog.spec.parse_catalog against the loaded schema) and
+customers, compiles real catalogs (server.catalog.compiler.parse_catalog against the loaded schema) and
 builds the reservations with server.catalog.budgets.reservation, as the decision pipeline does. Then:
 
 1. Script calls through server.state.redis_store.RedisStateStore (redis.asyncio on uvloop, hiredis, the server's
@@ -45,7 +45,8 @@ import redis
 
 from server.app import async_client
 from server.catalog.budgets import Period, Reservation, reservation
-from server.catalog.spec import Catalog, parse_catalog
+from server.catalog.compiled import Catalog
+from server.catalog.compiler import parse_catalog
 from server.config import Settings
 from server.domain import Channel, DecideRequest
 from server.features.schema import FeatureSchema

@@ -19,7 +19,7 @@ from pathlib import Path
 import lightgbm
 import numpy as np
 
-from server.catalog.spec import parse_catalog
+from server.catalog.compiler import parse_catalog
 from server.domain import Channel
 from server.features.file import merged_schema, read_feature_file
 from server.models.inputs import spec_for

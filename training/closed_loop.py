@@ -38,7 +38,7 @@ import numpy as np
 import redis
 
 from server.api.aio_client import AsyncNboClient
-from server.catalog.spec import parse_catalog
+from server.catalog.compiler import parse_catalog
 from server.config import Settings
 from server.features.file import merged_schema
 from server.models.registry import publish as model_publish

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from server.catalog.spec import Catalog
+from server.catalog.compiled import Catalog
 from server.state.records import DecisionRecord
 from training.scenarios import NEW_OFFER_ID
 from training.world import World

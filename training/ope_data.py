@@ -30,7 +30,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from server.catalog.spec import Catalog, CatalogInvalid, parse_catalog
+from server.catalog.compiled import Catalog
+from server.catalog.compiler import parse_catalog
+from server.catalog.spec import CatalogInvalid
 from server.domain import Channel
 from server.features.schema import FeatureSchema, FeatureSpec
 from server.models.inputs import InputSpec, OfferAttributes, build_rows

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 from server.domain import Channel
 
 if TYPE_CHECKING:
-    from server.catalog.spec import Catalog, Offer
+    from server.catalog.compiled import Catalog, Offer
 
 # key positions in the reservation script's KEYS (1-based, as Lua sees them)
 TOTAL, DAY, HOUR = 1, 2, 3

@@ -31,7 +31,8 @@ def run(opts: argparse.Namespace) -> int:
 
 
 def _validate(opts: argparse.Namespace) -> int:
-    from server.catalog.spec import CatalogInvalid, parse_catalog
+    from server.catalog.compiler import parse_catalog
+    from server.catalog.spec import CatalogInvalid
     from server.state.catalog_store import current_schema
 
     try:

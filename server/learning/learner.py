@@ -26,8 +26,8 @@ from importlib import resources
 
 import redis.asyncio as aioredis
 
+from server.catalog.compiler import bandit_policy
 from server.catalog.exploration import BanditPolicy
-from server.catalog.spec import bandit_policy
 from server.config import Settings, configure_logging
 from server.learning.bandit import arm_key
 from server.metrics import Metrics

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from server.catalog.spec import Catalog
+from server.catalog.compiled import Catalog
 from server.domain import Channel
 from server.features.schema import FeatureSchema
 from server.models.inputs import InputSpec, OfferAttributes, build_rows

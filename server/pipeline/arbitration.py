@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from server.catalog.spec import ChannelView
+from server.catalog.compiled import ChannelView
 from server.pipeline.context import CandidateStatus, RequestContext, Scores, Stage
 
 

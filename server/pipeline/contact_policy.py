@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from server.catalog.spec import ContactPolicy
+from server.catalog.compiled import ContactPolicy
 from server.domain import Channel
 from server.state.contacts import ContactHistory
 

@@ -15,7 +15,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from server.catalog.spec import Catalog, ChannelView
+from server.catalog.compiled import Catalog, ChannelView
 from server.config import Settings
 from server.domain import DecideRequest, NoOfferReason
 from server.features.schema import FeatureSchema

@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from server.catalog.budgets import per_customer_caps
+from server.catalog.compiled import Catalog, ChannelView
 from server.catalog.rules import Now
-from server.catalog.spec import Catalog, ChannelView
 from server.domain import CampaignType, Channel
 from server.pipeline.contact_policy import blocked_offers, channel_room
 from server.pipeline.context import CandidateStatus, Stage

@@ -3,7 +3,7 @@ the no-offer reason when nothing is awarded."""
 
 from __future__ import annotations
 
-from server.catalog.spec import TIER_NAMES
+from server.catalog.compiled import TIER_NAMES
 from server.domain import CampaignType, NoOfferReason, RankedOffer, SuppressedOffer
 from server.pipeline.context import CandidateStatus, RequestContext, Scores, Stage
 

@@ -15,7 +15,7 @@ from datetime import datetime
 import redis
 
 from server.catalog.budgets import Limits, PaceOver, Pacing, Period, Usage, cents, decode_counts, window_fraction
-from server.catalog.spec import Campaign, Catalog
+from server.catalog.compiled import Campaign, Catalog
 from server.state.keys import Keys
 
 

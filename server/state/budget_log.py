@@ -24,7 +24,8 @@ from server.catalog.budgets import (
     Tally,
     per_customer_caps,
 )
-from server.catalog.spec import Campaign, Catalog, CatalogInvalid
+from server.catalog.compiled import Campaign, Catalog
+from server.catalog.spec import CatalogInvalid
 from server.domain import Channel
 from server.state.catalog_store import compile_stored, stored_catalog
 from server.state.keys import Keys

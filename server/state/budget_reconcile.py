@@ -16,7 +16,7 @@ from typing import cast
 import redis
 
 from server.catalog.budgets import DAY_KEY_TTL_SECONDS, HOUR_KEY_TTL_SECONDS, Tally, decode_counts
-from server.catalog.spec import Catalog
+from server.catalog.compiled import Catalog
 from server.state.budget_log import CatalogVersions, Coverage, LogScan, coverage, log_gaps, scan_log
 from server.state.keys import Keys
 from server.state.log_reader import CHUNK

@@ -20,7 +20,9 @@ from typing import Any, cast
 import redis
 import redis.asyncio as aioredis
 
-from server.catalog.spec import Catalog, CatalogInvalid, content_hash, parse_catalog
+from server.catalog.compiled import Catalog, content_hash
+from server.catalog.compiler import parse_catalog
+from server.catalog.spec import CatalogInvalid
 from server.features.schema import FeatureSchema
 from server.metrics import Metrics
 from server.state.keys import Keys

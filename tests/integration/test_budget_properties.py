@@ -41,7 +41,8 @@ from server.catalog.budgets import (
     per_customer_caps,
     reservation,
 )
-from server.catalog.spec import Catalog, parse_catalog
+from server.catalog.compiled import Catalog
+from server.catalog.compiler import parse_catalog
 from server.domain import Channel
 from server.state.keys import Keys
 from server.state.redis_store import COMMITTED, REPLAY, RETRY, Pick, RedisStateStore

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.catalog.spec import parse_catalog
+from server.catalog.compiler import parse_catalog
 from server.features.file import merged_schema
 from server.state.feature_store import read_feature_file
 from training.closed_loop import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.catalog.spec import parse_catalog
+from server.catalog.compiler import parse_catalog
 from server.domain import Channel
 from server.pipeline.arbitration import rank
 from tests.unit.catalog_fixtures import BASE, SCHEMA

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from server.catalog.spec import parse_catalog
+from server.catalog.compiler import parse_catalog
 from server.domain import Channel
 from server.learning.bandit import (
     Arm,

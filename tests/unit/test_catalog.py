@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from server.catalog.budgets import DAY, HOUR, TOTAL, Limits, PaceOver, Pacing, Period, per_customer_caps, reservation
-from server.catalog.spec import CatalogInvalid, parse_catalog
+from server.catalog.compiler import parse_catalog
+from server.catalog.spec import CatalogInvalid
 from server.domain import CampaignType, Channel
 from tests.unit.catalog_fixtures import BASE, SCHEMA
 

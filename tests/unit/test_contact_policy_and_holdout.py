@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.catalog.spec import ContactPolicy
+from server.catalog.compiled import ContactPolicy
 from server.domain import Channel
 from server.pipeline.contact_policy import blocked_offers, channel_room
 from server.pipeline.control_groups import bucket, in_holdout

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from server.catalog.budgets import Period
-from server.catalog.spec import parse_catalog
+from server.catalog.compiler import parse_catalog
 from server.config import Settings
 from server.domain import Channel, DecideRequest, Decision, NoOfferReason, Outcome, OutcomeReport
 from server.learning.bandit import NO_ARMS

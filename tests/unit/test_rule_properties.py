@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from server.catalog.compiler import parse_catalog
 from server.catalog.rules import Now, Rule, RuleError, compile_rule
-from server.catalog.spec import CatalogInvalid, parse_catalog
+from server.catalog.spec import CatalogInvalid
 from tests.unit.catalog_fixtures import BASE, SCHEMA
 
 CONTEXT_KEYS = frozenset({"cart_value", "page_views"})

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.catalog.spec import parse_catalog
+from server.catalog.compiler import parse_catalog
 from server.features.file import merged_schema, read_feature_file
 from training.dataset import FIXED_COLUMNS, read_dataset, write_dataset
 from training.population import CATEGORICAL
