@@ -56,7 +56,8 @@ def log_decision(ctx: RequestContext, svc: Services, decision: Decision, candida
         control_group=ctx.control_group,
         would_offer=ctx.would_offer,
     )
-    svc.writer.decision(record, _replay(ctx, svc, decision, keep=keep))
+    # a degraded answer is not remembered: a retry with the same request id deserves a real decision
+    svc.writer.decision(record, None if decision.degraded else _replay(ctx, svc, decision, keep=keep))
 
 
 def _replay(ctx: RequestContext, svc: Services, decision: Decision, *, keep: bool) -> Replay | None:

@@ -190,8 +190,9 @@ class DecisionService:
             catalog_version=ctx.catalog.version,
             degraded=degraded,
         )
-        if not degraded:
-            log_decision(ctx, self.services, decision, NO_CANDIDATES, keep=False)
+        # degraded ones too, flagged: the log must show every answer (export, reconcile and the
+        # simulation skip them), but log_decision never stores them for request-id replay
+        log_decision(ctx, self.services, decision, NO_CANDIDATES, keep=False)
         return decision
 
     async def _replay(self, customer_id: str, decision_id: str) -> Decision:

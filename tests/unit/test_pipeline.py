@@ -122,8 +122,10 @@ async def test_a_reservation_error_degrades_to_send_nothing_and_records_no_conta
     assert (d.offers, d.no_offer_reason, d.degraded) == ((), NoOfferReason.DEGRADED, True)
     assert commits == []
     assert nbo.store.sent == {} and nbo.store.strings == {}
-    assert nbo.store.hashes == {}  # no counter, contact, decision or answer
-    assert nbo.log.decisions == []  # a degraded answer is not a decision the policy made
+    assert nbo.store.hashes == {}  # no counter, contact, decision or stored answer (a retry decides anew)
+    # logged, flagged, so the log shows every answer; readers skip degraded records
+    [record] = nbo.log.decisions
+    assert (record.degraded, record.chosen, record.request_id) == (True, [], "r-1")
     assert nbo.metric("nbo_redis_errors_total", op="reserve") == 1.0
 
 
