@@ -36,6 +36,7 @@ from server.pipeline.context import (
     LiveConfig,
     Positions,
     RequestContext,
+    Scores,
     Services,
     Stage,
 )
@@ -140,17 +141,37 @@ class DecisionService:
         self.metrics.candidates.observe(scores.candidates.size)
         ranked = arbitrate(ctx, status, scores)
         ranked, ctx.exploration = explore(ctx, ranked, scores)
-        awarded: list[int] = []
-        committed = False
         if ctx.control_group:
             _hold_back(ctx, status, ranked, room)
         elif ranked.size or req.request_id:
-            outcome = await award(ctx, self.services, status, ranked, room, scores)
-            if outcome.degraded:
-                return self._empty(ctx, NoOfferReason.DEGRADED, degraded=True)
-            if outcome.replay_of is not None:
-                return await self._replay(req.customer_id, outcome.replay_of)
-            awarded, committed = outcome.awarded, True
+            # once the award starts it runs to its end and is logged even if the caller goes away:
+            # cancelled mid-script, a reservation would stay counted but never logged nor released
+            return await asyncio.shield(self._award(ctx, status, ranked, room, scores))
+        return self._answer(ctx, status, ranked, scores, [], committed=False)
+
+    async def _award(
+        self, ctx: RequestContext, status: CandidateStatus, ranked: Positions, room: int | None, scores: Scores
+    ) -> Decision:
+        """Stage 7, award, then the answer and its log record."""
+        outcome = await award(ctx, self.services, status, ranked, room, scores)
+        if outcome.degraded:
+            return self._empty(ctx, NoOfferReason.DEGRADED, degraded=True)
+        if outcome.replay_of is not None:
+            return await self._replay(ctx.req.customer_id, outcome.replay_of)
+        return self._answer(ctx, status, ranked, scores, outcome.awarded, committed=True)
+
+    def _answer(
+        self,
+        ctx: RequestContext,
+        status: CandidateStatus,
+        ranked: Positions,
+        scores: Scores,
+        awarded: list[int],
+        *,
+        committed: bool,
+    ) -> Decision:
+        """Stage 8, explain and log."""
+        req, catalog = ctx.req, ctx.catalog
         taken = taken_probabilities(ctx.exploration, awarded)
         decision = Decision(
             decision_id=ctx.decision_id,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from server.domain import Channel, DecideRequest
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.pipeline.control_groups import in_holdout
 from server.state.embedded_redis import find_redis_server, free_port
@@ -315,3 +316,32 @@ async def test_decisions_budgets_and_outcomes_run_on_redis_cluster(
     assert node.hget(KEYS.budget_total, "c:adhoc:n") == b"2"
     assert math.isclose(float(node.hget(KEYS.budget_total, "o:o_adhoc:spend") or 0), 200)
     node.close()
+
+
+async def test_decisions_cancelled_mid_award_leave_counters_equal_to_the_logged_awards(
+    many: tuple[Harness, Clock], redis_url: str
+) -> None:
+    """A caller that goes away cancels its decision's task at any point, the award included
+    (gRPC cancels the handler). Every counted award must still be a logged award: none leaked."""
+    nbo, clock = many
+    clock.now = MIDNIGHT + 3600
+    await republish(nbo, redis_url, budgeted("{total_awards: 1000}"))
+    client = redis.Redis.from_url(redis_url)
+    client.delete(KEYS.decision_stream)
+    service = nbo.worker.service
+    cancelled = 0
+    for i in range(150):
+        task = asyncio.create_task(service.decide(DecideRequest(f"c{i:03d}", Channel.CALL_CENTRE)))
+        await asyncio.sleep(0.0001 * (i % 30))  # lands before, inside and after the award
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            cancelled += 1
+    assert cancelled > 0
+    await asyncio.sleep(1.0)  # shielded awards finish; the log writer flushes
+    awards = sum(rec["chosen"] == ["o_adhoc"] for rec in await stream_records(client, 1))
+    counted = int(client.hget(KEYS.budget_total, "o:o_adhoc:n") or 0)
+    client.close()
+    assert counted > 0
+    assert counted == awards
