@@ -172,6 +172,7 @@ class ServerGroup:
                 dead.exitcode,
             )
             self._failed = True
+            self._stopping.set()  # before the loop looks at this dead process again
             threading.Thread(target=self.signal, daemon=True).start()
             return
         log.error("%s (pid %s) died with exit code %s; starting a new one", dead.name, dead.pid, dead.exitcode)
