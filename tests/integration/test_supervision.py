@@ -193,6 +193,19 @@ def test_sigterm_drains_and_exits_cleanly(served: Served) -> None:
     assert "died with exit code" not in served.stderr.read_text()
 
 
+def _serve_once(redis_url: str, tmp: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """`nbo serve` on a port expected to be refused: it must exit by itself."""
+    return subprocess.run(
+        [*NBO, "serve", "--workers", "1", "--port", str(port)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "REDIS_URL": redis_url},
+        cwd=tmp,
+        timeout=60,
+    )
+
+
 def test_a_port_served_by_a_stranger_is_refused(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
     stranger = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # even one that allows sharing
@@ -200,16 +213,7 @@ def test_a_port_served_by_a_stranger_is_refused(redis_server: EmbeddedRedis, tmp
     stranger.listen()
     port = stranger.getsockname()[1]
     try:
-        env = {**os.environ, "REDIS_URL": redis_server.url}
-        done = subprocess.run(
-            [*NBO, "serve", "--workers", "1", "--port", str(port)],
-            check=False,
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=60,
-        )
+        done = _serve_once(redis_server.url, tmp_path, port)
     finally:
         stranger.close()
     assert done.returncode == 2
@@ -219,17 +223,7 @@ def test_a_port_served_by_a_stranger_is_refused(redis_server: EmbeddedRedis, tmp
 def test_a_second_server_on_the_same_port_is_refused(
     served: Served, redis_server: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    port = served.target.rsplit(":", 1)[1]
-    env = {**os.environ, "REDIS_URL": redis_server.url}
-    done = subprocess.run(
-        [*NBO, "serve", "--workers", "1", "--port", port],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    done = _serve_once(redis_server.url, tmp_path, int(served.target.rsplit(":", 1)[1]))
     assert done.returncode == 2
     assert "already in use by another process" in done.stderr
     assert served.proc.poll() is None
