@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 from server.api import converters
 from server.api.status import status_of
+from server.domain import RequestError
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 from server.metrics import Metrics
@@ -32,10 +33,10 @@ class Undecodable:
     gRPC would otherwise answer UNKNOWN with the exception's class and log a traceback per call,
     which a fuzzer or a broken client turns into megabytes of log."""
 
-    __slots__ = ("message",)
+    __slots__ = ("error",)
 
-    def __init__(self, message: str) -> None:
-        self.message = message
+    def __init__(self, error: RequestError) -> None:
+        self.error = error
 
 
 def _decoder(message_type: Any) -> Callable[[bytes], Any]:
@@ -43,7 +44,7 @@ def _decoder(message_type: Any) -> Callable[[bytes], Any]:
         try:
             return message_type.FromString(raw)
         except DecodeError:
-            return Undecodable(f"request: not a valid {message_type.DESCRIPTOR.full_name} message")
+            return Undecodable(RequestError("request", f"not a valid {message_type.DESCRIPTOR.full_name} message"))
 
     return decode
 
@@ -104,10 +105,9 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
         self._outcome_rpc = _RpcMetrics(service.metrics, "ReportOutcome")
 
     def _undecodable(self, request: Undecodable, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        self.service.metrics.invalid_requests.labels("message").inc()
-        self._report_undecodable(request.message)
-        context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-        context.set_details(request.message)
+        self.service.metrics.invalid_requests.labels(request.error.field).inc()
+        self._report_undecodable(str(request.error))
+        _fail(context, request.error)
 
     async def Decide(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = self._decide_rpc.start()

@@ -65,7 +65,7 @@ async def test_undecodable_bytes_are_invalid_argument(nbo: Harness, raw: bytes, 
         await call(raw, timeout=5)
     assert info.value.code() == INVALID
     assert info.value.details() == f"request: not a valid {message} message"
-    counted = nbo.worker.metrics.registry.get_sample_value("nbo_invalid_requests_total", {"field": "message"})
+    counted = nbo.worker.metrics.registry.get_sample_value("nbo_invalid_requests_total", {"field": "request"})
     assert counted is not None and counted >= 1
 
 
