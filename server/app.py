@@ -26,6 +26,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from server.api import servicers as grpc_api
+from server.api.admission import Admission
 from server.api.http import HttpFront
 from server.config import Settings, configure_logging
 from server.learning.arms import ArmsReloader
@@ -97,18 +98,22 @@ class Worker:
         )
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", 1 << 20),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # calls the busy event loop has not taken yet wait in gRPC's core: bound them, or
+                # under overload they queue for seconds, past every caller's deadline
+                ("grpc.server.max_pending_requests", settings.max_pending_rpcs),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * settings.max_pending_rpcs),
             ],
         )
-        grpc_api.add_to_server(self.service, self.server)
+        admission = Admission(settings.max_concurrent_rpcs, self.metrics)
+        grpc_api.add_to_server(self.service, self.server, admission)
         self.http: HttpFront | None = None
         self.http_port: int | None = None
         if settings.http_port is not None:
-            self.http = HttpFront(self.service, self.metrics, shutdown_seconds=settings.grace_seconds)
+            self.http = HttpFront(self.service, self.metrics, admission, shutdown_seconds=settings.grace_seconds)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (

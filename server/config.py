@@ -66,16 +66,37 @@ class Settings(BaseSettings):
     """How often workers check Redis for a new catalog, feature schema or model (hot reload)."""
 
     redis_timeout_seconds: float = Field(0.25, gt=0)
-    """Socket timeout of hot-path Redis calls; past it the decision degrades (fails closed)."""
+    """A decision's whole Redis time (pool checkout, connect and every script call together);
+    past it the decision degrades (fails closed)."""
 
     redis_pool_size: int = Field(32, ge=1)
     """Connections per worker process."""
 
-    max_concurrent_rpcs: int = Field(256, ge=1)
-    """gRPC calls one worker runs at once; one more is answered RESOURCE_EXHAUSTED at once (by
-    gRPC's C core, before any work), so overload sheds instead of queueing. At the 2-core
-    capacity of about 700 decisions/s per worker, 256 bounds queueing at roughly 0.35 s; lower it
-    for callers with tighter deadlines."""
+    max_concurrent_rpcs: int = Field(64, ge=1)
+    """Calls one worker runs at once; one more is answered RESOURCE_EXHAUSTED at once, before any
+    work, and counted (nbo_shed_requests). At about 700 decisions/s per worker, 64 bounds the
+    time a call waits inside the worker at roughly 0.1 s, and leaves room for the calls that wait
+    on Redis for redis_timeout_seconds when it stops answering, before the circuit breaker opens."""
+
+    max_pending_rpcs: int = Field(128, ge=1)
+    """Calls gRPC's core holds for a worker whose event loop has not yet taken them; beyond this
+    it starts refusing new calls at random, beyond twice this it refuses all. gRPC answers those
+    CANCELLED (its choice: we cannot make it RESOURCE_EXHAUSTED) and the worker never sees them.
+    Large enough to absorb a burst; small enough that a call waits there a fraction of a second."""
+
+    decision_timeout_seconds: float = Field(1.0, gt=0)
+    """Longest a Decide may take, whatever deadline the caller sent (or none)."""
+
+    deadline_margin_seconds: float = Field(0.005, ge=0)
+    """A decision starts no Redis call and no award with less than this left of its deadline: it
+    answers DEADLINE (send nothing) instead, and the award is not spent on a caller who is gone."""
+
+    breaker_failures: int = Field(3, ge=1)
+    """Consecutive Redis failures after which a worker treats Redis as down: decisions degrade at
+    once instead of waiting redis_timeout_seconds each."""
+
+    breaker_probe_seconds: float = Field(0.25, gt=0)
+    """While Redis is treated as down, one decision per this interval tries it again."""
 
     grace_seconds: float = Field(10.0, ge=0)
     """On SIGTERM, how long in-flight calls may take to finish before the server stops."""

@@ -29,6 +29,7 @@ class NoOfferReason(enum.StrEnum):
     CONTROL_GROUP = "control_group"
     OPTED_OUT = "opted_out"
     DEGRADED = "degraded"
+    DEADLINE = "deadline"
 
 
 class Outcome(enum.StrEnum):
@@ -49,6 +50,11 @@ class RequestError(ValueError):
 
 class NotFoundError(LookupError):
     """An id the caller named does not exist (NOT_FOUND)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,23 @@ class Metrics:
             registry=r,
         )
         self.outcomes = Counter("nbo_outcomes", "Outcomes reported", ["outcome", "result"], registry=r)
-        self.invalid_requests = Counter("nbo_invalid_requests", "Requests rejected as invalid", ["field"], registry=r)
+        self.invalid_requests = Counter(
+            "nbo_invalid_requests",
+            "Calls refused for what they asked (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS), by the field at fault",
+            ["field"],
+            registry=r,
+        )
+        self.shed = Counter(
+            "nbo_shed_requests",
+            "Calls answered RESOURCE_EXHAUSTED at once because the worker already ran max_concurrent_rpcs calls",
+            ["method"],
+            registry=r,
+        )
+        self.undelivered = Counter(
+            "nbo_undelivered_decisions",
+            "Decisions whose caller was gone (deadline passed, call cancelled) when the answer was ready",
+            registry=r,
+        )
         self.award_refusals = Counter(
             "nbo_award_refusals",
             "Ranked offers refused at award time: by a budget, capacity or pacing limit (reserve) or by a "
@@ -57,6 +73,11 @@ class Metrics:
             registry=r,
         )
         self.redis_errors = Counter("nbo_redis_errors", "Redis failures on the hot path", ["op"], registry=r)
+        self.redis_circuit_open = Gauge(
+            "nbo_redis_circuit_open",
+            "1 while this worker's circuit breaker treats Redis as down (decisions degrade at once)",
+            registry=r,
+        )
         self.log_written = Counter("nbo_log_records_written", "Decision/outcome log records written", registry=r)
         self.log_trimmed = Counter(
             "nbo_log_records_trimmed", "Log entries trimmed (only those every consumer group acknowledged)", registry=r

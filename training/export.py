@@ -1,7 +1,8 @@
 """The export behind `nbo export`: the decision log joined with its outcomes, in the dataset schema.
 
-One row per offer awarded by a non-degraded decision outside the universal control group (the
-customers the policy acted on), in the columns of `training/dataset.py` (docs/dataset.md), so
+One row per offer awarded by a non-degraded decision outside the universal control group whose
+answer reached its caller (the customers the policy acted on; an undelivered award was spent but
+nobody saw it), in the columns of `training/dataset.py` (docs/dataset.md), so
 `nbo train` and `nbo ope` read real history the way they read the synthetic log:
 
 * the customer's features as the decision used them, named and decoded (categorical codes back
@@ -70,6 +71,7 @@ class ExportSummary:
     open: int = 0
     control_group: int = 0
     degraded: int = 0
+    undelivered: int = 0
     no_offer: int = 0
     outside_range: int = 0
     duplicate_decisions: int = 0
@@ -87,6 +89,8 @@ class ExportSummary:
             f"{self.degraded:,} degraded",
             f"{self.no_offer:,} without an offer",
         ]
+        if self.undelivered:
+            skipped.append(f"{self.undelivered:,} undelivered (the caller was gone)")
         if self.outside_range:
             skipped.append(f"{self.outside_range:,} outside --since/--until")
         duplicates = self.duplicate_decisions + self.duplicate_outcomes
@@ -225,6 +229,8 @@ def _skipped(rec: DecisionRecord, options: ExportOptions, now: float) -> str | N
         return "outside_range"
     if rec.degraded:
         return "degraded"
+    if rec.undelivered:
+        return "undelivered"
     if rec.control_group:
         return "control_group"
     if not rec.chosen:

@@ -34,6 +34,7 @@ _REASONS = {
     domain.NoOfferReason.CONTROL_GROUP: pb.CONTROL_GROUP,
     domain.NoOfferReason.OPTED_OUT: pb.OPTED_OUT,
     domain.NoOfferReason.DEGRADED: pb.DEGRADED,
+    domain.NoOfferReason.DEADLINE: pb.DEADLINE,
 }
 
 # the message classes each transport decodes into and encodes from

@@ -16,8 +16,9 @@ from typing import Any
 from aiohttp import web
 
 from server.api import converters
+from server.api.admission import Admission
 from server.api.json_mapping import message_from_json, message_to_json
-from server.api.status import HTTP_STATUS, Code, Status, status_of
+from server.api.status import HTTP_STATUS, Code, Status, count_refusal, status_of
 from server.metrics import Metrics
 from server.pipeline.service import DecisionService
 
@@ -69,9 +70,12 @@ def _transport_error(request: web.Request, exc: web.HTTPException) -> web.Respon
 class HttpFront:
     """The aiohttp application and its listening site, over one worker's DecisionService."""
 
-    def __init__(self, service: DecisionService, metrics: Metrics, *, shutdown_seconds: float) -> None:
+    def __init__(
+        self, service: DecisionService, metrics: Metrics, admission: Admission, *, shutdown_seconds: float
+    ) -> None:
         self.service = service
         self.metrics = metrics
+        self.admission = admission
         self._paths = frozenset(RPC_PATHS.values())
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors])
         handlers = {"Decide": self._decide, "ReportOutcome": self._outcomes}
@@ -79,7 +83,9 @@ class HttpFront:
             app.router.add_post(path, handlers[rpc])
         # no access log: one line per decision would cost more than the decision's JSON. Handlers
         # are not cancelled when a caller hangs up (aiohttp's default): an award once started
-        # completes or is given back, as under gRPC
+        # completes or is given back, as under gRPC. HTTP sends no deadline: the server's
+        # decision_timeout_seconds bounds a decision, and an answer counts as delivered once the
+        # handler returns it (aiohttp does not say whether the client read it)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_seconds)
 
     async def start(self, host: str, port: int) -> int:
@@ -95,13 +101,23 @@ class HttpFront:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path if request.path in self._paths else "other"
+        if path != "other" and not self.admission.enter(path):
+            busy = _status_response(Status(Code.RESOURCE_EXHAUSTED, self.admission.message))
+            self.metrics.http_requests.labels(path, str(busy.status)).inc()
+            return busy
+        response: web.StreamResponse
         try:
             response = await handler(request)
         except web.HTTPException as exc:
             response = _transport_error(request, exc)
         except Exception as err:
-            response = _status_response(status_of(err))
-        path = request.path if request.path in self._paths else "other"
+            status = status_of(err)
+            count_refusal(self.metrics, status)
+            response = _status_response(status)
+        finally:
+            if path != "other":
+                self.admission.leave()
         self.metrics.http_requests.labels(path, str(response.status)).inc()
         return response
 

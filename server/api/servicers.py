@@ -7,6 +7,7 @@ NOT_FOUND naming the field, never UNKNOWN or INTERNAL.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -16,11 +17,13 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from server.api import converters
-from server.api.status import status_of
+from server.api.admission import Admission
+from server.api.status import Code, Status, count_refusal, status_of
 from server.domain import RequestError
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 from server.metrics import Metrics
+from server.pipeline.delivery import Delivery
 from server.pipeline.service import DecisionService
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Decisioning"].full_name
@@ -65,10 +68,9 @@ class _EveryTenSeconds:
             self._next = now + 10.0
 
 
-def _fail(context: grpc.aio.ServicerContext[Any, Any], err: Exception) -> None:
+def _fail(context: grpc.aio.ServicerContext[Any, Any], status: Status) -> None:
     """Set the error status. Not `context.abort()`: aborted RPCs are known to make grpc.aio's
     server.stop() wait or hang (grpc#37239), which we saw in our own shutdowns."""
-    status = status_of(err)
     context.set_code(grpc.StatusCode[status.code.value])
     context.set_details(status.message)
 
@@ -98,28 +100,46 @@ class _RpcMetrics:
 
 
 class DecisioningServicer(pb_grpc.DecisioningServicer):
-    def __init__(self, service: DecisionService) -> None:
+    def __init__(self, service: DecisionService, admission: Admission) -> None:
         self.service = service
+        self.admission = admission
         self._report_undecodable = _EveryTenSeconds()
         self._decide_rpc = _RpcMetrics(service.metrics, "Decide")
         self._outcome_rpc = _RpcMetrics(service.metrics, "ReportOutcome")
+        self._busy = Status(Code.RESOURCE_EXHAUSTED, admission.message)
+
+    def _refuse(self, context: grpc.aio.ServicerContext[Any, Any], err: Exception) -> None:
+        status = status_of(err)
+        count_refusal(self.service.metrics, status)
+        _fail(context, status)
 
     def _undecodable(self, request: Undecodable, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        self.service.metrics.invalid_requests.labels(request.error.field).inc()
         self._report_undecodable(str(request.error))
-        _fail(context, request.error)
+        self._refuse(context, request.error)
 
     async def Decide(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = self._decide_rpc.start()
         try:
-            return await self._decide(request, context)
+            if not self.admission.enter("Decide"):
+                _fail(context, self._busy)
+                return pb.DecideResponse()
+            try:
+                return await self._decide(request, context)
+            finally:
+                self.admission.leave()
         finally:
             self._decide_rpc.done(started, context)
 
     async def ReportOutcome(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = self._outcome_rpc.start()
         try:
-            return await self._report_outcome(request, context)
+            if not self.admission.enter("ReportOutcome"):
+                _fail(context, self._busy)
+                return pb.ReportOutcomeResponse()
+            try:
+                return await self._report_outcome(request, context)
+            finally:
+                self.admission.leave()
         finally:
             self._outcome_rpc.done(started, context)
 
@@ -127,12 +147,27 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
         if isinstance(request, Undecodable):
             self._undecodable(request, context)
             return pb.DecideResponse()
+        loop = asyncio.get_running_loop()
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else loop.time() + remaining
+        delivery = Delivery()
         try:
-            decision = await self.service.decide(converters.decide_request_from_pb(request))
+            decision = await self.service.decide(
+                converters.decide_request_from_pb(request), deadline=deadline, delivery=delivery
+            )
+        except asyncio.CancelledError:
+            # the deadline passed or the caller hung up; an award in progress runs on, shielded,
+            # and its record is logged undelivered
+            delivery.settle(False)
+            raise
         except Exception as err:
-            _fail(context, err)
+            delivery.settle(False)
+            self._refuse(context, err)
             return pb.DecideResponse()
-        return converters.decide_response_to_pb(decision)
+        response = converters.decide_response_to_pb(decision)
+        # gRPC drops an answer that is ready after the deadline; it does not tell the handler
+        delivery.settle(deadline is None or loop.time() < deadline)
+        return response
 
     async def _report_outcome(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, Undecodable):
@@ -141,14 +176,14 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
         try:
             result = await self.service.report_outcome(converters.outcome_from_pb(request))
         except Exception as err:
-            _fail(context, err)
+            self._refuse(context, err)
             return pb.ReportOutcomeResponse()
         return converters.outcome_result_to_pb(result)
 
 
-def add_to_server(service: DecisionService, server: grpc.aio.Server) -> None:
+def add_to_server(service: DecisionService, server: grpc.aio.Server, admission: Admission) -> None:
     """As the generated add_DecisioningServicer_to_server, with decoders that never raise."""
-    servicer = DecisioningServicer(service)
+    servicer = DecisioningServicer(service, admission)
     handlers = {
         "Decide": grpc.unary_unary_rpc_method_handler(
             servicer.Decide,

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from server.domain import NotFoundError, RequestError
+from server.metrics import Metrics
 from server.pipeline.service import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,23 @@ INTERNAL_MESSAGE = "internal error; see the server log"
 class Status:
     code: Code
     message: str
-    field: str | None = None  # the request field at fault, for INVALID_ARGUMENT
+    field: str | None = None  # the request field at fault, when the caller asked for something wrong
+
+
+# refusals of what the call asked for (not of the server's state): nbo_invalid_requests counts them
+_REFUSALS = frozenset({Code.INVALID_ARGUMENT, Code.NOT_FOUND})
 
 
 def status_of(err: Exception) -> Status:
     for kind, code in _BY_TYPE:
         if isinstance(err, kind):
-            return Status(code, str(err), err.field if isinstance(err, RequestError) else None)
+            field = getattr(err, "field", None)
+            return Status(code, str(err), field if isinstance(field, str) else None)
     log.error("internal error", exc_info=err)
     return Status(Code.INTERNAL, INTERNAL_MESSAGE)
+
+
+def count_refusal(metrics: Metrics, status: Status) -> None:
+    """Every transport counts every refused call here, once, by the field at fault."""
+    if status.code in _REFUSALS:
+        metrics.invalid_requests.labels((status.field or "request").split("[")[0]).inc()

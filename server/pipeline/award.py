@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from server.catalog.budgets import Period, Reservation, exhausted_reason, has_budget, per_customer_caps, reservation
 from server.pipeline.context import CandidateStatus, Positions, RequestContext, Scores, Services, Stage
+from server.pipeline.guard import bounded
 from server.state.store import CAMPAIGN_CAP, CHANNEL_CAP, OFFER_CAP, REPLAY, RETRY, Committed, Pick, StateUnavailable
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ async def _award_once(
     granted: list[str] = [r.offer_id for r in walk[: plan.k]]
     if plan.k > 0 and any(r.checks for r in walk):
         try:
-            reserved = await svc.store.reserve(plan.period, plan.k, walk)
+            reserved = await bounded(svc.store.reserve(plan.period, plan.k, walk), ctx.redis_until, svc.breaker)
         except StateUnavailable as err:
             # budgets cannot be checked: award nothing (fail closed)
             svc.metrics.redis_errors.labels("reserve").inc()
@@ -148,7 +149,7 @@ async def _commit(ctx: RequestContext, svc: Services, plan: _Plan, granted: list
         propensity = float(plan.scores.propensity[pos])
         picks.append(Pick(offer_id, offer.campaign_id, *caps, propensity, prior_sd.get(pos, catalog.bandit.prior_sd)))
     settings = svc.settings
-    return await svc.store.commit(
+    commit = svc.store.commit(
         customer_id=req.customer_id,
         channel=req.channel.value,
         decision_id=ctx.decision_id,
@@ -162,6 +163,7 @@ async def _commit(ctx: RequestContext, svc: Services, plan: _Plan, granted: list
         request_ttl=settings.request_id_ttl_seconds,
         history_ttl=settings.contact_history_ttl_seconds,
     )
+    return await bounded(commit, ctx.redis_until, svc.breaker)
 
 
 def _reservations(walk: list[Reservation], offer_ids: list[str]) -> list[Reservation]:
@@ -170,7 +172,8 @@ def _reservations(walk: list[Reservation], offer_ids: list[str]) -> list[Reserva
 
 
 async def release(svc: Services, period: Period, reservations: list[Reservation]) -> None:
-    """Give back reservations that were not awarded after all (best effort)."""
+    """Give back reservations that were not awarded after all (best effort). Outside the
+    decision's Redis budget: a give-back is worth its own redis_timeout_seconds."""
     limited = [r for r in reservations if r.checks]
     if not limited:
         return

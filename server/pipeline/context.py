@@ -9,6 +9,8 @@ and any detail for explain; every stage changes it through its methods only.
 
 from __future__ import annotations
 
+import asyncio
+import math
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -22,6 +24,8 @@ from server.features.schema import FeatureSchema
 from server.learning.bandit import NO_ARMS, Arms
 from server.metrics import Metrics
 from server.models.scorers import PriorScorer, Scorer
+from server.pipeline.delivery import DELIVERED, Delivery
+from server.pipeline.guard import CircuitBreaker
 from server.state.store import CustomerState, LogSink, StateStore
 
 F64 = npt.NDArray[np.float64]
@@ -47,6 +51,7 @@ class Services:
     writer: LogSink
     metrics: Metrics
     settings: Settings
+    breaker: CircuitBreaker
 
 
 class Stage:
@@ -192,3 +197,10 @@ class RequestContext:
     would_offer: list[str] = field(default_factory=list)  # universal control group: what it would get
     segments: dict[int, bool] = field(default_factory=dict)  # segment index -> customer is in it
     exploration: Exploration = NO_EXPLORATION
+    deadline: float = math.inf  # event-loop time: the caller's deadline, capped by the server's
+    redis_until: float = math.inf  # event-loop time: the end of the decision's Redis time budget
+    delivery: Delivery = DELIVERED
+
+    def short_of_time(self, margin: float) -> bool:
+        """Less than `margin` left before the deadline: start no Redis call and no award."""
+        return asyncio.get_running_loop().time() + margin > self.deadline

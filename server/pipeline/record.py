@@ -3,7 +3,9 @@ is kept for repeats) and hand both to the log writer, off the request path."""
 
 from __future__ import annotations
 
-from server.domain import Decision
+from dataclasses import replace
+
+from server.domain import Decision, NoOfferReason
 from server.pipeline.context import CandidateStatus, RequestContext, Scores, Services, status_text
 from server.state.log_writer import Replay
 from server.state.records import Candidates, DecisionRecord, encode_decision
@@ -33,7 +35,8 @@ def candidate_records(
 
 
 def log_decision(ctx: RequestContext, svc: Services, decision: Decision, candidates: Candidates, *, keep: bool) -> None:
-    """`keep`: the commit script ran, so it created the decision and request keys already."""
+    """`keep`: the commit script ran, so it created the decision and request keys already. The
+    record waits for the transport to say whether the answer reached the caller (ctx.delivery)."""
     req, state = ctx.req, ctx.state
     record = DecisionRecord(
         decision_id=decision.decision_id,
@@ -56,8 +59,17 @@ def log_decision(ctx: RequestContext, svc: Services, decision: Decision, candida
         control_group=ctx.control_group,
         would_offer=ctx.would_offer,
     )
-    # a degraded answer is not remembered: a retry with the same request id deserves a real decision
-    svc.writer.decision(record, None if decision.degraded else _replay(ctx, svc, decision, keep=keep))
+    # a degraded or out-of-time answer is not remembered: a retry with the same request id
+    # deserves a real decision
+    forget = decision.degraded or decision.no_offer_reason is NoOfferReason.DEADLINE
+    replay = None if forget else _replay(ctx, svc, decision, keep=keep)
+
+    def write(delivered: bool) -> None:
+        if not delivered:
+            svc.metrics.undelivered.inc()
+        svc.writer.decision(record if delivered else replace(record, undelivered=True), replay)
+
+    ctx.delivery.hold(write)
 
 
 def _replay(ctx: RequestContext, svc: Services, decision: Decision, *, keep: bool) -> Replay | None:

@@ -41,9 +41,11 @@ from server.pipeline.context import (
     Stage,
 )
 from server.pipeline.control_groups import in_holdout
+from server.pipeline.delivery import DELIVERED, Delivery
 from server.pipeline.eligibility import eligibility
 from server.pipeline.explain import no_offer_reason, ranked_offers, suppressed
 from server.pipeline.exploration import explore, taken_probabilities
+from server.pipeline.guard import CircuitBreaker, bounded
 from server.pipeline.record import candidate_records, log_decision
 from server.pipeline.scoring import score
 from server.pipeline.validate import validate_request
@@ -84,17 +86,19 @@ class DecisionService:
         self.settings = settings
         self.clock = clock
         self.new_id = new_id  # (customer id, now) -> decision id; seeds the bandit's draw
-        self.services = Services(store, writer, metrics, settings)
+        breaker = CircuitBreaker(metrics, settings.breaker_failures, settings.breaker_probe_seconds)
+        self.services = Services(store, writer, metrics, settings, breaker)
         self.live: LiveConfig | None = None
 
     # -- Decide ------------------------------------------------------------------------------
-    async def decide(self, req: DecideRequest) -> Decision:
+    async def decide(
+        self, req: DecideRequest, *, deadline: float | None = None, delivery: Delivery = DELIVERED
+    ) -> Decision:
+        """`deadline`: the caller's, in event-loop time (None: it sent none); the server's
+        decision_timeout_seconds caps it. `delivery`: settled by the transport once it knows
+        whether the answer reached the caller; the decision's log record waits for it."""
         started = time.perf_counter()
-        try:
-            k = validate_request(req, self.settings.max_offers_limit)
-        except RequestError as err:
-            self.metrics.invalid_requests.labels(err.field.split("[")[0]).inc()
-            raise
+        k = validate_request(req, self.settings.max_offers_limit)
         live = self.live
         now = self.clock()
         decision_id = self.new_id(req.customer_id, now)
@@ -102,8 +106,13 @@ class DecisionService:
             # no catalog yet (or none valid): fail closed rather than guess
             decision = Decision(decision_id, (), NoOfferReason.DEGRADED, "", "", degraded=True)
         else:
+            loop_now = asyncio.get_running_loop().time()
+            cap = loop_now + self.settings.decision_timeout_seconds
             catalog = live.catalog
             ctx = RequestContext(req, live, catalog, catalog.views[req.channel], now, decision_id, k)
+            ctx.deadline = cap if deadline is None else min(deadline, cap)
+            ctx.redis_until = loop_now + self.settings.redis_timeout_seconds
+            ctx.delivery = delivery
             decision = await self._decide(ctx)
         self.metrics.decisions.labels(req.channel.value, decision.no_offer_reason.value).inc()
         self.metrics.decision_latency.labels(req.channel.value).observe(time.perf_counter() - started)
@@ -143,6 +152,8 @@ class DecisionService:
         ranked, ctx.exploration = explore(ctx, ranked, scores)
         if ctx.control_group:
             _hold_back(ctx, status, ranked, room)
+        elif ctx.short_of_time(self.settings.deadline_margin_seconds):
+            return self._empty(ctx, NoOfferReason.DEADLINE)  # nothing spent on a caller about to go
         elif ranked.size or req.request_id:
             # once the award starts it runs to its end and is logged even if the caller goes away:
             # cancelled mid-script, a reservation would stay counted but never logged nor released
@@ -189,10 +200,17 @@ class DecisionService:
     async def _read(self, ctx: RequestContext) -> CustomerState | Decision:
         """Stage 2: everything the decision reads, in one round trip."""
         req = ctx.req
+        if ctx.short_of_time(self.settings.deadline_margin_seconds):
+            return self._empty(ctx, NoOfferReason.DEADLINE)
+        if not self.services.breaker.allow():
+            self.metrics.redis_errors.labels("circuit_open").inc()
+            return self._empty(ctx, NoOfferReason.DEGRADED, degraded=True)
         window = ctx.catalog.contact_policy.window_seconds
         try:
-            ctx.state = state = await self.store.read(
-                req.customer_id, req.channel.value, ctx.now, window, req.request_id
+            ctx.state = state = await bounded(
+                self.store.read(req.customer_id, req.channel.value, ctx.now, window, req.request_id),
+                ctx.redis_until,
+                self.services.breaker,
             )
         except StateUnavailable as err:
             self.metrics.redis_errors.labels("read").inc()
@@ -244,8 +262,12 @@ class DecisionService:
         live = self.live
         policy = live.catalog.contact_policy if live else None
         now = self.clock()
+        breaker = self.services.breaker
+        if not breaker.allow():
+            self.metrics.redis_errors.labels("circuit_open").inc()
+            raise ServiceUnavailable("could not record the outcome: Redis is down (circuit open); retry later")
         try:
-            result = await self.store.record_outcome(
+            recording = self.store.record_outcome(
                 customer_id=customer_id,
                 decision_id=report.decision_id,
                 offer_id=report.offer_id,
@@ -257,12 +279,14 @@ class DecisionService:
                 suppression_seconds=policy.suppression_seconds if policy else 30 * 86400,
                 history_ttl=self.settings.contact_history_ttl_seconds,
             )
+            until = asyncio.get_running_loop().time() + self.settings.redis_timeout_seconds
+            result = await bounded(recording, until, breaker)
         except StateUnavailable as err:
             self.metrics.redis_errors.labels("outcome").inc()
             raise ServiceUnavailable(f"could not record the outcome: {err}") from err
         if result.status == UNKNOWN_DECISION:
             self.metrics.outcomes.labels(report.outcome.value, "not_found").inc()
-            raise NotFoundError(f"decision_id: no decision {report.decision_id!r} (unknown or expired)")
+            raise NotFoundError("decision_id", f"no decision {report.decision_id!r} (unknown or expired)")
         if result.status == NOT_OFFERED:
             self.metrics.outcomes.labels(report.outcome.value, "invalid").inc()
             raise RequestError("offer_id", f"offer {report.offer_id!r} was not offered in this decision")

@@ -68,9 +68,12 @@ class DecisionRecord:
     degraded: bool
     control_group: bool  # in the universal control group: nothing was awarded
     would_offer: list[str]  # what a control-group customer would have been offered (for lift)
+    # the caller was gone when the answer was ready (deadline passed, call cancelled): its awards
+    # were spent, but nobody saw them, so training and the bandit leave it out
+    undelivered: bool = False
 
     def to_fields(self) -> dict[Any, Any]:
-        data = {
+        data: dict[str, Any] = {
             "decision_id": self.decision_id,
             "ts": self.ts,
             "customer_id": self.customer_id,
@@ -91,6 +94,8 @@ class DecisionRecord:
             "control_group": self.control_group,
             "would_offer": self.would_offer,
         }
+        if self.undelivered:
+            data["undelivered"] = True  # only when set: delivered records stay byte-identical
         return {"v": RECORD_VERSION, "r": _dumps(data)}
 
 
@@ -152,6 +157,7 @@ def decode_decision_record(fields: Fields) -> DecisionRecord:
             degraded=bool(d.get("degraded", False)),
             control_group=bool(d.get("control_group", False)),
             would_offer=[str(o) for o in d.get("would_offer") or ()],
+            undelivered=bool(d.get("undelivered", False)),
         )
     except KeyError as err:
         raise RecordError(f"decision record without {err.args[0]!r}") from None

@@ -46,6 +46,49 @@ async def test_malformed_requests_are_invalid_argument_naming_the_field(
         await nbo.stub.Decide(pb.DecideRequest(**request), timeout=5)
     assert info.value.code() == INVALID
     assert message in (info.value.details() or "")
+    field = message.split(":", maxsplit=1)[0].split("[", maxsplit=1)[0]
+    counted = nbo.worker.metrics.registry.get_sample_value("nbo_invalid_requests_total", {"field": field})
+    assert counted is not None and counted >= 1
+
+
+async def test_every_refused_outcome_is_counted_by_its_field(nbo: Harness) -> None:
+    registry = nbo.worker.metrics.registry
+    cases = [("01KAAAAAAAAAAAAAAAAAAAAAAA.vip", "o_adhoc", grpc.StatusCode.NOT_FOUND, "decision_id")]
+    cases.append(("not-an-id", "o_adhoc", INVALID, "decision_id"))
+    cases.append(("01KAAAAAAAAAAAAAAAAAAAAAAA.vip", "", INVALID, "offer_id"))
+    for decision_id, offer_id, code, field in cases:
+        before = registry.get_sample_value("nbo_invalid_requests_total", {"field": field}) or 0.0
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await nbo.report(decision_id, offer_id, pb.ACCEPTED)
+        assert info.value.code() == code
+        assert registry.get_sample_value("nbo_invalid_requests_total", {"field": field}) == before + 1
+
+
+async def test_a_call_with_too_little_time_left_awards_nothing(redis_url: str, tmp_path: Path) -> None:
+    """Below deadline_margin_seconds the server starts no Redis call and no award: whatever the
+    caller sees (DEADLINE or DEADLINE_EXCEEDED), no budget is spent and no contact recorded."""
+    load_customers(redis_url, CUSTOMERS, tmp_path)
+    version = publish_text(redis_url, BASE.replace("    cost: 1\n", "    cost: 1\n    budget: {total_awards: 100}\n"))
+    nbo = Harness(redis_url, Clock())
+    await nbo.start()
+    try:
+        await wait_for_catalog(nbo, version)
+        answers = []
+        for _ in range(20):
+            try:
+                answers.append(
+                    await nbo.stub.Decide(pb.DecideRequest(customer_id="vip", channel=pb.WEB), timeout=0.003)
+                )
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert {a.no_offer_reason for a in answers} <= {pb.DEADLINE}
+        normal = await nbo.decide("vip")
+    finally:
+        await nbo.stop()
+    assert [o.offer_id for o in normal.offers] == ["o_adhoc"]  # the one award of the test
+    client = redis.Redis.from_url(redis_url)
+    assert client.hget(Keys().budget_total, "o:o_adhoc:n") == b"1"
+    client.close()
 
 
 # field 1 (customer_id) as a length-delimited string holding a byte that is not UTF-8; and a
@@ -154,7 +197,8 @@ async def test_calls_beyond_the_concurrency_bound_are_shed_and_every_answer_is_c
 ) -> None:
     load_customers(redis_url, CUSTOMERS, tmp_path)
     version = publish_text(redis_url, BASE)
-    nbo = Harness(redis_url, Clock(), max_concurrent_rpcs=2)
+    # gRPC's own pending queue large enough for the burst: only the worker's bound sheds here
+    nbo = Harness(redis_url, Clock(), max_concurrent_rpcs=2, max_pending_rpcs=1000)
     await nbo.start()
     try:
         await wait_for_catalog(nbo, version)
@@ -167,8 +211,13 @@ async def test_calls_beyond_the_concurrency_bound_are_shed_and_every_answer_is_c
     assert {r.code() for r in shed} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
     ok = len(results) - len(shed)
     assert ok >= 2
-    handled = nbo.worker.metrics.registry.get_sample_value(
-        "grpc_server_handled_total",
-        {"grpc_type": "unary", "grpc_service": "nbo.v1.Decisioning", "grpc_method": "Decide", "grpc_code": "OK"},
+    registry = nbo.worker.metrics.registry
+    labels = {"grpc_type": "unary", "grpc_service": "nbo.v1.Decisioning", "grpc_method": "Decide"}
+    assert registry.get_sample_value("grpc_server_handled_total", {**labels, "grpc_code": "OK"}) == ok
+    assert registry.get_sample_value("grpc_server_handled_total", {**labels, "grpc_code": "RESOURCE_EXHAUSTED"}) == len(
+        shed
     )
-    assert handled == ok
+    assert registry.get_sample_value("nbo_shed_requests_total", {"method": "Decide"}) == len(shed)
+    assert {r.details() for r in shed} == {
+        "server busy: 2 calls in flight on this worker (max_concurrent_rpcs); retry with backoff"
+    }

@@ -18,6 +18,7 @@ import redis
 from server.domain import Channel, DecideRequest
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.pipeline.control_groups import in_holdout
+from server.pipeline.delivery import Delivery
 from server.state.embedded_redis import find_redis_server, free_port
 from server.state.keys import Keys
 from tests.integration.harness import Clock, Harness, load_customers, publish_text
@@ -322,26 +323,34 @@ async def test_decisions_cancelled_mid_award_leave_counters_equal_to_the_logged_
     many: tuple[Harness, Clock], redis_url: str
 ) -> None:
     """A caller that goes away cancels its decision's task at any point, the award included
-    (gRPC cancels the handler). Every counted award must still be a logged award: none leaked."""
+    (gRPC cancels the handler). Every counted award must still be a logged award, none leaked,
+    and exactly the awards of cancelled calls are logged undelivered (as the gRPC servicer
+    settles each call's delivery)."""
     nbo, clock = many
     clock.now = MIDNIGHT + 3600
     await republish(nbo, redis_url, budgeted("{total_awards: 1000}"))
     client = redis.Redis.from_url(redis_url)
     client.delete(KEYS.decision_stream)
     service = nbo.worker.service
-    cancelled = 0
+    answered: set[str] = set()
     for i in range(150):
-        task = asyncio.create_task(service.decide(DecideRequest(f"c{i:03d}", Channel.CALL_CENTRE)))
+        delivery = Delivery()
+        task = asyncio.create_task(service.decide(DecideRequest(f"c{i:03d}", Channel.CALL_CENTRE), delivery=delivery))
         await asyncio.sleep(0.0001 * (i % 30))  # lands before, inside and after the award
         task.cancel()
         try:
-            await task
+            answered.add((await task).decision_id)
+            delivery.settle(True)
         except asyncio.CancelledError:
-            cancelled += 1
-    assert cancelled > 0
+            delivery.settle(False)
+    assert 0 < len(answered) < 150
     await asyncio.sleep(1.0)  # shielded awards finish; the log writer flushes
-    awards = sum(rec["chosen"] == ["o_adhoc"] for rec in await stream_records(client, 1))
+    awarded = [rec for rec in await stream_records(client, 1) if rec["chosen"] == ["o_adhoc"]]
     counted = int(client.hget(KEYS.budget_total, "o:o_adhoc:n") or 0)
     client.close()
     assert counted > 0
-    assert counted == awards
+    assert counted == len(awarded)
+    undelivered = {rec["decision_id"] for rec in awarded if rec.get("undelivered")}
+    assert undelivered, "some awards must have been cancelled mid-way"
+    assert {rec["decision_id"] for rec in awarded} - undelivered <= answered
+    assert not undelivered & answered

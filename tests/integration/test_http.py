@@ -113,7 +113,15 @@ async def test_invalid_requests_answer_400_with_the_grpc_message(
 async def test_outcome_errors_map_to_their_http_status(http: Http) -> None:
     d = await http.decide(customerId="vip", channel="CALL_CENTRE")
     cases = [
-        ("01KAAAAAAAAAAAAAAAAAAAAAAA.vip", "o_adhoc", "ACCEPTED", 404, "NOT_FOUND", None, "decision_id: no decision"),
+        (
+            "01KAAAAAAAAAAAAAAAAAAAAAAA.vip",
+            "o_adhoc",
+            "ACCEPTED",
+            404,
+            "NOT_FOUND",
+            "decision_id",
+            "decision_id: no decision",
+        ),
         ("garbage", "o_adhoc", "ACCEPTED", 400, "INVALID_ARGUMENT", "decision_id", "decision_id: not a decision id"),
         (
             d["decisionId"],

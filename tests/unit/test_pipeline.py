@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +20,7 @@ from server.metrics import Metrics
 from server.models.scorers import PriorScorer
 from server.pipeline.context import LiveConfig
 from server.pipeline.control_groups import in_holdout
+from server.pipeline.delivery import Delivery
 from server.pipeline.service import DecisionService
 from server.state.memory_store import InMemoryLog, InMemoryStateStore
 from server.state.records import DecisionRecord
@@ -298,3 +301,66 @@ async def test_thompson_sampling_probabilities_are_exact_under_a_fixed_seed() ->
     assert probabilities == {"o_adhoc": 313 / 512, "o_life": 199 / 512}
     (chosen,) = d.offers
     assert chosen.selection_probability == probabilities[chosen.offer_id]
+
+
+# -- deadlines, the circuit breaker, delivery -------------------------------------------------------
+async def test_too_little_time_left_answers_deadline_without_touching_state() -> None:
+    nbo = rig(budgeted("{total_awards: 10}"))
+    steps: list[str] = []
+    for step in ("read", "reserve", "commit"):
+        nbo.store.before[step] = lambda step=step: steps.append(step)  # type: ignore[misc]
+    loop = asyncio.get_running_loop()
+    d = await nbo.service.decide(DecideRequest("vip", Channel.WEB), deadline=loop.time() + 0.001)
+
+    assert (d.offers, d.no_offer_reason, d.degraded) == ((), NoOfferReason.DEADLINE, False)
+    assert steps == []
+    assert nbo.record().no_offer_reason == "deadline"
+
+    # time runs out during the read: the award is never started, so nothing is spent
+    nbo.store.before["read"] = lambda: time.sleep(0.01)
+    d = await nbo.service.decide(DecideRequest("vip", Channel.WEB), deadline=loop.time() + 0.012)
+    assert d.no_offer_reason is NoOfferReason.DEADLINE
+    assert steps == []
+    assert all(v == "0" for h in counters(nbo.store) for v in h.values())
+
+
+async def test_the_circuit_opens_after_consecutive_failures_and_a_probe_closes_it() -> None:
+    nbo = rig()
+    nbo.service.services.breaker._probe_seconds = 0.05  # a short probe interval keeps the test fast
+    reads: list[int] = []
+    down = True
+
+    def read() -> None:
+        reads.append(1)
+        if down:
+            raise StateUnavailable("connection refused")
+
+    nbo.store.before["read"] = read
+    answers = [await nbo.decide("vip") for _ in range(5)]
+    assert [a.no_offer_reason for a in answers] == [NoOfferReason.DEGRADED] * 5
+    assert len(reads) == 3  # Settings().breaker_failures; the last two never waited on Redis
+    assert nbo.metric("nbo_redis_circuit_open") == 1.0
+    assert nbo.metric("nbo_redis_errors_total", op="circuit_open") == 2.0
+
+    down = False
+    await asyncio.sleep(0.06)
+    probe, after = await nbo.decide("vip"), await nbo.decide("vip")
+    assert [probe.no_offer_reason, after.no_offer_reason] == [NoOfferReason.NONE, NoOfferReason.NONE]
+    assert len(reads) == 5
+    assert nbo.metric("nbo_redis_circuit_open") == 0.0
+
+
+@pytest.mark.parametrize("delivered", [True, False])
+async def test_the_record_waits_for_delivery_and_an_undelivered_award_is_flagged(delivered: bool) -> None:
+    nbo = rig()
+    delivery = Delivery()
+    d = await nbo.service.decide(DecideRequest("vip", Channel.WEB), delivery=delivery)
+    assert [o.offer_id for o in d.offers] == ["o_adhoc"]
+    assert nbo.log.decisions == []  # not before the transport knows
+
+    delivery.settle(delivered)
+    delivery.settle(not delivered)  # the first word stands
+    record = nbo.record()
+    assert (record.chosen, record.undelivered) == (["o_adhoc"], not delivered)
+    assert ("undelivered" in record.to_fields()["r"]) is (not delivered)
+    assert nbo.metric("nbo_undelivered_decisions_total") == (0.0 if delivered else 1.0)

@@ -26,6 +26,7 @@ class NoOfferReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONTROL_GROUP: _ClassVar[NoOfferReason]
     OPTED_OUT: _ClassVar[NoOfferReason]
     DEGRADED: _ClassVar[NoOfferReason]
+    DEADLINE: _ClassVar[NoOfferReason]
 
 class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -48,6 +49,7 @@ BELOW_THRESHOLD: NoOfferReason
 CONTROL_GROUP: NoOfferReason
 OPTED_OUT: NoOfferReason
 DEGRADED: NoOfferReason
+DEADLINE: NoOfferReason
 OUTCOME_UNSPECIFIED: Outcome
 PRESENTED: Outcome
 ACCEPTED: Outcome
