@@ -11,7 +11,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
-from server.domain import NotFoundError, RequestError
+from server.domain import ConflictError, NotFoundError, RequestError
 from server.pipeline.service import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,7 @@ class Code(enum.StrEnum):
 
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
     UNAVAILABLE = "UNAVAILABLE"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
@@ -34,6 +35,7 @@ class Code(enum.StrEnum):
 HTTP_STATUS: dict[Code, int] = {
     Code.INVALID_ARGUMENT: 400,
     Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
     Code.UNAVAILABLE: 503,
     Code.RESOURCE_EXHAUSTED: 429,
     Code.DEADLINE_EXCEEDED: 504,
@@ -46,6 +48,7 @@ HTTP_STATUS: dict[Code, int] = {
 _BY_TYPE: tuple[tuple[type[Exception], Code], ...] = (
     (RequestError, Code.INVALID_ARGUMENT),
     (NotFoundError, Code.NOT_FOUND),
+    (ConflictError, Code.ALREADY_EXISTS),
     (ServiceUnavailable, Code.UNAVAILABLE),
 )
 INTERNAL_MESSAGE = "internal error; see the server log"
@@ -55,12 +58,12 @@ INTERNAL_MESSAGE = "internal error; see the server log"
 class Status:
     code: Code
     message: str
-    field: str | None = None  # the request field at fault, for INVALID_ARGUMENT
+    field: str | None = None  # the request field at fault, for INVALID_ARGUMENT and ALREADY_EXISTS
 
 
 def status_of(err: Exception) -> Status:
     for kind, code in _BY_TYPE:
         if isinstance(err, kind):
-            return Status(code, str(err), err.field if isinstance(err, RequestError) else None)
+            return Status(code, str(err), err.field if isinstance(err, RequestError | ConflictError) else None)
     log.error("internal error", exc_info=err)
     return Status(Code.INTERNAL, INTERNAL_MESSAGE)
