@@ -215,6 +215,7 @@ async def bench_scripts(
             decision_ttl=3600,
             request_ttl=3600,
             history_ttl=3600,
+            request_fingerprint="",
         )
 
     def reserve_fn(walk: list[Reservation]) -> Callable[[int], Awaitable[object]]:

@@ -44,6 +44,7 @@ _STATUS_TEXT = {
     403: "PERMISSION_DENIED: the caller may not make this call",
     404: "NOT_FOUND: an id the caller named does not exist (or no such path)",
     405: "METHOD_NOT_ALLOWED: only POST",
+    409: "ALREADY_EXISTS: a request_id or event_id reused for a different request or outcome (`field` names it)",
     413: f"PAYLOAD_TOO_LARGE: the body is over {MAX_BODY_BYTES} bytes",
     415: f"UNSUPPORTED_MEDIA_TYPE: Content-Type must be {JSON_TYPE} (UTF-8)",
     429: "RESOURCE_EXHAUSTED: the server is shedding load; retry later",

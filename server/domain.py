@@ -57,6 +57,17 @@ class NotFoundError(LookupError):
         self.reason = reason
 
 
+class ConflictError(ValueError):
+    """An idempotency id (`request_id`, `event_id`) reused for a different call: the API layer
+    maps it to ALREADY_EXISTS. Answering the first call's result, or "duplicate", would hand the
+    caller an answer to a question it did not ask, or silently drop what it reported."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class DecideRequest:
     customer_id: str

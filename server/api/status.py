@@ -11,7 +11,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
-from server.domain import NotFoundError, RequestError
+from server.domain import ConflictError, NotFoundError, RequestError
 from server.metrics import Metrics
 from server.pipeline.service import ServiceUnavailable
 
@@ -23,6 +23,7 @@ class Code(enum.StrEnum):
 
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
     UNAVAILABLE = "UNAVAILABLE"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
@@ -35,6 +36,7 @@ class Code(enum.StrEnum):
 HTTP_STATUS: dict[Code, int] = {
     Code.INVALID_ARGUMENT: 400,
     Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
     Code.UNAVAILABLE: 503,
     Code.RESOURCE_EXHAUSTED: 429,
     Code.DEADLINE_EXCEEDED: 504,
@@ -47,6 +49,7 @@ HTTP_STATUS: dict[Code, int] = {
 _BY_TYPE: tuple[tuple[type[Exception], Code], ...] = (
     (RequestError, Code.INVALID_ARGUMENT),
     (NotFoundError, Code.NOT_FOUND),
+    (ConflictError, Code.ALREADY_EXISTS),
     (ServiceUnavailable, Code.UNAVAILABLE),
 )
 INTERNAL_MESSAGE = "internal error; see the server log"
@@ -60,7 +63,7 @@ class Status:
 
 
 # refusals of what the call asked for (not of the server's state): nbo_invalid_requests counts them
-_REFUSALS = frozenset({Code.INVALID_ARGUMENT, Code.NOT_FOUND})
+_REFUSALS = frozenset({Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.ALREADY_EXISTS})
 
 
 def status_of(err: Exception) -> Status:

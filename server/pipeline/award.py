@@ -6,7 +6,8 @@ candidates (skipped when none is limited), then a commit of the contact history,
 caps and request id. A reservation the commit refuses is released again, so counters end equal
 to the awards returned. A concurrent decision for the same customer may use a per-customer cap
 between our read and our commit; the commit then writes nothing and the next candidates get one
-more try.
+more try. A request id already decided is a replay of that decision, or, if it was decided for a
+different request, ConflictError (after every reservation is given back).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from server.catalog.budgets import Period, Reservation, exhausted_reason, has_budget, per_customer_caps, reservation
 from server.pipeline.context import CandidateStatus, Positions, RequestContext, Scores, Services, Stage
 from server.pipeline.guard import bounded
+from server.pipeline.idempotency import check_request_repeat, request_fingerprint
 from server.state.store import CAMPAIGN_CAP, CHANNEL_CAP, OFFER_CAP, REPLAY, RETRY, Committed, Pick, StateUnavailable
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,7 @@ async def _award_once(
         return _DEGRADED
     if committed.status == REPLAY:
         await release(svc, plan.period, _reservations(walk, granted))
+        check_request_repeat(ctx.req, ctx.k, committed.fingerprint)
         return AwardOutcome([], replay_of=committed.decision_id)
     if committed.refused:
         svc.metrics.award_refusals.labels("commit").inc(len(committed.refused))
@@ -162,6 +165,7 @@ async def _commit(ctx: RequestContext, svc: Services, plan: _Plan, granted: list
         decision_ttl=settings.decision_ttl_seconds,
         request_ttl=settings.request_id_ttl_seconds,
         history_ttl=settings.contact_history_ttl_seconds,
+        request_fingerprint=request_fingerprint(req, ctx.k) if req.request_id else "",
     )
     return await bounded(commit, ctx.redis_until, svc.breaker)
 

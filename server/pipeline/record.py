@@ -1,5 +1,7 @@
 """Stage 8b: the log — build the decision's typed record (and, for a request id, where its answer
-is kept for repeats) and hand both to the log writer, off the request path."""
+is kept for repeats) and hand both to the log writer, off the request path. The request key was
+written before, by the commit script or the service's claim, so that a repeat is recognised at
+once; only the answer it points to is written here."""
 
 from __future__ import annotations
 
@@ -35,8 +37,9 @@ def candidate_records(
 
 
 def log_decision(ctx: RequestContext, svc: Services, decision: Decision, candidates: Candidates, *, keep: bool) -> None:
-    """`keep`: the commit script ran, so it created the decision and request keys already. The
-    record waits for the transport to say whether the answer reached the caller (ctx.delivery)."""
+    """`keep`: the commit script ran, so it created the decision key already (else it is created
+    here, with its expiry). The record waits for the transport to say whether the answer reached
+    the caller (ctx.delivery)."""
     req, state = ctx.req, ctx.state
     record = DecisionRecord(
         decision_id=decision.decision_id,
@@ -81,12 +84,6 @@ def _replay(ctx: RequestContext, svc: Services, decision: Decision, *, keep: boo
     if keep:
         # the commit script created the decision key and the request key; add the full answer
         return Replay(decision_key, encode_decision(decision))
-    # nothing was awarded, so no script ran: remember the answer for repeats here
-    return Replay(
-        decision_key,
-        encode_decision(decision),
-        request_key=keys.request(req.customer_id, req.request_id),
-        decision_id=decision.decision_id,
-        request_ttl=svc.settings.request_id_ttl_seconds,
-        decision_ttl=svc.settings.decision_ttl_seconds,
-    )
+    # nothing was awarded, so no script ran: the service claimed the request key; the decision
+    # key is created here
+    return Replay(decision_key, encode_decision(decision), decision_ttl=svc.settings.decision_ttl_seconds)

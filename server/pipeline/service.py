@@ -46,15 +46,23 @@ from server.pipeline.eligibility import eligibility
 from server.pipeline.explain import no_offer_reason, ranked_offers, suppressed
 from server.pipeline.exploration import explore, taken_probabilities
 from server.pipeline.guard import CircuitBreaker, bounded
+from server.pipeline.idempotency import (
+    check_request_repeat,
+    outcome_conflict,
+    outcome_fingerprint,
+    request_fingerprint,
+)
 from server.pipeline.record import candidate_records, log_decision
 from server.pipeline.scoring import score
 from server.pipeline.validate import validate_request
 from server.state.records import NO_CANDIDATES, OutcomeRecord, decode_decision
 from server.state.store import (
+    CONFLICT,
     NOT_OFFERED,
     RECORDED,
     UNKNOWN_DECISION,
     CustomerState,
+    Recorded,
     LogSink,
     StateStore,
     StateUnavailable,
@@ -125,7 +133,7 @@ class DecisionService:
             return state  # degraded, or the answer to an earlier request with this id
         vector = state.vector
         if vector is None or state.vector_schema not in ctx.live.readable_versions:
-            return self._empty(ctx, NoOfferReason.UNKNOWN_CUSTOMER)
+            return await self._no_offer(ctx, NoOfferReason.UNKNOWN_CUSTOMER)
         eligible = eligibility(
             catalog,
             req.channel,
@@ -138,11 +146,11 @@ class DecisionService:
             segments=ctx.segments,
         )
         if eligible is None:
-            return self._empty(ctx, NoOfferReason.OPTED_OUT)
+            return await self._no_offer(ctx, NoOfferReason.OPTED_OUT)
         # after consent, so that treated and control customers are comparable for lift
         ctx.control_group = in_holdout(catalog.control_salt, req.customer_id, catalog.control_fraction)
         if not ctx.view.offers:
-            return self._empty(
+            return await self._no_offer(
                 ctx, NoOfferReason.CONTROL_GROUP if ctx.control_group else NoOfferReason.NO_ELIGIBLE_OFFER
             )
         status, room = eligible.status, eligible.room
@@ -151,10 +159,10 @@ class DecisionService:
         ranked = arbitrate(ctx, status, scores)
         ranked, ctx.exploration = explore(ctx, ranked, scores)
         if ctx.control_group:
-            _hold_back(ctx, status, ranked, room)
-        elif ctx.short_of_time(self.settings.deadline_margin_seconds):
+            return await self._hold_back(ctx, status, ranked, room, scores)
+        if ctx.short_of_time(self.settings.deadline_margin_seconds):
             return self._empty(ctx, NoOfferReason.DEADLINE)  # nothing spent on a caller about to go
-        elif ranked.size or req.request_id:
+        if ranked.size or req.request_id:
             # once the award starts it runs to its end and is logged even if the caller goes away:
             # cancelled mid-script, a reservation would stay counted but never logged nor released
             return await asyncio.shield(self._award(ctx, status, ranked, room, scores))
@@ -217,8 +225,55 @@ class DecisionService:
             log.warning("feature/contact read failed, degrading: %s", err)
             return self._empty(ctx, NoOfferReason.DEGRADED, degraded=True)
         if state.replay_decision_id is not None:
+            check_request_repeat(req, ctx.k, state.replay_fingerprint)
             return await self._replay(req.customer_id, state.replay_decision_id)
         return state
+
+    async def _no_offer(self, ctx: RequestContext, reason: NoOfferReason) -> Decision:
+        """A decision that ends before the award stage (nothing to award, no commit script)."""
+        return await self._once(ctx, lambda: self._empty(ctx, reason))
+
+    async def _hold_back(
+        self, ctx: RequestContext, status: CandidateStatus, ranked: Positions, room: int | None, scores: Scores
+    ) -> Decision:
+        """Universal control group: nothing is awarded, but what would have been is logged."""
+        ctx.would_offer = [ctx.view.offer_ids[p] for p in ranked[: ctx.k if room is None else min(ctx.k, room)]]
+        status.drop(ranked, Stage.RANKED_OUT)
+        return await self._once(ctx, lambda: self._answer(ctx, status, ranked, scores, [], committed=False))
+
+    async def _once(self, ctx: RequestContext, answer: Callable[[], Decision]) -> Decision:
+        """`answer()`, for a decision no commit script records. With a request id the id is claimed
+        first, so a repeat racing this call is its replay (or a conflict), not a second decision."""
+        if not ctx.req.request_id:
+            return answer()
+        # shielded as the award is: a claim whose answer is never logged would leave every repeat
+        # waiting for it until the request id expires
+        return await asyncio.shield(self._claim(ctx, answer))
+
+    async def _claim(self, ctx: RequestContext, answer: Callable[[], Decision]) -> Decision:
+        req = ctx.req
+        if ctx.short_of_time(self.settings.deadline_margin_seconds):
+            return self._empty(ctx, NoOfferReason.DEADLINE)  # never remembered: a retry decides anew
+        claim = self.store.claim_request(
+            req.customer_id,
+            req.request_id,
+            ctx.decision_id,
+            request_fingerprint(req, ctx.k),
+            self.settings.request_id_ttl_seconds,
+        )
+        try:
+            earlier = await bounded(claim, ctx.redis_until, self.services.breaker)
+        except StateUnavailable as err:
+            # unclaimed, a repeat would be decided again and logged twice: answer as any decision
+            # whose state write failed (degraded answers are never remembered for the request id)
+            self.metrics.redis_errors.labels("claim").inc()
+            log.warning("request id claim failed, degrading: %s", err)
+            return self._empty(ctx, NoOfferReason.DEGRADED, degraded=True)
+        if earlier is None:
+            return answer()
+        decision_id, fingerprint = earlier
+        check_request_repeat(req, ctx.k, fingerprint)
+        return await self._replay(req.customer_id, decision_id)
 
     def _empty(self, ctx: RequestContext, reason: NoOfferReason, *, degraded: bool = False) -> Decision:
         decision = Decision(
@@ -248,48 +303,20 @@ class DecisionService:
 
     # -- ReportOutcome -----------------------------------------------------------------------
     async def report_outcome(self, report: OutcomeReport) -> OutcomeResult:
-        parts = split_decision_id(report.decision_id)
-        if parts is None:
-            raise RequestError("decision_id", "not a decision id returned by Decide")
-        customer_id = parts[1]
-        if problem := id_problem(report.offer_id):
-            raise RequestError("offer_id", problem)
-        if not math.isfinite(report.value) or report.value < 0:
-            raise RequestError("value", f"must be finite and >= 0, got {report.value}")
-        if report.event_id and (problem := id_problem(report.event_id, 200)):
-            raise RequestError("event_id", problem)
+        customer_id = _validate_report(report)
         event_id = report.event_id or f"{report.decision_id}:{report.offer_id}:{report.outcome.value}"
-        live = self.live
-        policy = live.catalog.contact_policy if live else None
         now = self.clock()
-        breaker = self.services.breaker
-        if not breaker.allow():
-            self.metrics.redis_errors.labels("circuit_open").inc()
-            raise ServiceUnavailable("could not record the outcome: Redis is down (circuit open); retry later")
-        try:
-            recording = self.store.record_outcome(
-                customer_id=customer_id,
-                decision_id=report.decision_id,
-                offer_id=report.offer_id,
-                outcome=report.outcome.value,
-                event_id=event_id,
-                now=now,
-                event_ttl=self.settings.outcome_event_ttl_seconds,
-                max_presented=policy.max_presented_without_response if policy else 3,
-                suppression_seconds=policy.suppression_seconds if policy else 30 * 86400,
-                history_ttl=self.settings.contact_history_ttl_seconds,
-            )
-            until = asyncio.get_running_loop().time() + self.settings.redis_timeout_seconds
-            result = await bounded(recording, until, breaker)
-        except StateUnavailable as err:
-            self.metrics.redis_errors.labels("outcome").inc()
-            raise ServiceUnavailable(f"could not record the outcome: {err}") from err
+        result = await self._record_outcome(report, customer_id, event_id, now)
         if result.status == UNKNOWN_DECISION:
             self.metrics.outcomes.labels(report.outcome.value, "not_found").inc()
             raise NotFoundError("decision_id", f"no decision {report.decision_id!r} (unknown or expired)")
         if result.status == NOT_OFFERED:
             self.metrics.outcomes.labels(report.outcome.value, "invalid").inc()
             raise RequestError("offer_id", f"offer {report.offer_id!r} was not offered in this decision")
+        if result.status == CONFLICT:
+            # nothing was recorded: the first outcome under this event id stands
+            self.metrics.outcomes.labels(report.outcome.value, "conflict").inc()
+            raise outcome_conflict(report, result.fingerprint)
         recorded = result.status == RECORDED
         self.metrics.outcomes.labels(report.outcome.value, "recorded" if recorded else "duplicate").inc()
         if recorded:
@@ -309,8 +336,44 @@ class DecisionService:
             )
         return OutcomeResult(recorded=recorded, duplicate=not recorded)
 
+    async def _record_outcome(self, report: OutcomeReport, customer_id: str, event_id: str, now: float) -> Recorded:
+        live = self.live
+        policy = live.catalog.contact_policy if live else None
+        breaker = self.services.breaker
+        if not breaker.allow():
+            self.metrics.redis_errors.labels("circuit_open").inc()
+            raise ServiceUnavailable("could not record the outcome: Redis is down (circuit open); retry later")
+        recording = self.store.record_outcome(
+            customer_id=customer_id,
+            decision_id=report.decision_id,
+            offer_id=report.offer_id,
+            outcome=report.outcome.value,
+            event_id=event_id,
+            now=now,
+            event_ttl=self.settings.outcome_event_ttl_seconds,
+            max_presented=policy.max_presented_without_response if policy else 3,
+            suppression_seconds=policy.suppression_seconds if policy else 30 * 86400,
+            history_ttl=self.settings.contact_history_ttl_seconds,
+            fingerprint=outcome_fingerprint(report),
+        )
+        try:
+            return await bounded(
+                recording, asyncio.get_running_loop().time() + self.settings.redis_timeout_seconds, breaker
+            )
+        except StateUnavailable as err:
+            self.metrics.redis_errors.labels("outcome").inc()
+            raise ServiceUnavailable(f"could not record the outcome: {err}") from err
 
-def _hold_back(ctx: RequestContext, status: CandidateStatus, ranked: Positions, room: int | None) -> None:
-    """Universal control group: nothing is awarded, but what would have been is logged."""
-    ctx.would_offer = [ctx.view.offer_ids[p] for p in ranked[: ctx.k if room is None else min(ctx.k, room)]]
-    status.drop(ranked, Stage.RANKED_OUT)
+
+def _validate_report(report: OutcomeReport) -> str:
+    """Raise RequestError naming the field; return the decision's customer id."""
+    parts = split_decision_id(report.decision_id)
+    if parts is None:
+        raise RequestError("decision_id", "not a decision id returned by Decide")
+    if problem := id_problem(report.offer_id):
+        raise RequestError("offer_id", problem)
+    if not math.isfinite(report.value) or report.value < 0:
+        raise RequestError("value", f"must be finite and >= 0, got {report.value}")
+    if report.event_id and (problem := id_problem(report.event_id, 200)):
+        raise RequestError("event_id", problem)
+    return parts[1]

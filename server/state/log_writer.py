@@ -35,15 +35,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """Where a decision's full answer is kept for request_id repeats."""
+    """Where a decision's full answer is kept for request_id repeats. The request key itself is
+    written before the answer leaves, by the commit script or the service's claim."""
 
     decision_key: str
     payload: bytes
-    # set when no commit script ran, so the request key must be written here (first writer wins)
+    # only in spill files written before request ids were claimed at once: the request key to
+    # set here (first writer wins); kept so that those files still replay
     request_key: str | None = None
     decision_id: str = ""
     request_ttl: int = 0
-    decision_ttl: int = 0
+    decision_ttl: int = 0  # set when no commit script created the decision key (it expires then)
 
 
 # (stream key, stream fields, replay)
@@ -202,8 +204,9 @@ class LogWriter:
             if replay is None:
                 continue
             pipe.hset(replay.decision_key, "response", replay.payload)
-            if replay.request_key is not None:
+            if replay.decision_ttl:
                 pipe.expire(replay.decision_key, replay.decision_ttl)
+            if replay.request_key is not None:
                 pipe.set(replay.request_key, replay.decision_id, nx=True, ex=replay.request_ttl)
         return pipe
 

@@ -1,11 +1,12 @@
 """The StateStore protocol in memory, with the Lua scripts' semantics, for unit tests.
 
 Budget counters, per-customer award caps, contact history, the channel's sends in the window,
-request-id replay and outcome idempotency behave as read.lua, reserve.lua, release.lua,
-commit.lua and outcome.lua do; keys never expire (tests control time through `now`). Faults
-and races are injected with `before[op]`, a callable run at the start of operation `op`
-("read", "reserve", "release", "commit", "replay", "outcome") that may raise StateUnavailable
-or change the state as a concurrent decision would.
+request-id replay and claims, and outcome idempotency (with fingerprints) behave as read.lua,
+reserve.lua, release.lua, commit.lua, outcome.lua and RedisStateStore.claim_request do; keys
+never expire (tests control time through `now`). Faults and races are injected with
+`before[op]`, a callable run at the start of operation `op` ("read", "reserve", "release",
+"commit", "claim", "replay", "outcome") that may raise StateUnavailable or change the state as a
+concurrent decision would.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from server.state.store import (
     CAMPAIGN_CAP,
     CHANNEL_CAP,
     COMMITTED,
+    CONFLICT,
     DUPLICATE,
     NOT_OFFERED,
     OFFER_CAP,
+    OLD_EVENT_MARK,
     RECORDED,
     REPLAY,
     RETRY,
@@ -38,6 +41,8 @@ from server.state.store import (
     Pick,
     Recorded,
     Reserved,
+    request_value,
+    split_request_value,
 )
 
 if TYPE_CHECKING:
@@ -85,10 +90,11 @@ class InMemoryStateStore:
         sent = self.sent.get(k.channel_contacts(customer_id, channel), {})
         in_window = sum(1 for t in sent.values() if t > now - window_seconds)
         history = ContactHistory.from_hash({a.encode(): b.encode() for a, b in contacts.items()}, in_window)
-        replay = self.strings.get(k.request(customer_id, request_id)) if request_id else None
+        value = self.strings.get(k.request(customer_id, request_id)) if request_id else None
+        replay, fingerprint = split_request_value(value) if value is not None else (None, "")
         if stored is None:
-            return CustomerState(None, None, history, replay)
-        return CustomerState(stored[1].copy(), stored[0], history, replay)
+            return CustomerState(None, None, history, replay, fingerprint)
+        return CustomerState(stored[1].copy(), stored[0], history, replay, fingerprint)
 
     def _budget_keys(self, period: Period) -> list[str]:
         k = self._keys
@@ -160,12 +166,14 @@ class InMemoryStateStore:
         decision_ttl: int,
         request_ttl: int,
         history_ttl: int,
+        request_fingerprint: str,
     ) -> Committed:
         self._hook("commit")
         k = self._keys
         request_key = k.request(customer_id, request_id)
         if request_id and request_key in self.strings:
-            return Committed(REPLAY, self.strings[request_key], (), ())
+            earlier, fingerprint = split_request_value(self.strings[request_key])
+            return Committed(REPLAY, earlier, (), (), fingerprint)
         sent = self.sent.setdefault(k.channel_contacts(customer_id, channel), {})
         if channel_cap is not None:
             for member in [m for m, t in sent.items() if t <= now - window_seconds]:
@@ -183,7 +191,7 @@ class InMemoryStateStore:
                 self._add(contacts, f"a:o:{p.offer_id}", 1)
                 self._add(contacts, f"a:c:{p.campaign_id}", 1)
         if request_id:
-            self.strings[request_key] = decision_id
+            self.strings[request_key] = request_value(decision_id, request_fingerprint)
         return Committed(COMMITTED, decision_id, tuple(p.offer_id for p in awarded), tuple(refused))
 
     def _check_caps(
@@ -211,6 +219,16 @@ class InMemoryStateStore:
                     counts[fc] += 1
         return awarded, refused
 
+    async def claim_request(
+        self, customer_id: str, request_id: str, decision_id: str, fingerprint: str, ttl: int
+    ) -> tuple[str, str] | None:
+        self._hook("claim")
+        key = self._keys.request(customer_id, request_id)
+        if key in self.strings:
+            return split_request_value(self.strings[key])
+        self.strings[key] = request_value(decision_id, fingerprint)
+        return None
+
     async def replay(self, customer_id: str, decision_id: str) -> bytes | None:
         self._hook("replay")
         raw = self.hashes.get(self._keys.decision(customer_id, decision_id), {}).get("response")
@@ -229,6 +247,7 @@ class InMemoryStateStore:
         max_presented: int,
         suppression_seconds: float,
         history_ttl: int,
+        fingerprint: str,
     ) -> Recorded:
         self._hook("outcome")
         k = self._keys
@@ -238,9 +257,12 @@ class InMemoryStateStore:
         if offer_id not in decision["offers"].split(","):
             return Recorded(NOT_OFFERED, "", float("nan"), float("nan"))
         event_key = k.outcome_event(customer_id, event_id)
-        if event_key in self.strings:
+        seen = self.strings.get(event_key)
+        if seen is not None and seen not in (fingerprint, OLD_EVENT_MARK):
+            return Recorded(CONFLICT, "", float("nan"), float("nan"), seen)
+        if seen is not None:
             return Recorded(DUPLICATE, "", float("nan"), float("nan"))
-        self.strings[event_key] = "1"
+        self.strings[event_key] = fingerprint
         self._apply_outcome(k.contacts(customer_id), offer_id, outcome, now, max_presented, suppression_seconds)
         p, sd = decision.get(f"p:{offer_id}", "nan,nan").split(",")
         return Recorded(RECORDED, decision.get("channel", ""), float(p), float(sd))

@@ -27,6 +27,7 @@ from server.state.store import (
     CAMPAIGN_CAP,
     CHANNEL_CAP,
     COMMITTED,
+    CONFLICT,
     OFFER_CAP,
     RECORDED,
     REPLAY,
@@ -37,6 +38,8 @@ from server.state.store import (
     Recorded,
     Reserved,
     StateUnavailable,
+    request_value,
+    split_request_value,
 )
 
 __all__ = [
@@ -94,7 +97,7 @@ class RedisStateStore:
             )
         except RedisError as err:
             raise StateUnavailable(str(err)) from err
-        replay = replay_raw.decode() if replay_raw else None
+        replay, fingerprint = split_request_value(replay_raw.decode()) if replay_raw else (None, "")
         vector: npt.NDArray[np.float32] | None = None
         version: int | None = None
         if blob is not None:
@@ -103,7 +106,7 @@ class RedisStateStore:
             except ValueError:
                 vector = None
         fields = dict(zip(contacts[::2], contacts[1::2], strict=True))
-        return CustomerState(vector, version, ContactHistory.from_hash(fields, int(sent)), replay)
+        return CustomerState(vector, version, ContactHistory.from_hash(fields, int(sent)), replay, fingerprint)
 
     def _budget_keys(self, period: Period) -> list[str]:
         k = self.keys
@@ -153,6 +156,7 @@ class RedisStateStore:
         decision_ttl: int,
         request_ttl: int,
         history_ttl: int,
+        request_fingerprint: str,
     ) -> Committed:
         k = self.keys
         keys = [
@@ -168,7 +172,7 @@ class RedisStateStore:
             decision_id,
             decision_ttl,
             request_ttl,
-            1 if request_id else 0,
+            request_value(decision_id, request_fingerprint) if request_id else "",
             history_ttl,
             channel,
             len(picks),
@@ -181,14 +185,32 @@ class RedisStateStore:
         except RedisError as err:
             raise StateUnavailable(str(err)) from err
         status = int(raw[0])
-        found_id = raw[1].decode()
         if status == REPLAY:
-            return Committed(status, found_id, (), ())
+            earlier, fingerprint = split_request_value(raw[1].decode())
+            return Committed(status, earlier, (), (), fingerprint)
+        found_id = raw[1].decode()
         n = int(raw[2])
         awarded = tuple(x.decode() for x in raw[3 : 3 + n])
         rest = raw[3 + n :]
         refused = tuple((rest[i].decode(), int(rest[i + 1])) for i in range(0, len(rest), 2))
         return Committed(status, found_id, awarded, refused)
+
+    async def claim_request(
+        self, customer_id: str, request_id: str, decision_id: str, fingerprint: str, ttl: int
+    ) -> tuple[str, str] | None:
+        key = self.keys.request(customer_id, request_id)
+        try:
+            # SET NX then GET, not SET NX GET: that needs Redis 7. A request key is only ever set
+            # once, so what GET finds is what refused our SET (unless it expired just between)
+            for _ in range(2):
+                if await self.client.set(key, request_value(decision_id, fingerprint), nx=True, ex=ttl):
+                    return None
+                found = await self.client.get(key)
+                if found is not None:
+                    return split_request_value(found.decode() if isinstance(found, bytes) else found)
+        except RedisError as err:
+            raise StateUnavailable(str(err)) from err
+        raise StateUnavailable(f"request key {key} neither set nor readable")
 
     async def replay(self, customer_id: str, decision_id: str) -> bytes | None:
         try:
@@ -210,6 +232,7 @@ class RedisStateStore:
         max_presented: int,
         suppression_seconds: float,
         history_ttl: int,
+        fingerprint: str,
     ) -> Recorded:
         k = self.keys
         digest = hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()
@@ -220,11 +243,13 @@ class RedisStateStore:
                     k.outcome_event(customer_id, digest),
                     k.contacts(customer_id),
                 ],
-                args=[offer_id, outcome, now, event_ttl, max_presented, suppression_seconds, history_ttl],
+                args=[offer_id, outcome, now, event_ttl, max_presented, suppression_seconds, history_ttl, fingerprint],
             )
         except RedisError as err:
             raise StateUnavailable(str(err)) from err
         status = int(raw[0])
+        if status == CONFLICT:
+            return Recorded(status, "", math.nan, math.nan, raw[1].decode())
         if status != RECORDED:
             return Recorded(status, "", math.nan, math.nan)
         p, sd = raw[2].decode().split(",") if raw[2] else ("nan", "nan")

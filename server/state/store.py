@@ -33,7 +33,8 @@ class CustomerState:
     vector: npt.NDArray[np.float32] | None  # None: unknown customer (or unreadable vector)
     vector_schema: int | None
     history: ContactHistory
-    replay_decision_id: str | None
+    replay_decision_id: str | None  # the request id was decided before, by this decision
+    replay_fingerprint: str = ""  # of that earlier request ("" if stored without one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,19 +61,36 @@ class Committed:
     decision_id: str
     awarded: tuple[str, ...]
     refused: tuple[tuple[str, int], ...]  # (offer, CHANNEL_CAP | OFFER_CAP | CAMPAIGN_CAP)
+    fingerprint: str = ""  # with REPLAY: of the earlier request ("" if stored without one)
 
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    status: int  # RECORDED, DUPLICATE, UNKNOWN_DECISION or NOT_OFFERED
+    status: int  # RECORDED, DUPLICATE, UNKNOWN_DECISION, NOT_OFFERED or CONFLICT
     channel: str  # of the decision, when recorded
     propensity: float  # the offer's base propensity at decision time; NaN if not known
     prior_sd: float  # the bandit prior sd of the offer's offset; NaN if not known
+    fingerprint: str = ""  # with CONFLICT: of the outcome first recorded under the event id
 
 
 COMMITTED, REPLAY, RETRY = 1, 2, 3  # RETRY: per-customer caps refused every pick, nothing written
 CHANNEL_CAP, OFFER_CAP, CAMPAIGN_CAP = 1, 2, 3
-RECORDED, DUPLICATE, UNKNOWN_DECISION, NOT_OFFERED = 1, 0, -1, -2
+RECORDED, DUPLICATE, UNKNOWN_DECISION, NOT_OFFERED, CONFLICT = 1, 0, -1, -2, -3
+# what an event key held before outcome fingerprints were stored: matches any repeat
+OLD_EVENT_MARK = "1"
+
+
+def request_value(decision_id: str, fingerprint: str) -> str:
+    """What a request key holds: the decision that answered the request id, and the fingerprint
+    of that request (server.pipeline.idempotency), so a different request under the id is told
+    from a repeat."""
+    return f"{decision_id} {fingerprint}"
+
+
+def split_request_value(value: str) -> tuple[str, str]:
+    """(decision id, fingerprint); the fingerprint is "" in values written before there was one."""
+    decision_id, _, fingerprint = value.partition(" ")
+    return decision_id, fingerprint
 
 
 class StateStore(Protocol):
@@ -115,10 +133,21 @@ class StateStore(Protocol):
         decision_ttl: int,
         request_ttl: int,
         history_ttl: int,
+        request_fingerprint: str,
     ) -> Committed:
         """Re-check the channel cap and per-customer caps, record the contacts, the decision and
-        the request id, atomically. With `may_retry`, when per-customer caps refuse every pick,
-        write nothing and answer RETRY so the caller can try the next candidates."""
+        the request id (with `request_fingerprint`), atomically. With `may_retry`, when
+        per-customer caps refuse every pick, write nothing and answer RETRY so the caller can try
+        the next candidates. A request id already decided is REPLAY, with that decision's id and
+        its request's fingerprint, having written nothing."""
+        ...
+
+    async def claim_request(
+        self, customer_id: str, request_id: str, decision_id: str, fingerprint: str, ttl: int
+    ) -> tuple[str, str] | None:
+        """Record the request id as decided by `decision_id`, unless it is already: then return
+        (that decision id, its fingerprint) and write nothing. For decisions no commit runs for
+        (nothing to award), so a repeat racing them is their replay at once."""
         ...
 
     async def replay(self, customer_id: str, decision_id: str) -> bytes | None:
@@ -138,8 +167,11 @@ class StateStore(Protocol):
         max_presented: int,
         suppression_seconds: float,
         history_ttl: int,
+        fingerprint: str,
     ) -> Recorded:
-        """Apply one outcome to the contact history, once per event id."""
+        """Apply one outcome to the contact history, once per event id. The event id keeps the
+        outcome's fingerprint: a repeat with the same one is DUPLICATE, another is CONFLICT (with
+        the stored fingerprint); neither changes anything."""
         ...
 
 

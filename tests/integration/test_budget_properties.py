@@ -349,6 +349,7 @@ class BudgetMachine(RuleBasedStateMachine):
                 decision_ttl=600,
                 request_ttl=600,
                 history_ttl=600,
+                request_fingerprint="fp" if request_id else "",
             )
         )
         if request_id in who.decided:  # the request was decided: replay it, give every award back

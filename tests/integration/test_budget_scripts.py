@@ -118,6 +118,7 @@ async def commit(
         decision_ttl=60,
         request_ttl=60,
         history_ttl=60,
+        request_fingerprint="fp" if request_id else "",
     )
 
 

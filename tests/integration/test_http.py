@@ -151,6 +151,20 @@ async def test_a_request_id_replays_the_decision_across_transports(http: Http) -
     assert by_grpc.replayed and by_grpc.decision_id == first["decisionId"]
 
 
+async def test_reused_ids_are_409_already_exists_naming_the_field(http: Http) -> None:
+    first = await http.decide(customerId="vip", channel="CALL_CENTRE", requestId="r-1")
+    status, body = await http.post("/v1/decide", {"customerId": "vip", "channel": "WEB", "requestId": "r-1"})
+    assert (status, body["error"]["code"], body["error"]["field"]) == (409, "ALREADY_EXISTS", "request_id")
+    assert body["error"]["message"] == (
+        "request_id: 'r-1' was already used for a different request (channel differs); use a new request_id"
+    )
+    report = {"decisionId": first["decisionId"], "offerId": "o_adhoc", "outcome": "PRESENTED", "eventId": "ev-1"}
+    assert (await http.post("/v1/outcomes", report))[0] == 200
+    status, body = await http.post("/v1/outcomes", {**report, "outcome": "DECLINED"})
+    assert (status, body["error"]["code"], body["error"]["field"]) == (409, "ALREADY_EXISTS", "event_id")
+    assert body["error"]["message"].startswith("event_id: 'ev-1' was already used for a different outcome")
+
+
 async def test_grpc_and_http_decide_the_same(http: Http, redis_url: str, tmp_path: Path) -> None:
     """The same request on the same state gives the same decision on both transports."""
     by_grpc = await http.nbo.decide("regular", pb.WEB, max_offers=3, explain=True, context={"cart_value": 3})

@@ -3,7 +3,8 @@ RedisStateStore (real redis-server) and on InMemoryStateStore, gives the same an
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hashlib
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis
@@ -14,7 +15,7 @@ from server.features.schema import encode_vector
 from server.state.keys import Keys
 from server.state.memory_store import InMemoryStateStore
 from server.state.redis_store import RedisStateStore
-from server.state.store import CustomerState, Pick, Recorded, StateStore
+from server.state.store import CONFLICT, DUPLICATE, REPLAY, Committed, CustomerState, Pick, Recorded, StateStore
 from tests.unit.catalog_fixtures import SCHEMA
 
 PERIOD = Period(day="2027-01-15", hour="2027-01-15T10", day_fraction=10 / 24)
@@ -53,6 +54,7 @@ async def commit(store: StateStore, decision_id: str, picks: list[Pick], **kw: o
         "decision_ttl": 3600,
         "request_ttl": 3600,
         "history_ttl": 3600,
+        "request_fingerprint": "fp",
     }
     args.update(kw)
     return await store.commit(**args)  # type: ignore[arg-type]
@@ -70,6 +72,7 @@ async def outcome(store: StateStore, decision_id: str, offer_id: str, what: str,
         max_presented=2,
         suppression_seconds=DAY_S,
         history_ttl=3600,
+        fingerprint=f"{decision_id}|{offer_id}|{what}",
     )
 
 
@@ -115,9 +118,9 @@ def comparable(results: list[object]) -> list[object]:
     for r in results:
         if isinstance(r, CustomerState):
             vector = None if r.vector is None else r.vector.tolist()
-            out.append((vector, r.vector_schema, r.history, r.replay_decision_id))
+            out.append((vector, r.vector_schema, r.history, r.replay_decision_id, r.replay_fingerprint))
         elif isinstance(r, Recorded):
-            out.append((r.status, r.channel, repr(r.propensity), repr(r.prior_sd)))
+            out.append((r.status, r.channel, repr(r.propensity), repr(r.prior_sd), r.fingerprint))
         else:
             out.append(r)
     return out
@@ -140,3 +143,59 @@ async def test_the_in_memory_store_answers_as_the_scripts_do(
                            "o:b:spend": "250", "o:c:spend": "250"}  # fmt: skip
     contacts = {k.decode(): v.decode() for k, v in redis_client.hgetall(KEYS.contacts("c1")).items()}
     assert memory.hashes[KEYS.contacts("c1")] == contacts
+
+
+async def repeats(store: StateStore, set_old: Callable[[str, str], None]) -> list[object]:
+    """Request and event ids repeated with the same or another fingerprint, and keys in the format
+    before fingerprints (`set_old(kind, id)` writes one as the old code did)."""
+    out: list[object] = [await commit(store, "d1", [pick("a")], request_id="r1", request_fingerprint="fa")]
+    out.append(await commit(store, "d2", [pick("b")], request_id="r1", request_fingerprint="fb"))  # d1's
+    out.append(await store.read("c1", "web", NOW, DAY_S, "r1"))
+    out.append(await store.claim_request("c1", "r2", "d3", "fc", 3600))  # claimed
+    out.append(await store.claim_request("c1", "r2", "d4", "fd", 3600))  # d3's
+    out.append(await commit(store, "d5", [pick("b")], request_id="r2", request_fingerprint="fe"))  # d3's
+    out.append(await store.claim_request("c1", "r1", "d6", "ff", 3600))  # d1's
+    set_old("request", "r3")
+    out.append(await store.read("c1", "web", NOW, DAY_S, "r3"))
+    out.append(await store.claim_request("c1", "r3", "d7", "fg", 3600))
+    for args in [
+        ("d1", "a", "presented", "e1"),
+        ("d1", "a", "declined", "e1"),  # conflict
+        ("d1", "a", "presented", "e1"),  # duplicate
+        ("d1", "a", "declined", "e2"),
+    ]:
+        out.append(await outcome(store, *args))
+    set_old("event", "e3")
+    out.append(await outcome(store, "d1", "a", "accepted", "e3"))  # the old mark matches any
+    return out
+
+
+async def test_the_in_memory_store_keeps_fingerprints_as_the_scripts_do(
+    redis_store: RedisStateStore, redis_client: redis.Redis
+) -> None:
+    def old_in_redis(kind: str, id_: str) -> None:
+        digest = hashlib.blake2b(id_.encode(), digest_size=16).hexdigest()
+        key = KEYS.request("c1", id_) if kind == "request" else KEYS.outcome_event("c1", digest)
+        redis_client.set(key, "d-old" if kind == "request" else "1")
+
+    memory = InMemoryStateStore(KEYS)
+
+    def old_in_memory(kind: str, id_: str) -> None:
+        key = KEYS.request("c1", id_) if kind == "request" else KEYS.outcome_event("c1", id_)
+        memory.strings[key] = "d-old" if kind == "request" else "1"
+
+    expected = comparable(await repeats(redis_store, old_in_redis))
+    assert comparable(await repeats(memory, old_in_memory)) == expected
+    nan = repr(float("nan"))
+    assert [expected[i] for i in (1, 3, 4, 5, 6, 8, 10, 11)] == [
+        Committed(REPLAY, "d1", (), (), "fa"),
+        None,
+        ("d3", "fc"),
+        Committed(REPLAY, "d3", (), (), "fc"),
+        ("d1", "fa"),
+        ("d-old", ""),
+        (CONFLICT, "", nan, nan, "d1|a|presented"),
+        (DUPLICATE, "", nan, nan, ""),
+    ]
+    assert expected[2][3:] == ("d1", "fa") and expected[7][3:] == ("d-old", "")  # type: ignore[index]
+    assert redis_client.get(KEYS.request("c1", "r1")) == b"d1 fa"

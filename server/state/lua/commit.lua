@@ -6,19 +6,20 @@
 -- KEYS[1] sent-zset of the channel   KEYS[2] request-id key (may be unused)
 -- KEYS[3] decision key               KEYS[4] contacts hash
 -- ARGV: now, window_s, channel_cap (-1 = none), decision_id, decision_ttl, request_ttl,
---       has_request (0/1), history_ttl, channel, n, may_retry (0/1),
+--       request value ("<decision_id> <request fingerprint>"; '' = no request id), history_ttl,
+--       channel, n, may_retry (0/1),
 --       then n x (offer, campaign, offer_cap, campaign_cap, propensity)
 -- The decision key keeps each awarded offer's propensity (`p:<offer>`), so an outcome can be
 -- learned from without the decision log.
 -- Returns {1, decision_id, n_committed, committed..., then per refused offer: offer, why}
 -- (why: 1 channel cap, 2 offer's per-customer cap, 3 campaign's per-customer cap), or
--- {2, existing_decision_id} when the request id was already decided, or, when may_retry and a
+-- {2, request key's value} when the request id was already decided, or, when may_retry and a
 -- per-customer cap refused every pick, {3, decision_id, 0, refused...} having written nothing,
 -- so the caller can try the next candidates.
 local now = tonumber(ARGV[1])
 local cap = tonumber(ARGV[3])
 local decision_id = ARGV[4]
-local has_request = ARGV[7] == '1'
+local has_request = ARGV[7] ~= ''
 local n = tonumber(ARGV[10])
 local may_retry = ARGV[11] == '1'
 
@@ -114,7 +115,7 @@ end
 redis.call('HSET', KEYS[3], 'offers', table.concat(offers, ','), 'channel', ARGV[9], 'ts', ARGV[1], unpack(propensities))
 redis.call('EXPIRE', KEYS[3], ARGV[5])
 if has_request then
-  redis.call('SET', KEYS[2], decision_id, 'EX', ARGV[6])
+  redis.call('SET', KEYS[2], ARGV[7], 'EX', ARGV[6])
 end
 local out = {1, decision_id, #offers}
 for _, offer in ipairs(offers) do

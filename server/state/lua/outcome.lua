@@ -1,9 +1,11 @@
 -- Record one outcome against a customer's contact history, once per event id.
 -- KEYS[1] decision key   KEYS[2] event key   KEYS[3] contacts hash   (all one customer's slot)
--- ARGV: offer_id, outcome, now, event_ttl, max_presented, suppression_s, history_ttl
+-- ARGV: offer_id, outcome, now, event_ttl, max_presented, suppression_s, history_ttl, fingerprint
+-- The event key keeps the outcome's fingerprint, so a repeat is told from another outcome reusing
+-- the event id; '1' (kept before fingerprints were) matches any.
 -- Returns {status, channel, propensity}: status 1 recorded, 0 duplicate, -1 unknown decision,
 -- -2 offer not in the decision; channel and the offer's propensity at decision time (for the
--- learner) when known.
+-- learner) when known. Or {-3, stored fingerprint}: the event id was used for another outcome.
 local offer = ARGV[1]
 local got = redis.call('HMGET', KEYS[1], 'offers', 'channel', 'p:' .. offer)
 local offers = got[1]
@@ -20,9 +22,14 @@ end
 if not found then
   return {-2}
 end
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then
-  return {0}
+local seen = redis.call('GET', KEYS[2])
+if seen then
+  if seen == ARGV[8] or seen == '1' then
+    return {0}
+  end
+  return {-3, seen}
 end
+redis.call('SET', KEYS[2], ARGV[8], 'EX', ARGV[4])
 local outcome = ARGV[2]
 if outcome == 'presented' then
   local shown = redis.call('HINCRBY', KEYS[3], 'p:' .. offer, 1)
