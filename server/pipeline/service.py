@@ -62,8 +62,8 @@ from server.state.store import (
     RECORDED,
     UNKNOWN_DECISION,
     CustomerState,
-    Recorded,
     LogSink,
+    Recorded,
     StateStore,
     StateUnavailable,
 )
