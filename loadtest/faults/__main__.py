@@ -61,12 +61,18 @@ async def _deadlines(suite: Suite, env: Env) -> Result:
     return await server_faults.deadlines(env, sat, duration=suite.plan.value(8.0, 4.0))
 
 
+async def _tight_deadlines(suite: Suite, env: Env) -> Result:
+    sat = await suite.sat(env)
+    return await server_faults.deadlines(env, sat, deadline=0.005, duration=suite.plan.value(8.0, 4.0), load=1.0)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "redis-pause": lambda s, env: redis_faults.redis_pause(env, pause=s.plan.value(5.0, 2.0)),
     "redis-restart": lambda s, env: redis_faults.redis_restart(env, down_for=s.plan.value(60.0, 5.0)),
     "worker-kill": lambda s, env: server_faults.worker_kill(env, gap=s.plan.value(10.0, 7.0)),
     "overload": _overload,
     "deadlines": _deadlines,
+    "tight-deadlines": _tight_deadlines,
     "fuzz": lambda s, env: server_faults.fuzz_decide(env, n=int(s.plan.value(100_000, 2_000))),
     "edges": lambda s, env: edge_faults.edges(env),
 }

@@ -144,9 +144,14 @@ def _flagged_undelivered(record: dict[str, object]) -> bool:
     return bool(record.get("undelivered"))
 
 
-async def deadlines(env: Env, sat: float, deadline: float = 0.3, duration: float = 8.0, procs: int = 2) -> Result:
-    rate = max(3 * sat, 300.0)
-    res = Result("deadlines", f"{deadline * 1000:.0f} ms deadline at {rate:.0f} req/s (3x saturation)")
+async def deadlines(
+    env: Env, sat: float, deadline: float = 0.3, duration: float = 8.0, procs: int = 2, *, load: float = 3.0
+) -> Result:
+    """`load` x saturation with every call's deadline `deadline`: at 3x and 300 ms the calls queue
+    past it; at 1x and a few milliseconds the deadline falls inside the decision itself."""
+    rate = max(load * sat, 300.0)
+    name = "deadlines" if load == 3.0 else "tight-deadlines"
+    res = Result(name, f"{deadline * 1000:.0f} ms deadline at {rate:.0f} req/s ({load:g}x saturation)")
     with env.redis.client() as client:
         counter0 = budget_counter(client)
         last = client.xrevrange(KEYS.decision_stream, count=1)
