@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -81,6 +81,7 @@ class _RpcMetrics:
     """grpc_server_* for one method, with the labelled children looked up once."""
 
     def __init__(self, metrics: Metrics, method: str) -> None:
+        self.method = method
         labels = ("unary", SERVICE_NAME, method)
         self._started = metrics.grpc_started.labels(*labels)
         self._seconds = metrics.grpc_seconds.labels(*labels)
@@ -120,30 +121,31 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
         self._refuse(context, request.error)
 
     async def Decide(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        started = self._decide_rpc.start()
-        try:
-            if not self.admission.enter("Decide"):
-                _fail(context, self._busy)
-                return pb.DecideResponse()
-            try:
-                return await self._decide(request, context)
-            finally:
-                self.admission.leave()
-        finally:
-            self._decide_rpc.done(started, context)
+        return await self._admitted(self._decide_rpc, pb.DecideResponse, self._decide, request, context)
 
     async def ReportOutcome(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        started = self._outcome_rpc.start()
+        return await self._admitted(self._outcome_rpc, pb.ReportOutcomeResponse, self._report_outcome, request, context)
+
+    async def _admitted(
+        self,
+        rpc: _RpcMetrics,
+        empty: Callable[[], Any],
+        handle: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> Any:
+        """`handle` within the worker's bound on calls in flight, timed and counted by code."""
+        started = rpc.start()
         try:
-            if not self.admission.enter("ReportOutcome"):
+            if not self.admission.enter(rpc.method):
                 _fail(context, self._busy)
-                return pb.ReportOutcomeResponse()
+                return empty()
             try:
-                return await self._report_outcome(request, context)
+                return await handle(request, context)
             finally:
                 self.admission.leave()
         finally:
-            self._outcome_rpc.done(started, context)
+            rpc.done(started, context)
 
     async def _decide(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, Undecodable):
