@@ -72,20 +72,20 @@ class Settings(BaseSettings):
     redis_pool_size: int = Field(32, ge=1)
     """Connections per worker process."""
 
-    max_concurrent_rpcs: int = Field(32, ge=1)
+    max_concurrent_rpcs: int = Field(64, ge=1)
     """Calls one worker runs at once; one more is answered RESOURCE_EXHAUSTED at once, before any
-    work, and counted (nbo_shed_requests). At about 700 decisions/s per worker, 32 bounds the
-    time a call waits inside the worker at roughly 50 ms, and leaves room for the calls that wait
-    on Redis for redis_timeout_seconds when it stops answering (200/s per worker), before the
-    circuit breaker opens."""
+    work, and counted (nbo_shed_requests). At about 700 decisions/s per worker, 64 bounds the
+    time a call waits inside the worker at roughly 0.1 s, and leaves room for the calls that wait
+    on Redis for redis_timeout_seconds when it stops answering, before the circuit breaker opens."""
 
-    max_pending_rpcs: int = Field(64, ge=1)
+    max_pending_rpcs: int = Field(128, ge=1)
     """Calls gRPC's core holds for a worker whose event loop has not yet taken them; beyond this
     it starts refusing new calls at random, beyond twice this it refuses all. gRPC answers those
     CANCELLED (its choice: we cannot make it RESOURCE_EXHAUSTED) and the worker never sees them.
     A busy loop takes calls slowly, so this trades burst tolerance against queueing under
-    overload: in the fault suite at 3x, 16 gave OK answers a p50 of 65 ms (and refused 41 % of a
-    64-caller fuzz burst), 64 a p50 of 200 ms (and refused none), 1,000 (gRPC's default) 1.9 s."""
+    overload: with both bounds at 64 and 128, 200 concurrent callers on two workers are all
+    served; at half that, some of them were refused, and at 3x overload OK answers waited less
+    (see loadtest/README.md). gRPC's own default, 1,000, let them wait 1.9 s."""
 
     decision_timeout_seconds: float = Field(1.0, gt=0)
     """Longest a Decide may take, whatever deadline the caller sent (or none)."""
