@@ -50,6 +50,7 @@ from server.catalog.compiler import parse_catalog
 from server.config import Settings
 from server.domain import Channel, DecideRequest
 from server.features.schema import FeatureSchema
+from server.ids import DecisionIds
 from server.metrics import Metrics
 from server.pipeline.service import DecisionService, LiveConfig
 from server.state.embedded_redis import EmbeddedRedis
@@ -282,7 +283,7 @@ async def decision_service(url: str) -> AsyncIterator[DecisionService]:
     writer = LogWriter(client, KEYS, metrics, flush_seconds=settings.log_flush_seconds, maxlen=10_000)
     writer.start()
     try:
-        yield DecisionService(RedisStateStore(client, KEYS), writer, metrics, settings)
+        yield DecisionService(RedisStateStore(client, KEYS), writer, metrics, settings, ids=DecisionIds.random())
     finally:
         await writer.close()
         await client.aclose(close_connection_pool=True)

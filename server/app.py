@@ -29,6 +29,7 @@ from server.api import servicers as grpc_api
 from server.api.admission import Admission
 from server.api.http import HttpFront
 from server.config import Settings, configure_logging
+from server.ids import DecisionIds
 from server.learning.arms import ArmsReloader
 from server.learning.bandit import NO_ARMS, Arms
 from server.metrics import Metrics
@@ -38,6 +39,7 @@ from server.pipeline.service import Clock, DecisionService, LiveConfig
 from server.state import catalog_store
 from server.state.catalog_store import CatalogReloader, LiveSnapshot
 from server.state.embedded_redis import EmbeddedRedis, running_url
+from server.state.id_secret import DecisionIdSecret
 from server.state.keys import Keys
 from server.state.log_writer import LogWriter
 from server.state.redis_store import RedisStateStore
@@ -96,6 +98,14 @@ class Worker:
         self.arms_reloader = ArmsReloader(
             self.client, self.keys, self._swap_arms, poll_seconds=settings.catalog_poll_seconds
         )
+        secret = settings.decision_id_secret
+        self.id_secret = DecisionIdSecret(
+            self.client,
+            self.keys,
+            self._swap_ids,
+            settings.catalog_poll_seconds,
+            configured=secret.get_secret_value() if secret else None,
+        )
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[
@@ -136,6 +146,9 @@ class Worker:
         if old is not None:
             self.service.live = dataclasses.replace(old, arms=arms)
 
+    def _swap_ids(self, ids: DecisionIds) -> None:
+        self.service.ids = ids
+
     def _swap_scorer(self, scorer: ModelScorer) -> None:
         # the model reloader only runs once a catalog (and so a schema) is live
         old = self.service.live
@@ -159,6 +172,11 @@ class Worker:
         except Exception as err:
             log.warning("no bandit parameters at start-up: %s", err)
         self.arms_reloader.start()
+        try:
+            await self.id_secret.check()
+        except Exception as err:  # decisions degrade until the shared secret is known
+            log.warning("no decision id secret at start-up: %s", err)
+        self.id_secret.start()
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.port}")
         await self.server.start()
         if self.http is not None and self.settings.http_port is not None:
@@ -183,6 +201,7 @@ class Worker:
             ("catalog reloader", self.reloader.stop),
             ("model reloader", self.model_reloader.stop),
             ("arms reloader", self.arms_reloader.stop),
+            ("decision id secret", self.id_secret.stop),
             ("decision log", self.writer.close),
             ("redis client", lambda: self.client.aclose(close_connection_pool=True)),
         ]

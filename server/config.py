@@ -10,13 +10,18 @@ import logging
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="NBO_", env_file=".env", extra="forbid", frozen=True, populate_by_name=True
+        env_prefix="NBO_",
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        hide_input_in_errors=True,  # a refused secret must not reach the error message
     )
 
     host: str = "127.0.0.1"
@@ -52,6 +57,11 @@ class Settings(BaseSettings):
 
     decision_ttl_seconds: int = Field(30 * 86_400, ge=60)
     """How long a decision can receive outcomes (ReportOutcome) after it was made."""
+
+    decision_id_secret: SecretStr | None = Field(None, min_length=16)
+    """Secret that seals customer ids into decision ids (at least 16 characters), the same on
+    every replica. Unset: one is made once and kept in Redis (`<key_prefix>{g}:decision_id_secret`).
+    Changing it makes every outstanding decision id unknown: their outcomes are refused."""
 
     outcome_event_ttl_seconds: int = Field(35 * 86_400, ge=60)
     """How long an outcome event id is remembered for de-duplication."""

@@ -57,6 +57,16 @@ class NotFoundError(LookupError):
         self.reason = reason
 
 
+class ForbiddenError(PermissionError):
+    """The caller may not do this to what it named (PERMISSION_DENIED): e.g. report an outcome
+    of a decision another caller made."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
 class ConflictError(ValueError):
     """An idempotency id (`request_id`, `event_id`) reused for a different call: the API layer
     maps it to ALREADY_EXISTS. Answering the first call's result, or "duplicate", would hand the

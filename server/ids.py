@@ -1,9 +1,18 @@
-"""Validation of identifiers that become parts of Redis keys."""
+"""Identifiers: validation of those that become parts of Redis keys, and decision ids.
+
+A decision id must lead an outcome to the customer's Redis keys (one Cluster slot per customer)
+without telling whoever holds it who the customer is, and must not be forgeable. So the customer
+id is sealed into it with a server secret (`DecisionIds`); see docs/operations.md, "Decision ids".
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import re
+import secrets
 
 MAX_ID_LENGTH = 64
 # No '{', '}' (Redis Cluster hash tags) and no ':' (our key separator) may reach a key.
@@ -36,16 +45,79 @@ def new_ulid(now: float) -> str:
     return "".join(reversed(out))
 
 
-def new_decision_id(customer_id: str, now: float) -> str:
-    """`<ulid>.<customer id>`: the customer part lets an outcome find the customer's Redis slot."""
-    return f"{new_ulid(now)}.{customer_id}"
+class MalformedDecisionId(ValueError):
+    """Not shaped like any decision id this server hands out (INVALID_ARGUMENT)."""
 
 
-def split_decision_id(decision_id: str) -> tuple[str, str] | None:
-    """(ulid, customer id) of a well-formed decision id, else None."""
-    ulid, dot, customer_id = decision_id[:ULID_LENGTH], decision_id[ULID_LENGTH : ULID_LENGTH + 1], decision_id[27:]
-    if dot != "." or len(ulid) != ULID_LENGTH or any(ch not in _CROCKFORD for ch in ulid):
-        return None
-    if id_problem(customer_id) is not None:
-        return None
-    return ulid, customer_id
+_TAG_BYTES = 10  # 80 bits: a forged id passes with probability 2**-80 per try
+_BLOCK = 10  # the customer id is zero-padded to a multiple of this: ids tell its length only to 10 bytes
+_B32_STANDARD = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_TO_CROCKFORD = str.maketrans(_B32_STANDARD, _CROCKFORD)
+_FROM_CROCKFORD = str.maketrans(_CROCKFORD, _B32_STANDARD)
+_SEALED_MIN = (_BLOCK + _TAG_BYTES) * 8 // 5
+_SEALED_MAX = (-(-MAX_ID_LENGTH // _BLOCK) * _BLOCK + _TAG_BYTES) * 8 // 5
+
+
+class DecisionIds:
+    """Seals a customer id into an opaque decision id with a server secret, and opens it again.
+
+    id = ULID (26 characters: 48 bits of milliseconds, 80 random bits) followed by the Crockford
+    base32 of `ciphertext || tag`, where
+        ciphertext = customer id, zero-padded to a multiple of 10 bytes, XOR keystream
+        keystream  = HMAC-SHA256(k_enc, ulid || block number), block after block
+        tag        = HMAC-SHA256(k_mac, ulid || ciphertext), first 10 bytes
+        k_enc, k_mac = HMAC-SHA256(secret, purpose) for two fixed purposes.
+    The ULID is the nonce: its 80 random bits make keystreams unique and ids unguessable. The id
+    shows neither the customer id nor anything that links two of the customer's decisions
+    (except its length, to a multiple of 10 bytes); changing any character fails the tag, so a
+    changed id never opens to another customer. Standard library only (hmac, hashlib).
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("a decision id secret needs at least 16 bytes")
+        self._enc = hmac.digest(secret, b"nbo decision id keystream", hashlib.sha256)
+        self._mac = hmac.digest(secret, b"nbo decision id tag", hashlib.sha256)
+
+    @classmethod
+    def random(cls) -> DecisionIds:
+        """A codec with a fresh secret: for one process only (tests, benchmarks)."""
+        return cls(secrets.token_bytes(32))
+
+    def new(self, customer_id: str, now: float) -> str:
+        """A fresh decision id for `customer_id` at time `now`."""
+        return self.seal(new_ulid(now), customer_id)
+
+    def seal(self, ulid: str, customer_id: str) -> str:
+        """The decision id of `customer_id` under `ulid` (fixed ulids give fixed ids, for tests)."""
+        plain = customer_id.encode()
+        plain = plain.ljust(-(-len(plain) // _BLOCK) * _BLOCK, b"\0")  # '\0' is in no valid id
+        cipher = bytes(a ^ b for a, b in zip(plain, self._keystream(ulid, len(plain)), strict=True))
+        return ulid + base64.b32encode(cipher + self._tag(ulid, cipher)).decode().translate(_TO_CROCKFORD)
+
+    def open(self, decision_id: str) -> str | None:
+        """The customer id sealed in `decision_id`; None when the tag does not verify (tampered,
+        made up, or sealed with another secret). Raises MalformedDecisionId for a string no
+        secret could have produced."""
+        ulid, sealed = decision_id[:ULID_LENGTH], decision_id[ULID_LENGTH:]
+        if (
+            len(ulid) != ULID_LENGTH
+            or not _SEALED_MIN <= len(sealed) <= _SEALED_MAX
+            or len(sealed) % 16
+            or any(ch not in _CROCKFORD for ch in decision_id)
+        ):
+            raise MalformedDecisionId(decision_id)
+        raw = base64.b32decode(sealed.translate(_FROM_CROCKFORD))
+        cipher, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
+        if not hmac.compare_digest(tag, self._tag(ulid, cipher)):
+            return None
+        plain = bytes(a ^ b for a, b in zip(cipher, self._keystream(ulid, len(cipher)), strict=True))
+        customer_id = plain.rstrip(b"\0").decode("ascii", errors="replace")
+        return customer_id if id_problem(customer_id) is None else None
+
+    def _keystream(self, ulid: str, n: int) -> bytes:
+        blocks = (hmac.digest(self._enc, ulid.encode() + bytes([i]), hashlib.sha256) for i in range(-(-n // 32)))
+        return b"".join(blocks)[:n]
+
+    def _tag(self, ulid: str, cipher: bytes) -> bytes:
+        return hmac.digest(self._mac, ulid.encode() + cipher, hashlib.sha256)[:_TAG_BYTES]

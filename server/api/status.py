@@ -11,7 +11,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
-from server.domain import ConflictError, NotFoundError, RequestError
+from server.domain import ConflictError, ForbiddenError, NotFoundError, RequestError
 from server.metrics import Metrics
 from server.pipeline.service import ServiceUnavailable
 
@@ -50,6 +50,7 @@ _BY_TYPE: tuple[tuple[type[Exception], Code], ...] = (
     (RequestError, Code.INVALID_ARGUMENT),
     (NotFoundError, Code.NOT_FOUND),
     (ConflictError, Code.ALREADY_EXISTS),
+    (ForbiddenError, Code.PERMISSION_DENIED),
     (ServiceUnavailable, Code.UNAVAILABLE),
 )
 INTERNAL_MESSAGE = "internal error; see the server log"

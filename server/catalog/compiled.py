@@ -54,6 +54,7 @@ class Offer:
     title: str
     script: str
     value: float
+    max_value: float  # the largest outcome value ReportOutcome accepts for it
     cost: float
     channels: frozenset[Channel]
     eligibility: Rule | None

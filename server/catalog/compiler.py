@@ -314,6 +314,7 @@ def _offer(
         title=o.title,
         script=o.script,
         value=o.value,
+        max_value=_max_value(check, base, o),
         cost=o.cost,
         channels=frozenset(channels),
         eligibility=rule,
@@ -322,6 +323,16 @@ def _offer(
         prior_propensity=o.prior_propensity,
         limits=_limits(check, (*base, "budget"), o.budget, camp.start, camp.end),
     )
+
+
+def _max_value(check: _Checker, base: Path_, o: OfferSpec) -> float:
+    """The largest outcome value accepted for the offer: by default 10 x its value, and at least
+    10, so that an offer valued 0 still takes small reported amounts."""
+    if o.max_value is None:
+        return 10.0 * max(o.value, 1.0)
+    if o.max_value < o.value:
+        check.add((*base, "max_value"), f"must be >= the offer's value ({o.value:g}), got {o.max_value:g}")
+    return o.max_value
 
 
 def _offer_channels(check: _Checker, base: Path_, o: OfferSpec, camp: Campaign) -> set[Channel]:

@@ -87,6 +87,7 @@ class OfferSpec(_Spec):
     title: str
     script: str = ""
     value: float = Field(ge=0)
+    max_value: float | None = Field(None, ge=0)  # None: 10 x value, at least 10 (the compiler)
     cost: float = Field(0.0, ge=0)
     channels: list[str] | None = None
     eligibility: str | None = None

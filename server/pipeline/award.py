@@ -150,7 +150,8 @@ async def _commit(ctx: RequestContext, svc: Services, plan: _Plan, granted: list
         offer = catalog.offers[view.offers[pos]]
         caps = per_customer_caps(catalog, offer)
         propensity = float(plan.scores.propensity[pos])
-        picks.append(Pick(offer_id, offer.campaign_id, *caps, propensity, prior_sd.get(pos, catalog.bandit.prior_sd)))
+        sd = prior_sd.get(pos, catalog.bandit.prior_sd)
+        picks.append(Pick(offer_id, offer.campaign_id, *caps, propensity, sd, offer.max_value))
     settings = svc.settings
     commit = svc.store.commit(
         customer_id=req.customer_id,
@@ -166,6 +167,7 @@ async def _commit(ctx: RequestContext, svc: Services, plan: _Plan, granted: list
         request_ttl=settings.request_id_ttl_seconds,
         history_ttl=settings.contact_history_ttl_seconds,
         request_fingerprint=request_fingerprint(req, ctx.k) if req.request_id else "",
+        caller=ctx.caller,
     )
     return await bounded(commit, ctx.redis_until, svc.breaker)
 

@@ -192,6 +192,7 @@ class RequestContext:
     now: float
     decision_id: str
     k: int  # effective max_offers
+    caller: str = ""  # who asked; kept with an award, so only it (or an admin) reports the outcome
     state: CustomerState | None = None
     control_group: bool = False
     would_offer: list[str] = field(default_factory=list)  # universal control group: what it would get

@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class ServiceUnavailable(RuntimeError):
+    """Shared state cannot be reached; the caller may retry (UNAVAILABLE)."""
+
+
 class CircuitBreaker:
     def __init__(
         self, metrics: Metrics, failures: int, probe_seconds: float, clock: Callable[[], float] = time.monotonic

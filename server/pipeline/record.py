@@ -37,9 +37,10 @@ def candidate_records(
 
 
 def log_decision(ctx: RequestContext, svc: Services, decision: Decision, candidates: Candidates, *, keep: bool) -> None:
-    """`keep`: the commit script ran, so it created the decision key already (else it is created
-    here, with its expiry). The record waits for the transport to say whether the answer reached
-    the caller (ctx.delivery)."""
+    """`keep`: the commit script ran, so it created the decision key already if it awarded
+    anything (else the key is created here, for a request id's replay only, with its expiry).
+    The record waits for the transport to say whether the answer reached the caller
+    (ctx.delivery)."""
     req, state = ctx.req, ctx.state
     record = DecisionRecord(
         decision_id=decision.decision_id,
@@ -81,9 +82,11 @@ def _replay(ctx: RequestContext, svc: Services, decision: Decision, *, keep: boo
         return None  # nobody can ask for this answer again
     keys = svc.store.keys
     decision_key = keys.decision(req.customer_id, decision.decision_id)
-    if keep:
-        # the commit script created the decision key and the request key; add the full answer
+    if keep and decision.offers:
+        # the commit script created the decision key (for outcomes) and the request key; add
+        # the full answer
         return Replay(decision_key, encode_decision(decision))
-    # nothing was awarded, so no script ran: the service claimed the request key; the decision
-    # key is created here
-    return Replay(decision_key, encode_decision(decision), decision_ttl=svc.settings.decision_ttl_seconds)
+    # nothing was awarded: no outcome can come, so no decision key exists and this answer is
+    # kept only as long as the request id that may ask for it again (the request key was
+    # written by the commit script or the service's claim)
+    return Replay(decision_key, encode_decision(decision), decision_ttl=svc.settings.request_id_ttl_seconds)

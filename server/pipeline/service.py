@@ -12,21 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 
 from server.config import Settings
-from server.domain import (
-    DecideRequest,
-    Decision,
-    NoOfferReason,
-    NotFoundError,
-    OutcomeReport,
-    OutcomeResult,
-    RequestError,
-)
-from server.ids import id_problem, new_decision_id, split_decision_id
+from server.domain import DecideRequest, Decision, NoOfferReason, OutcomeReport, OutcomeResult
+from server.ids import DecisionIds
 from server.metrics import Metrics
 from server.pipeline.arbitration import arbitrate
 from server.pipeline.award import award
@@ -45,37 +36,21 @@ from server.pipeline.delivery import DELIVERED, Delivery
 from server.pipeline.eligibility import eligibility
 from server.pipeline.explain import no_offer_reason, ranked_offers, suppressed
 from server.pipeline.exploration import explore, taken_probabilities
-from server.pipeline.guard import CircuitBreaker, bounded
-from server.pipeline.idempotency import (
-    check_request_repeat,
-    outcome_conflict,
-    outcome_fingerprint,
-    request_fingerprint,
-)
+from server.pipeline.guard import CircuitBreaker, ServiceUnavailable, bounded
+from server.pipeline.idempotency import check_request_repeat, request_fingerprint
+from server.pipeline.outcome import report_outcome
 from server.pipeline.record import candidate_records, log_decision
 from server.pipeline.scoring import score
 from server.pipeline.validate import validate_request
-from server.state.records import NO_CANDIDATES, OutcomeRecord, decode_decision
-from server.state.store import (
-    CONFLICT,
-    NOT_OFFERED,
-    RECORDED,
-    UNKNOWN_DECISION,
-    CustomerState,
-    LogSink,
-    Recorded,
-    StateStore,
-    StateUnavailable,
-)
+from server.state.records import NO_CANDIDATES, decode_decision
+from server.state.store import CustomerState, LogSink, StateStore, StateUnavailable
 
 __all__ = ["UNAVAILABLE_STATUSES", "Clock", "DecisionService", "LiveConfig", "ServiceUnavailable", "validate_request"]
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
-
-
-class ServiceUnavailable(RuntimeError):
-    """Shared state cannot be reached; the caller may retry (UNAVAILABLE)."""
+# seals the ids of decisions made before the shared secret is known: all degraded, never reported on
+_UNSHARED = DecisionIds.random()
 
 
 class DecisionService:
@@ -86,38 +61,46 @@ class DecisionService:
         metrics: Metrics,
         settings: Settings,
         clock: Clock = time.time,
-        new_id: Callable[[str, float], str] = new_decision_id,
+        new_id: Callable[[str, float], str] | None = None,
+        ids: DecisionIds | None = None,
     ) -> None:
+        """`ids`: the decision-id codec with the secret every replica shares; None until it is
+        known (the Worker sets it once read from Redis), and decisions degrade meanwhile.
+        `new_id`: (customer id, now) -> decision id, by default `ids.new`; it seeds the bandit's
+        draw, so tests fix it (with ids that `ids` opens, for outcomes to be reported)."""
         self.store = store
         self.writer = writer
         self.metrics = metrics
         self.settings = settings
         self.clock = clock
-        self.new_id = new_id  # (customer id, now) -> decision id; seeds the bandit's draw
+        self.new_id = new_id
+        self.ids = ids
         breaker = CircuitBreaker(metrics, settings.breaker_failures, settings.breaker_probe_seconds)
         self.services = Services(store, writer, metrics, settings, breaker)
         self.live: LiveConfig | None = None
 
     # -- Decide ------------------------------------------------------------------------------
     async def decide(
-        self, req: DecideRequest, *, deadline: float | None = None, delivery: Delivery = DELIVERED
+        self, req: DecideRequest, *, deadline: float | None = None, delivery: Delivery = DELIVERED, caller: str = ""
     ) -> Decision:
         """`deadline`: the caller's, in event-loop time (None: it sent none); the server's
         decision_timeout_seconds caps it. `delivery`: settled by the transport once it knows
-        whether the answer reached the caller; the decision's log record waits for it."""
+        whether the answer reached the caller; the decision's log record waits for it.
+        `caller`: who asks ("" on a server without authentication), kept with an award: only it
+        (or an admin) may report the outcome."""
         started = time.perf_counter()
         k = validate_request(req, self.settings.max_offers_limit)
-        live = self.live
+        live, ids = self.live, self.ids
         now = self.clock()
-        decision_id = self.new_id(req.customer_id, now)
-        if live is None:
-            # no catalog yet (or none valid): fail closed rather than guess
+        decision_id = (self.new_id or (ids or _UNSHARED).new)(req.customer_id, now)
+        if live is None or ids is None:
+            # no catalog yet (or none valid), or no id another replica could open: fail closed
             decision = Decision(decision_id, (), NoOfferReason.DEGRADED, "", "", degraded=True)
         else:
             loop_now = asyncio.get_running_loop().time()
             cap = loop_now + self.settings.decision_timeout_seconds
             catalog = live.catalog
-            ctx = RequestContext(req, live, catalog, catalog.views[req.channel], now, decision_id, k)
+            ctx = RequestContext(req, live, catalog, catalog.views[req.channel], now, decision_id, k, caller=caller)
             ctx.deadline = cap if deadline is None else min(deadline, cap)
             ctx.redis_until = loop_now + self.settings.redis_timeout_seconds
             ctx.delivery = delivery
@@ -302,78 +285,9 @@ class DecisionService:
         raise ServiceUnavailable(f"request_id repeat: decision {decision_id} is still being written; retry")
 
     # -- ReportOutcome -----------------------------------------------------------------------
-    async def report_outcome(self, report: OutcomeReport) -> OutcomeResult:
-        customer_id = _validate_report(report)
-        event_id = report.event_id or f"{report.decision_id}:{report.offer_id}:{report.outcome.value}"
-        now = self.clock()
-        result = await self._record_outcome(report, customer_id, event_id, now)
-        if result.status == UNKNOWN_DECISION:
-            self.metrics.outcomes.labels(report.outcome.value, "not_found").inc()
-            raise NotFoundError("decision_id", f"no decision {report.decision_id!r} (unknown or expired)")
-        if result.status == NOT_OFFERED:
-            self.metrics.outcomes.labels(report.outcome.value, "invalid").inc()
-            raise RequestError("offer_id", f"offer {report.offer_id!r} was not offered in this decision")
-        if result.status == CONFLICT:
-            # nothing was recorded: the first outcome under this event id stands
-            self.metrics.outcomes.labels(report.outcome.value, "conflict").inc()
-            raise outcome_conflict(report, result.fingerprint)
-        recorded = result.status == RECORDED
-        self.metrics.outcomes.labels(report.outcome.value, "recorded" if recorded else "duplicate").inc()
-        if recorded:
-            self.writer.outcome(
-                OutcomeRecord(
-                    event_id=event_id,
-                    decision_id=report.decision_id,
-                    customer_id=customer_id,
-                    offer_id=report.offer_id,
-                    outcome=report.outcome.value,
-                    value=report.value,
-                    ts=now,
-                    channel=result.channel,
-                    propensity=result.propensity,
-                    prior_sd=result.prior_sd,
-                )
-            )
-        return OutcomeResult(recorded=recorded, duplicate=not recorded)
-
-    async def _record_outcome(self, report: OutcomeReport, customer_id: str, event_id: str, now: float) -> Recorded:
-        live = self.live
-        policy = live.catalog.contact_policy if live else None
-        breaker = self.services.breaker
-        if not breaker.allow():
-            self.metrics.redis_errors.labels("circuit_open").inc()
-            raise ServiceUnavailable("could not record the outcome: Redis is down (circuit open); retry later")
-        recording = self.store.record_outcome(
-            customer_id=customer_id,
-            decision_id=report.decision_id,
-            offer_id=report.offer_id,
-            outcome=report.outcome.value,
-            event_id=event_id,
-            now=now,
-            event_ttl=self.settings.outcome_event_ttl_seconds,
-            max_presented=policy.max_presented_without_response if policy else 3,
-            suppression_seconds=policy.suppression_seconds if policy else 30 * 86400,
-            history_ttl=self.settings.contact_history_ttl_seconds,
-            fingerprint=outcome_fingerprint(report),
+    async def report_outcome(self, report: OutcomeReport, *, caller: str = "", admin: bool = False) -> OutcomeResult:
+        """`caller`: who reports ("" on a server without authentication); only the caller that
+        made the decision, or an `admin`, may report its outcomes (server.pipeline.outcome)."""
+        return await report_outcome(
+            self.services, self.live, self.ids, report, caller=caller, admin=admin, now=self.clock()
         )
-        try:
-            return await bounded(
-                recording, asyncio.get_running_loop().time() + self.settings.redis_timeout_seconds, breaker
-            )
-        except StateUnavailable as err:
-            self.metrics.redis_errors.labels("outcome").inc()
-            raise ServiceUnavailable(f"could not record the outcome: {err}") from err
-
-
-def _validate_report(report: OutcomeReport) -> str:
-    """Raise RequestError naming the field; return the decision's customer id."""
-    parts = split_decision_id(report.decision_id)
-    if parts is None:
-        raise RequestError("decision_id", "not a decision id returned by Decide")
-    if problem := id_problem(report.offer_id):
-        raise RequestError("offer_id", problem)
-    if not math.isfinite(report.value) or report.value < 0:
-        raise RequestError("value", f"must be finite and >= 0, got {report.value}")
-    if report.event_id and (problem := id_problem(report.event_id, 200)):
-        raise RequestError("event_id", problem)
-    return parts[1]

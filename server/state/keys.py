@@ -58,6 +58,11 @@ class Keys:
     def catalog_seq(self) -> str:
         return f"{self.prefix}{{g}}:catalog:seq"
 
+    @property
+    def decision_id_secret(self) -> str:
+        """The secret every replica seals customer ids into decision ids with (server.ids)."""
+        return f"{self.prefix}{{g}}:decision_id_secret"
+
     def model(self, version: str) -> str:
         return f"{self.prefix}{{g}}:model:v:{version}"
 

@@ -45,7 +45,8 @@ class Replay:
     request_key: str | None = None
     decision_id: str = ""
     request_ttl: int = 0
-    decision_ttl: int = 0  # set when no commit script created the decision key (it expires then)
+    # set when no commit script created the decision key (nothing was awarded): its expiry
+    decision_ttl: int = 0
 
 
 # (stream key, stream fields, replay)

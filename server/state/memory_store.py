@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server.catalog.budgets import Period, Reservation
+from server.ids import ULID_LENGTH
 from server.state.contacts import ContactHistory
 from server.state.keys import Keys
 from server.state.log_writer import Replay
@@ -29,19 +30,24 @@ from server.state.store import (
     COMMITTED,
     CONFLICT,
     DUPLICATE,
+    FORBIDDEN,
     NOT_OFFERED,
     OFFER_CAP,
     OLD_EVENT_MARK,
     RECORDED,
     REPLAY,
     RETRY,
+    TOO_LARGE,
     UNKNOWN_DECISION,
     Committed,
     CustomerState,
     Pick,
     Recorded,
+    Reporter,
     Reserved,
+    award_value,
     request_value,
+    split_award_value,
     split_request_value,
 )
 
@@ -167,6 +173,7 @@ class InMemoryStateStore:
         request_ttl: int,
         history_ttl: int,
         request_fingerprint: str,
+        caller: str = "",
     ) -> Committed:
         self._hook("commit")
         k = self._keys
@@ -182,11 +189,13 @@ class InMemoryStateStore:
         awarded, refused = self._check_caps(contacts, len(sent), channel_cap, picks)
         if may_retry and not awarded and picks and any(why != CHANNEL_CAP for _, why in refused):
             return Committed(RETRY, decision_id, (), tuple(refused))
-        decision = self._hash(k.decision(customer_id, decision_id))
-        decision.update(offers=",".join(p.offer_id for p in awarded), channel=channel, ts=repr(now))
+        decision: Hash = {}
+        if awarded:  # a decision that awarded nothing keeps no decision key (commit.lua)
+            decision = self._hash(k.decision(customer_id, decision_id))
+            decision.update(offers=",".join(p.offer_id for p in awarded), channel=channel, ts=repr(now), caller=caller)
         for p in awarded:
-            sent[f"{decision_id}:{p.offer_id}"] = now
-            decision[f"p:{p.offer_id}"] = f"{p.propensity!r},{p.prior_sd!r}"
+            sent[f"{decision_id[:ULID_LENGTH]}:{p.offer_id}"] = now
+            decision[f"p:{p.offer_id}"] = award_value(p)
             if p.offer_cap >= 0 or p.campaign_cap >= 0:
                 self._add(contacts, f"a:o:{p.offer_id}", 1)
                 self._add(contacts, f"a:c:{p.campaign_id}", 1)
@@ -248,14 +257,21 @@ class InMemoryStateStore:
         suppression_seconds: float,
         history_ttl: int,
         fingerprint: str,
+        reporter: Reporter,
     ) -> Recorded:
         self._hook("outcome")
         k = self._keys
         decision = self.hashes.get(k.decision(customer_id, decision_id))
         if decision is None or "offers" not in decision:
             return Recorded(UNKNOWN_DECISION, "", float("nan"), float("nan"))
+        if decision.get("caller", "") not in ("", reporter.caller) and not reporter.admin:
+            return Recorded(FORBIDDEN, "", float("nan"), float("nan"))
         if offer_id not in decision["offers"].split(","):
             return Recorded(NOT_OFFERED, "", float("nan"), float("nan"))
+        parts = decision.get(f"p:{offer_id}", "").split(",")
+        bound = float(parts[2]) if len(parts) > 2 else reporter.fallback_max_value
+        if reporter.value > bound:
+            return Recorded(TOO_LARGE, "", float("nan"), float("nan"), max_value=bound)
         event_key = k.outcome_event(customer_id, event_id)
         seen = self.strings.get(event_key)
         if seen is not None and seen not in (fingerprint, OLD_EVENT_MARK):
@@ -264,8 +280,8 @@ class InMemoryStateStore:
             return Recorded(DUPLICATE, "", float("nan"), float("nan"))
         self.strings[event_key] = fingerprint
         self._apply_outcome(k.contacts(customer_id), offer_id, outcome, now, max_presented, suppression_seconds)
-        p, sd = decision.get(f"p:{offer_id}", "nan,nan").split(",")
-        return Recorded(RECORDED, decision.get("channel", ""), float(p), float(sd))
+        p, sd = split_award_value(decision.get(f"p:{offer_id}", "nan,nan"))
+        return Recorded(RECORDED, decision.get("channel", ""), p, sd)
 
     def _apply_outcome(
         self, contacts: str, offer_id: str, outcome: str, now: float, max_presented: int, suppression_seconds: float

@@ -32,13 +32,17 @@ from server.state.store import (
     RECORDED,
     REPLAY,
     RETRY,
+    TOO_LARGE,
     Committed,
     CustomerState,
     Pick,
     Recorded,
+    Reporter,
     Reserved,
     StateUnavailable,
+    award_value,
     request_value,
+    split_award_value,
     split_request_value,
 )
 
@@ -157,6 +161,7 @@ class RedisStateStore:
         request_ttl: int,
         history_ttl: int,
         request_fingerprint: str,
+        caller: str = "",
     ) -> Committed:
         k = self.keys
         keys = [
@@ -177,9 +182,10 @@ class RedisStateStore:
             channel,
             len(picks),
             1 if may_retry else 0,
+            caller,
         ]
         for p in picks:
-            args += [p.offer_id, p.campaign_id, p.offer_cap, p.campaign_cap, f"{p.propensity!r},{p.prior_sd!r}"]
+            args += [p.offer_id, p.campaign_id, p.offer_cap, p.campaign_cap, award_value(p)]
         try:
             raw = await self._commit(keys=keys, args=args)
         except RedisError as err:
@@ -233,6 +239,7 @@ class RedisStateStore:
         suppression_seconds: float,
         history_ttl: int,
         fingerprint: str,
+        reporter: Reporter,
     ) -> Recorded:
         k = self.keys
         digest = hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()
@@ -243,14 +250,29 @@ class RedisStateStore:
                     k.outcome_event(customer_id, digest),
                     k.contacts(customer_id),
                 ],
-                args=[offer_id, outcome, now, event_ttl, max_presented, suppression_seconds, history_ttl, fingerprint],
+                args=[
+                    offer_id,
+                    outcome,
+                    now,
+                    event_ttl,
+                    max_presented,
+                    suppression_seconds,
+                    history_ttl,
+                    fingerprint,
+                    reporter.caller,
+                    1 if reporter.admin else 0,
+                    repr(reporter.value),
+                    repr(reporter.fallback_max_value),
+                ],
             )
         except RedisError as err:
             raise StateUnavailable(str(err)) from err
         status = int(raw[0])
         if status == CONFLICT:
             return Recorded(status, "", math.nan, math.nan, raw[1].decode())
+        if status == TOO_LARGE:
+            return Recorded(status, "", math.nan, math.nan, max_value=float(raw[1]))
         if status != RECORDED:
             return Recorded(status, "", math.nan, math.nan)
-        p, sd = raw[2].decode().split(",") if raw[2] else ("nan", "nan")
-        return Recorded(status, raw[1].decode(), float(p), float(sd))
+        p, sd = split_award_value(raw[2].decode()) if raw[2] else (math.nan, math.nan)
+        return Recorded(status, raw[1].decode(), p, sd)

@@ -10,6 +10,7 @@ degrades (send nothing) or answers UNAVAILABLE, never guesses.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -47,6 +48,7 @@ class Pick:
     campaign_cap: int
     propensity: float  # the base propensity the offer was ranked with, kept for the learner
     prior_sd: float  # the bandit's prior sd for the offer's offset (wider for offers the model lacks)
+    max_value: float = math.inf  # the largest outcome value accepted for it (catalog max_value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +68,19 @@ class Committed:
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    status: int  # RECORDED, DUPLICATE, UNKNOWN_DECISION, NOT_OFFERED or CONFLICT
+    status: int  # RECORDED, DUPLICATE, UNKNOWN_DECISION, NOT_OFFERED, CONFLICT, FORBIDDEN or TOO_LARGE
     channel: str  # of the decision, when recorded
     propensity: float  # the offer's base propensity at decision time; NaN if not known
     prior_sd: float  # the bandit prior sd of the offer's offset; NaN if not known
     fingerprint: str = ""  # with CONFLICT: of the outcome first recorded under the event id
+    max_value: float = math.nan  # with TOO_LARGE: the offer's bound
 
 
 COMMITTED, REPLAY, RETRY = 1, 2, 3  # RETRY: per-customer caps refused every pick, nothing written
 CHANNEL_CAP, OFFER_CAP, CAMPAIGN_CAP = 1, 2, 3
 RECORDED, DUPLICATE, UNKNOWN_DECISION, NOT_OFFERED, CONFLICT = 1, 0, -1, -2, -3
+# FORBIDDEN: another caller made the decision; TOO_LARGE: the value is above the offer's bound
+FORBIDDEN, TOO_LARGE = -4, -5
 # what an event key held before outcome fingerprints were stored: matches any repeat
 OLD_EVENT_MARK = "1"
 
@@ -91,6 +96,29 @@ def split_request_value(value: str) -> tuple[str, str]:
     """(decision id, fingerprint); the fingerprint is "" in values written before there was one."""
     decision_id, _, fingerprint = value.partition(" ")
     return decision_id, fingerprint
+
+
+def award_value(pick: Pick) -> str:
+    """What a decision key keeps per awarded offer (`p:<offer>`): "propensity,prior sd,max value"."""
+    return f"{pick.propensity!r},{pick.prior_sd!r},{pick.max_value!r}"
+
+
+def split_award_value(value: str) -> tuple[float, float]:
+    """(propensity, prior sd) of an award value; keys written before the bound have two parts."""
+    p, sd, *_ = value.split(",")
+    return float(p), float(sd)
+
+
+@dataclass(frozen=True, slots=True)
+class Reporter:
+    """Who reports an outcome, and what it may report: the caller must be the one that made the
+    decision unless it is an admin; `value` must not exceed the offer's bound (kept with the
+    decision; `fallback_max_value` for decisions kept before bounds were)."""
+
+    caller: str
+    admin: bool
+    value: float
+    fallback_max_value: float
 
 
 class StateStore(Protocol):
@@ -134,9 +162,11 @@ class StateStore(Protocol):
         request_ttl: int,
         history_ttl: int,
         request_fingerprint: str,
+        caller: str = "",
     ) -> Committed:
-        """Re-check the channel cap and per-customer caps, record the contacts, the decision and
-        the request id (with `request_fingerprint`), atomically. With `may_retry`, when
+        """Re-check the channel cap and per-customer caps, record the contacts, the decision (with
+        its `caller`, and only when it awarded something: nothing else can report on it) and the
+        request id (with `request_fingerprint`), atomically. With `may_retry`, when
         per-customer caps refuse every pick, write nothing and answer RETRY so the caller can try
         the next candidates. A request id already decided is REPLAY, with that decision's id and
         its request's fingerprint, having written nothing."""
@@ -168,10 +198,14 @@ class StateStore(Protocol):
         suppression_seconds: float,
         history_ttl: int,
         fingerprint: str,
+        reporter: Reporter,
     ) -> Recorded:
         """Apply one outcome to the contact history, once per event id. The event id keeps the
         outcome's fingerprint: a repeat with the same one is DUPLICATE, another is CONFLICT (with
-        the stored fingerprint); neither changes anything."""
+        the stored fingerprint); neither changes anything. Checked first, in this order, each
+        refusal changing nothing: the decision exists (UNKNOWN_DECISION), `reporter` may report
+        on it (FORBIDDEN), the offer was awarded in it (NOT_OFFERED), the value is within the
+        offer's bound (TOO_LARGE, with the bound)."""
         ...
 
 

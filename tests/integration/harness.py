@@ -110,6 +110,12 @@ class Harness:
             timeout=5,
         )
 
+    def unknown_decision_id(self, customer_id: str = "vip") -> str:
+        """A decision id this server could have made (sealed with its secret) but never did."""
+        ids = self.worker.service.ids
+        assert ids is not None, "the worker has no decision id secret"
+        return ids.seal("01KAAAAAAAAAAAAAAAAAAAAAAA", customer_id)
+
     async def report(self, decision_id: str, offer_id: str, outcome: int, event_id: str = "") -> Any:
         return await self.stub.ReportOutcome(
             pb.ReportOutcomeRequest(decision_id=decision_id, offer_id=offer_id, outcome=outcome, event_id=event_id),

@@ -53,9 +53,9 @@ async def test_malformed_requests_are_invalid_argument_naming_the_field(
 
 async def test_every_refused_outcome_is_counted_by_its_field(nbo: Harness) -> None:
     registry = nbo.worker.metrics.registry
-    cases = [("01KAAAAAAAAAAAAAAAAAAAAAAA.vip", "o_adhoc", grpc.StatusCode.NOT_FOUND, "decision_id")]
+    cases = [(nbo.unknown_decision_id(), "o_adhoc", grpc.StatusCode.NOT_FOUND, "decision_id")]
     cases.append(("not-an-id", "o_adhoc", INVALID, "decision_id"))
-    cases.append(("01KAAAAAAAAAAAAAAAAAAAAAAA.vip", "", INVALID, "offer_id"))
+    cases.append((nbo.unknown_decision_id(), "", INVALID, "offer_id"))
     for decision_id, offer_id, code, field in cases:
         before = registry.get_sample_value("nbo_invalid_requests_total", {"field": field}) or 0.0
         with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -47,7 +47,8 @@ async def test_ranked_offers_with_tiers_and_reasons(nbo: Harness) -> None:
     assert "Triggered by: cart_abandoned" in r.offers[1].reasons
     assert r.catalog_version.startswith("1-")
     assert r.model_version == "prior"
-    assert r.decision_id.endswith(".vip")
+    assert nbo.worker.service.ids is not None and nbo.worker.service.ids.open(r.decision_id) == "vip"
+    assert "vip" not in r.decision_id.lower()  # opaque: the customer id is sealed in, not shown
 
 
 async def test_trigger_fires_only_on_its_event_and_eligibility_reads_context(nbo: Harness) -> None:
@@ -201,14 +202,15 @@ async def test_an_answer_resets_the_presented_count(nbo: Harness) -> None:
 async def test_outcome_errors(nbo: Harness) -> None:
     d = await nbo.decide("vip", pb.CALL_CENTRE)
     cases = [
-        (
+        (nbo.unknown_decision_id(), "o_adhoc", pb.ACCEPTED, grpc.StatusCode.NOT_FOUND, "decision_id: no decision"),
+        ("garbage", "o_adhoc", pb.ACCEPTED, grpc.StatusCode.INVALID_ARGUMENT, "decision_id: not a decision id"),
+        (  # the format before ids were sealed
             "01KAAAAAAAAAAAAAAAAAAAAAAA.vip",
             "o_adhoc",
             pb.ACCEPTED,
-            grpc.StatusCode.NOT_FOUND,
-            "decision_id: no decision",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "decision_id: not a decision id",
         ),
-        ("garbage", "o_adhoc", pb.ACCEPTED, grpc.StatusCode.INVALID_ARGUMENT, "decision_id: not a decision id"),
         (d.decision_id, "o_life", pb.ACCEPTED, grpc.StatusCode.INVALID_ARGUMENT, "offer_id: offer 'o_life' was not"),
         (d.decision_id, "o_adhoc", pb.OUTCOME_UNSPECIFIED, grpc.StatusCode.INVALID_ARGUMENT, "outcome: must be set"),
         ("", "o_adhoc", pb.ACCEPTED, grpc.StatusCode.INVALID_ARGUMENT, "decision_id: must not be empty"),

@@ -83,7 +83,8 @@ async def test_a_decision_in_json_names_with_every_field(http: Http) -> None:
     assert (body["noOfferReason"], body["degraded"], body["replayed"]) == ("NO_OFFER_REASON_UNSPECIFIED", False, False)
     # the proto's original names are accepted too, and enums by number
     again = await http.decide(customer_id="regular", channel=pb.WEB, max_offers=1)
-    assert again["decisionId"].endswith(".regular")
+    assert http.nbo.worker.service.ids is not None
+    assert http.nbo.worker.service.ids.open(again["decisionId"]) == "regular"
     nothing = await http.decide(customerId="no_web", channel="WEB")
     assert (nothing["offers"], nothing["noOfferReason"]) == ([], "OPTED_OUT")
 
@@ -114,7 +115,7 @@ async def test_outcome_errors_map_to_their_http_status(http: Http) -> None:
     d = await http.decide(customerId="vip", channel="CALL_CENTRE")
     cases = [
         (
-            "01KAAAAAAAAAAAAAAAAAAAAAAA.vip",
+            http.nbo.unknown_decision_id(),
             "o_adhoc",
             "ACCEPTED",
             404,

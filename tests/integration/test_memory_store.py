@@ -4,6 +4,7 @@ RedisStateStore (real redis-server) and on InMemoryStateStore, gives the same an
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -15,13 +16,28 @@ from server.features.schema import encode_vector
 from server.state.keys import Keys
 from server.state.memory_store import InMemoryStateStore
 from server.state.redis_store import RedisStateStore
-from server.state.store import CONFLICT, DUPLICATE, REPLAY, Committed, CustomerState, Pick, Recorded, StateStore
+from server.state.store import (
+    CONFLICT,
+    DUPLICATE,
+    FORBIDDEN,
+    RECORDED,
+    REPLAY,
+    TOO_LARGE,
+    UNKNOWN_DECISION,
+    Committed,
+    CustomerState,
+    Pick,
+    Recorded,
+    Reporter,
+    StateStore,
+)
 from tests.unit.catalog_fixtures import SCHEMA
 
 PERIOD = Period(day="2027-01-15", hour="2027-01-15T10", day_fraction=10 / 24)
 KEYS = Keys()
 NOW = 1_800_000_000.0
 DAY_S = 86400.0
+OPEN = Reporter("", False, 0.0, math.inf)  # a server without authentication, no value, no bound
 
 
 def limited(offer_id: str, *, total: int, daily: int) -> Reservation:
@@ -60,7 +76,9 @@ async def commit(store: StateStore, decision_id: str, picks: list[Pick], **kw: o
     return await store.commit(**args)  # type: ignore[arg-type]
 
 
-async def outcome(store: StateStore, decision_id: str, offer_id: str, what: str, event_id: str) -> object:
+async def outcome(
+    store: StateStore, decision_id: str, offer_id: str, what: str, event_id: str, reporter: Reporter = OPEN
+) -> object:
     return await store.record_outcome(
         customer_id="c1",
         decision_id=decision_id,
@@ -73,6 +91,7 @@ async def outcome(store: StateStore, decision_id: str, offer_id: str, what: str,
         suppression_seconds=DAY_S,
         history_ttl=3600,
         fingerprint=f"{decision_id}|{offer_id}|{what}",
+        reporter=reporter,
     )
 
 
@@ -100,6 +119,18 @@ async def scenario(store: StateStore) -> list[object]:
         ("nope", "a", "accepted", "e6"),  # unknown decision
     ]:
         out.append(await outcome(store, *args))
+    # d5 was made by alice, with a bound of 5 on c; d6 awards nothing, so it keeps no decision key
+    out.append(await commit(store, "d5", [Pick("c", "camp", -1, -1, 0.25, 0.5, 5.0)], caller="alice", channel="sms"))
+    out.append(await commit(store, "d6", [], caller="alice", channel="sms"))
+    for args2 in [
+        ("d5", "c", "accepted", "e7", Reporter("bob", False, 1.0, 100.0)),  # another caller's decision
+        ("d5", "c", "accepted", "e7", Reporter("alice", False, 5.5, 100.0)),  # above the kept bound
+        ("d5", "c", "accepted", "e7", Reporter("alice", False, 5.0, 1.0)),  # the kept bound, not the fallback
+        ("d5", "c", "converted", "e8", Reporter("bob", True, 0.0, 100.0)),  # an admin may
+        ("d4", "c", "converted", "e9", Reporter("", False, 20.0, 10.0)),  # kept bound: none (inf)
+        ("d6", "c", "accepted", "e10", Reporter("alice", False, 1.0, 100.0)),  # unknown: nothing awarded
+    ]:
+        out.append(await outcome(store, *args2[:4], reporter=args2[4]))
     out.append(await store.read("c1", "web", NOW + 20, DAY_S, ""))
     out.append(await store.replay("c1", "d1"))
     return out
@@ -120,7 +151,7 @@ def comparable(results: list[object]) -> list[object]:
             vector = None if r.vector is None else r.vector.tolist()
             out.append((vector, r.vector_schema, r.history, r.replay_decision_id, r.replay_fingerprint))
         elif isinstance(r, Recorded):
-            out.append((r.status, r.channel, repr(r.propensity), repr(r.prior_sd), r.fingerprint))
+            out.append((r.status, r.channel, repr(r.propensity), repr(r.prior_sd), r.fingerprint, repr(r.max_value)))
         else:
             out.append(r)
     return out
@@ -143,6 +174,17 @@ async def test_the_in_memory_store_answers_as_the_scripts_do(
                            "o:b:spend": "250", "o:c:spend": "250"}  # fmt: skip
     contacts = {k.decode(): v.decode() for k, v in redis_client.hgetall(KEYS.contacts("c1")).items()}
     assert memory.hashes[KEYS.contacts("c1")] == contacts
+    nan = repr(math.nan)
+    assert expected[-8:-2] == [
+        (FORBIDDEN, "", nan, nan, "", nan),
+        (TOO_LARGE, "", nan, nan, "", "5.0"),
+        (RECORDED, "sms", "0.25", "0.5", "", nan),
+        (RECORDED, "sms", "0.25", "0.5", "", nan),
+        (RECORDED, "web", "0.25", "0.5", "", nan),
+        (UNKNOWN_DECISION, "", nan, nan, "", nan),
+    ]
+    assert not redis_client.exists(KEYS.decision("c1", "d6"))
+    assert KEYS.decision("c1", "d6") not in memory.hashes
 
 
 async def repeats(store: StateStore, set_old: Callable[[str, str], None]) -> list[object]:
@@ -194,8 +236,25 @@ async def test_the_in_memory_store_keeps_fingerprints_as_the_scripts_do(
         Committed(REPLAY, "d3", (), (), "fc"),
         ("d1", "fa"),
         ("d-old", ""),
-        (CONFLICT, "", nan, nan, "d1|a|presented"),
-        (DUPLICATE, "", nan, nan, ""),
+        (CONFLICT, "", nan, nan, "d1|a|presented", nan),
+        (DUPLICATE, "", nan, nan, "", nan),
     ]
     assert expected[2][3:] == ("d1", "fa") and expected[7][3:] == ("d-old", "")  # type: ignore[index]
     assert redis_client.get(KEYS.request("c1", "r1")) == b"d1 fa"
+
+
+async def test_a_decision_kept_before_bounds_and_callers_takes_the_fallback_bound_from_anyone(
+    redis_store: RedisStateStore, redis_client: redis.Redis
+) -> None:
+    """Decision keys the version before wrote: no caller, "propensity,prior sd" only."""
+    old = {"offers": "a", "channel": "web", "ts": "1", "p:a": "0.25,0.5"}
+    memory = InMemoryStateStore(KEYS)
+    memory.hashes[KEYS.decision("c1", "d-old")] = dict(old)
+    redis_client.hset(KEYS.decision("c1", "d-old"), mapping=old)
+    for store in (redis_store, memory):
+        results = [
+            await outcome(store, "d-old", "a", "accepted", "e1", Reporter("anyone", False, 10.5, 10.0)),
+            await outcome(store, "d-old", "a", "accepted", "e1", Reporter("anyone", False, 10.0, 10.0)),
+        ]
+        nan = repr(math.nan)
+        assert comparable(results) == [(TOO_LARGE, "", nan, nan, "", "10.0"), (RECORDED, "web", "0.25", "0.5", "", nan)]

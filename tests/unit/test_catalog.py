@@ -37,6 +37,14 @@ def test_valid_catalog_compiles_into_channel_views() -> None:
     assert catalog.contact_policy.decline_cooldown_seconds == 30 * 86400
 
 
+def test_an_offers_outcome_value_bound_defaults_to_ten_times_its_value_and_at_least_ten() -> None:
+    text = BASE.replace("    value: 10\n", "    value: 0\n").replace(
+        "    value: 20\n", "    value: 20\n    max_value: 25\n"
+    )
+    catalog = parse_catalog(text, SCHEMA)
+    assert [(o.id, o.max_value) for o in catalog.offers] == [("o_adhoc", 1000.0), ("o_trig", 25.0), ("o_life", 10.0)]
+
+
 def test_low_priority_trigger_ranks_below_lifecycle() -> None:
     catalog = parse_catalog(BASE.replace("priority: 80", "priority: 20"), SCHEMA)
     assert [c.tier for c in catalog.campaigns] == [0, 3, 2]
@@ -169,6 +177,16 @@ INVALID = [
             "c.yaml:38:32: offers[0].budget.per_customer: must be a whole number, got 0.5",
         ],
         id="negative-and-fractional-budgets",
+    ),
+    pytest.param(
+        ("    cost: 1\n", "    cost: 1\n    max_value: 99\n"),
+        ["c.yaml:38:5: offers[0].max_value: must be >= the offer's value (100), got 99"],
+        id="max-value-below-value",
+    ),
+    pytest.param(
+        ("    cost: 1\n", "    cost: 1\n    max_value: -1\n"),
+        ["c.yaml:38:5: offers[0].max_value: must be >= 0.0, got -1"],
+        id="negative-max-value",
     ),
     pytest.param(
         ("campaigns:\n", "campaigns: [\n"),

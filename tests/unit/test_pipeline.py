@@ -15,6 +15,7 @@ from server.catalog.budgets import Period
 from server.catalog.compiler import parse_catalog
 from server.config import Settings
 from server.domain import Channel, DecideRequest, Decision, NoOfferReason, Outcome, OutcomeReport
+from server.ids import DecisionIds
 from server.learning.bandit import NO_ARMS
 from server.metrics import Metrics
 from server.models.scorers import PriorScorer
@@ -35,10 +36,13 @@ NO_WEB = [0, 40, 0.2, 0, 1]
 DAY = 86400.0
 
 
+IDS = DecisionIds(b"a fixed test secret")
+
+
 def numbered_ids() -> Callable[[str, float], str]:
     """Decision ids fixed by call order (the bandit's draw is seeded by the decision id)."""
     count = iter(range(1_000_000))
-    return lambda customer_id, now: f"01JBQ0000000000000000000{next(count):02d}.{customer_id}"
+    return lambda customer_id, now: IDS.seal(f"01JBQ0000000000000000000{next(count):02d}", customer_id)
 
 
 @dataclass
@@ -67,7 +71,7 @@ def rig(text: str = BASE, customers: dict[str, Sequence[float]] | None = None) -
         store.put_features(cid, vector)
     log = InMemoryLog(store)
     metrics = Metrics()
-    service = DecisionService(store, log, metrics, Settings(), clock=lambda: NOW, new_id=numbered_ids())
+    service = DecisionService(store, log, metrics, Settings(), clock=lambda: NOW, new_id=numbered_ids(), ids=IDS)
     catalog = parse_catalog(text, SCHEMA, version="1-test")
     service.live = LiveConfig(catalog, SCHEMA, frozenset({SCHEMA.version}), PriorScorer(), NO_ARMS)
     return Rig(service, store, log, metrics)
@@ -102,7 +106,7 @@ async def test_a_commit_refused_after_a_reservation_releases_it_and_tries_the_ne
     assert seen_at_commit[0][0]["o:o_adhoc:n"] == "1"
     assert seen_at_commit[1][0]["o:o_adhoc:n"] == "0"
     assert all(v == "0" for h in counters(nbo.store) for v in h.values())
-    assert list(nbo.store.sent[nbo.store.keys.channel_contacts("vip", "web")]) == [f"{d.decision_id}:o_life"]
+    assert list(nbo.store.sent[nbo.store.keys.channel_contacts("vip", "web")]) == [f"{d.decision_id[:26]}:o_life"]
     record = nbo.record()
     assert dict(zip(record.candidates.offer_id, record.candidates.status, strict=True)) == {
         "o_adhoc": "contact policy: per-customer limit of the offer reached",
@@ -245,7 +249,7 @@ async def test_a_repeated_request_id_returns_the_same_decision(customer: str, of
     assert again == dataclasses.replace(first, replayed=True)
     assert len(nbo.log.decisions) == 1  # the repeat is not a new decision
     sent = nbo.store.sent.get(nbo.store.keys.channel_contacts(customer, "web"), {})
-    assert sorted(sent) == sorted(f"{first.decision_id}:{o}" for o in offers)
+    assert sorted(sent) == sorted(f"{first.decision_id[:26]}:{o}" for o in offers)
 
 
 async def test_a_control_group_customer_gets_nothing_but_what_it_would_get_is_logged() -> None:
@@ -297,8 +301,9 @@ async def test_thompson_sampling_probabilities_are_exact_under_a_fixed_seed() ->
     d = await nbo.decide("vip", max_offers=1)
     record = nbo.record()
     probabilities = dict(zip(record.candidates.offer_id, record.candidates.selection_probability, strict=True))
-    # 512 seeded draws from the posteriors (no outcomes yet: prior sd 0.5 around the priors)
-    assert probabilities == {"o_adhoc": 313 / 512, "o_life": 199 / 512}
+    # 512 draws seeded by the decision id (numbered_ids) from the posteriors (no outcomes yet:
+    # prior sd 0.5 around the priors)
+    assert probabilities == {"o_adhoc": 326 / 512, "o_life": 186 / 512}
     (chosen,) = d.offers
     assert chosen.selection_probability == probabilities[chosen.offer_id]
 

@@ -1,16 +1,20 @@
 -- Commit one decision's awards on the customer's side, atomically: re-check the channel cap and
 -- the per-customer award caps (a concurrent decision for the same customer may have used them
 -- since the read), record the contacts, the decision and the request id. One customer's keys
--- only (one Cluster slot); budgets were reserved before by reserve.lua.
+-- only (one Cluster slot); budgets were reserved before by reserve.lua. The decision key is
+-- written only when something was awarded: nothing else can receive an outcome, and a decision
+-- that awarded nothing keeps no long-lived state (its answer, kept for a request id, expires
+-- with the request id: server.pipeline.record).
 --
 -- KEYS[1] sent-zset of the channel   KEYS[2] request-id key (may be unused)
 -- KEYS[3] decision key               KEYS[4] contacts hash
 -- ARGV: now, window_s, channel_cap (-1 = none), decision_id, decision_ttl, request_ttl,
 --       request value ("<decision_id> <request fingerprint>"; '' = no request id), history_ttl,
---       channel, n, may_retry (0/1),
---       then n x (offer, campaign, offer_cap, campaign_cap, propensity)
--- The decision key keeps each awarded offer's propensity (`p:<offer>`), so an outcome can be
--- learned from without the decision log.
+--       channel, n, may_retry (0/1), caller,
+--       then n x (offer, campaign, offer_cap, campaign_cap, "propensity,prior sd,max value")
+-- The decision key keeps each awarded offer's propensity, prior sd and outcome-value bound
+-- (`p:<offer>`), so an outcome can be checked and learned from without the decision log or the
+-- catalog of the day, and the caller that made it (only it, or an admin, may report on it).
 -- Returns {1, decision_id, n_committed, committed..., then per refused offer: offer, why}
 -- (why: 1 channel cap, 2 offer's per-customer cap, 3 campaign's per-customer cap), or
 -- {2, request key's value} when the request id was already decided, or, when may_retry and a
@@ -46,9 +50,9 @@ end
 local committed, refused = {}, {}
 local n_ok = 0
 for i = 0, n - 1 do
-  local offer, campaign = ARGV[12 + 5 * i], ARGV[13 + 5 * i]
-  local propensity = ARGV[16 + 5 * i]
-  local offer_cap, campaign_cap = tonumber(ARGV[14 + 5 * i]), tonumber(ARGV[15 + 5 * i])
+  local offer, campaign = ARGV[13 + 5 * i], ARGV[14 + 5 * i]
+  local propensity = ARGV[17 + 5 * i]
+  local offer_cap, campaign_cap = tonumber(ARGV[15 + 5 * i]), tonumber(ARGV[16 + 5 * i])
   local fo, fc = 'a:o:' .. offer, 'a:c:' .. campaign
   local why = 0
   if cap >= 0 and n_ok >= room then
@@ -103,7 +107,10 @@ for _, c in ipairs(committed) do
     capped_awards = true
   else
     offers[#offers + 1] = c
-    redis.call('ZADD', KEYS[1], now, decision_id .. ':' .. c)
+    -- the member only has to be unique: the id's ULID (its first 26 characters) and the offer
+    -- keep it within zset-max-listpack-value (64 bytes) for offer ids up to 37 characters; the
+    -- whole sealed id would not fit, and a set past that limit costs ten times the memory
+    redis.call('ZADD', KEYS[1], now, string.sub(decision_id, 1, 26) .. ':' .. c)
   end
 end
 if #offers > 0 then
@@ -112,8 +119,11 @@ end
 if capped_awards then
   redis.call('EXPIRE', KEYS[4], ARGV[8])
 end
-redis.call('HSET', KEYS[3], 'offers', table.concat(offers, ','), 'channel', ARGV[9], 'ts', ARGV[1], unpack(propensities))
-redis.call('EXPIRE', KEYS[3], ARGV[5])
+if #offers > 0 then
+  redis.call('HSET', KEYS[3], 'offers', table.concat(offers, ','), 'channel', ARGV[9], 'ts', ARGV[1],
+    'caller', ARGV[12], unpack(propensities))
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
 if has_request then
   redis.call('SET', KEYS[2], ARGV[7], 'EX', ARGV[6])
 end
