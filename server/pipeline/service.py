@@ -100,11 +100,12 @@ class DecisionService:
 
     # -- Decide ------------------------------------------------------------------------------
     async def decide(
-        self, req: DecideRequest, *, deadline: float | None = None, delivery: Delivery = DELIVERED
+        self, req: DecideRequest, *, deadline: float | None = None, delivery: Delivery = DELIVERED, caller: str = ""
     ) -> Decision:
         """`deadline`: the caller's, in event-loop time (None: it sent none); the server's
         decision_timeout_seconds caps it. `delivery`: settled by the transport once it knows
-        whether the answer reached the caller; the decision's log record waits for it."""
+        whether the answer reached the caller; the decision's log record waits for it. `caller`:
+        the authenticated client's name ("" when anonymous)."""
         started = time.perf_counter()
         k = validate_request(req, self.settings.max_offers_limit)
         live = self.live
@@ -302,7 +303,7 @@ class DecisionService:
         raise ServiceUnavailable(f"request_id repeat: decision {decision_id} is still being written; retry")
 
     # -- ReportOutcome -----------------------------------------------------------------------
-    async def report_outcome(self, report: OutcomeReport) -> OutcomeResult:
+    async def report_outcome(self, report: OutcomeReport, *, caller: str = "") -> OutcomeResult:
         customer_id = _validate_report(report)
         event_id = report.event_id or f"{report.decision_id}:{report.offer_id}:{report.outcome.value}"
         now = self.clock()
