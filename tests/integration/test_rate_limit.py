@@ -136,7 +136,16 @@ async def test_rate_limits_fail_open_while_redis_is_away(tmp_path: Path) -> None
     with EmbeddedRedis(tmp_path / "redis", persist=False) as own:
         load_customers(own.url, CUSTOMERS, tmp_path)
         publish_text(own.url, BASE)
-        nbo = Harness(own.url, Clock(T0), rate_limit_per_second=1.0, rate_limit_burst=1, redis_timeout_seconds=0.2)
+        # the degraded decisions' records spill at stop: into a directory of this test's own, or
+        # the next worker started in the working directory would replay them into its Redis
+        nbo = Harness(
+            own.url,
+            Clock(T0),
+            rate_limit_per_second=1.0,
+            rate_limit_burst=1,
+            redis_timeout_seconds=0.2,
+            log_spill_dir=tmp_path / "spill",
+        )
         await nbo.start()
         registry = nbo.worker.metrics.registry
         try:
