@@ -20,7 +20,9 @@ import threading
 from typing import Any
 
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\",;]+")
-_TOKEN = re.compile(r"\bnbo_[A-Za-z0-9_-]{16,}")
+# an API token (server.api.tokens): 43 URL-safe characters, at least one a capital or a digit, so
+# that names such as nbo_log_records_dropped_total stay readable
+_TOKEN = re.compile(r"\bnbo_(?=[A-Za-z0-9_-]{0,42}[A-Z0-9])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
 _KEY_TAG = re.compile(r"\{c:([^}#][^}]*)\}")
 # <26 Crockford base-32 ULID>.<customer id>; an already hashed one ('.#...') does not match
 _DECISION_ID = re.compile(r"\b([0-9A-HJKMNP-TV-Z]{26})\.([A-Za-z0-9_.@-]+)")

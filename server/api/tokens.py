@@ -64,31 +64,40 @@ def parse_tokens(text: str, source: str) -> list[TokenEntry]:
     entries: list[TokenEntry] = []
     seen: dict[bytes, int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0]
-        fields = [(m.start() + 1, m.group()) for m in re.finditer(r"\S+", line)]
+        fields = [(m.start() + 1, m.group()) for m in re.finditer(r"\S+", raw.split("#", 1)[0])]
         if not fields:
             continue
-
-        def fail(column: int, message: str, number: int = number) -> TokenFileError:
-            return TokenFileError(f"{source}:{number}:{column}: {message}")
-
-        if len(fields) != 3:
-            raise fail(1, f"expected '<client name> <roles> <sha256 hex>', got {len(fields)} field(s)")
-        (name_col, name), (roles_col, roles_text), (digest_col, digest_hex) = fields
-        if problem := name_problem(name):
-            raise fail(name_col, problem)
         try:
-            roles = parse_roles(roles_text)
-        except ValueError as err:
-            raise fail(roles_col, str(err)) from None
-        if not DIGEST_RE.fullmatch(digest_hex):
-            raise fail(digest_col, "expected the token's SHA-256 as 64 lowercase hex digits (never the token)")
-        digest = bytes.fromhex(digest_hex)
-        if digest in seen:
-            raise fail(digest_col, f"the same token hash as line {seen[digest]}")
-        seen[digest] = number
-        entries.append(TokenEntry(name, roles, digest))
+            entry = _entry(fields, seen)
+        except _BadField as err:
+            raise TokenFileError(f"{source}:{number}:{err.column}: {err.message}") from None
+        seen[entry.digest] = number
+        entries.append(entry)
     return entries
+
+
+class _BadField(Exception):
+    def __init__(self, column: int, message: str) -> None:
+        self.column, self.message = column, message
+
+
+def _entry(fields: list[tuple[int, str]], seen: dict[bytes, int]) -> TokenEntry:
+    """The entry of one line's (column, text) fields; _BadField at the first bad one."""
+    if len(fields) != 3:
+        raise _BadField(1, f"expected '<client name> <roles> <sha256 hex>', got {len(fields)} field(s)")
+    (name_col, name), (roles_col, roles_text), (digest_col, digest_hex) = fields
+    if problem := name_problem(name):
+        raise _BadField(name_col, problem)
+    try:
+        roles = parse_roles(roles_text)
+    except ValueError as err:
+        raise _BadField(roles_col, str(err)) from None
+    if not DIGEST_RE.fullmatch(digest_hex):
+        raise _BadField(digest_col, "expected the token's SHA-256 as 64 lowercase hex digits (never the token)")
+    digest = bytes.fromhex(digest_hex)
+    if digest in seen:
+        raise _BadField(digest_col, f"the same token hash as line {seen[digest]}")
+    return TokenEntry(name, roles, digest)
 
 
 def read_tokens(path: Path) -> list[TokenEntry]:

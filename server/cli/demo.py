@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from server.cli.common import redis_flags, serve_flags, settings, token, token_flag
+from server.cli.common import err_console, redis_flags, serve_flags, settings, token, token_flag
 
 NAME = "demo"
 HELP = "synthetic customers + demo catalog + server + sample decisions"
@@ -23,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(opts: argparse.Namespace) -> int:
     from training.demo import run_demo
 
-    return run_demo(
-        settings(opts), customers=opts.customers, seed=opts.seed, keep_serving=opts.serve, token=token(opts)
-    )
+    chosen, given = settings(opts), token(opts)
+    if chosen.auth_enabled and given is None:
+        err_console.print(
+            f"error: auth_tokens_file is set ({chosen.auth_tokens_file}), so the demo's server authenticates its "
+            "callers: give --token (or NBO_TOKEN) of a client with the roles decide and report"
+        )
+        return 2
+    return run_demo(chosen, customers=opts.customers, seed=opts.seed, keep_serving=opts.serve, token=given)

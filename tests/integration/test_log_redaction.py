@@ -119,6 +119,7 @@ async def test_customer_ids_are_logged_only_when_the_setting_allows(
         ("key nbo:{c:alice}:req:r1 failed", "key nbo:{c:#H}:req:r1 failed"),
         ("decision 01KAZZZZZZZZZZZZZZZZZZZZZZ.alice gone", "decision 01KAZZZZZZZZZZZZZZZZZZZZZZ.#H gone"),
         ("nothing to hide in offer o_adhoc", "nothing to hide in offer o_adhoc"),
+        ("nbo_log_records_dropped_total went up", "nbo_log_records_dropped_total went up"),
     ],
 )
 def test_what_is_cleaned_from_text(text: str, cleaned: str) -> None:

@@ -56,3 +56,8 @@ def test_bad_names_roles_and_files_are_refused(redis_url: str, tmp_path: Path) -
     served = run(["serve", "--port", "0", "--workers", "1"], redis_url, tmp_path, {"NBO_AUTH_TOKENS_FILE": str(path)})
     assert served.returncode == 2
     assert f"error: {path}:2:7: unknown role 'admn'; roles are decide, report, admin" in served.stderr
+
+    path.write_text(f"shop decide,report {'0' * 64}\n")
+    demo = run(["demo", "--port", "0"], redis_url, tmp_path, {"NBO_AUTH_TOKENS_FILE": str(path), "NBO_TOKEN": ""})
+    assert demo.returncode == 2
+    assert "give --token (or NBO_TOKEN)" in " ".join(demo.stderr.split())
