@@ -40,14 +40,14 @@ _SCALARS: dict[int, dict[str, Any]] = {
 }
 _STATUS_TEXT = {
     400: "INVALID_ARGUMENT: a field is wrong (`field` names it), or the body is not a JSON object of this message",
-    401: "UNAUTHENTICATED: the caller is not authenticated",
-    403: "PERMISSION_DENIED: the caller may not make this call",
+    401: "UNAUTHENTICATED: no, a malformed or an unknown API token (servers with callers and roles)",
+    403: "PERMISSION_DENIED: the token's client lacks the role this call needs",
     404: "NOT_FOUND: an id the caller named does not exist (or no such path)",
     405: "METHOD_NOT_ALLOWED: only POST",
     409: "ALREADY_EXISTS: a request_id or event_id reused for a different request or outcome (`field` names it)",
     413: f"PAYLOAD_TOO_LARGE: the body is over {MAX_BODY_BYTES} bytes",
     415: f"UNSUPPORTED_MEDIA_TYPE: Content-Type must be {JSON_TYPE} (UTF-8)",
-    429: "RESOURCE_EXHAUSTED: the server is shedding load; retry later",
+    429: "RESOURCE_EXHAUSTED: the server is shedding load, or the client's rate limit is used up; retry later",
     500: "INTERNAL: a server bug; see the server log",
     503: "UNAVAILABLE: shared state cannot be reached; retry",
     504: "DEADLINE_EXCEEDED: no answer within the deadline",
@@ -165,7 +165,18 @@ def build(file: FileDescriptor = pb.DESCRIPTOR) -> dict[str, Any]:
             ),
         },
         "paths": {RPC_PATHS[m.name]: {"post": _operation(m, i, comments)} for i, m in enumerate(service.methods)},
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "an API token of `nbo tokens add`; needed only by servers with callers and roles",
+                }
+            },
+        },
+        # no credential, or a bearer token: servers without a tokens file take calls without one
+        "security": [{}, {"bearer": []}],
     }
 
 

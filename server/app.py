@@ -23,11 +23,13 @@ import redis
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
+from server import redact
 from server.api import servicers as grpc_api
 from server.api.admission import Admission
+from server.api.gate import build_gate
 from server.api.http import HttpFront
+from server.api.reflection import add_reflection
 from server.config import Settings, configure_logging
 from server.ids import DecisionIds
 from server.learning.arms import ArmsReloader
@@ -64,6 +66,7 @@ class Worker:
     """One gRPC server process's worth of serving."""
 
     def __init__(self, settings: Settings, redis_url: str, port: int, *, clock: Clock | None = None) -> None:
+        redact.install(log_customer_ids=settings.log_customer_ids)
         self.settings = settings
         self.port = port
         self.keys = Keys(settings.key_prefix)
@@ -119,19 +122,18 @@ class Worker:
             ],
         )
         admission = Admission(settings.max_concurrent_rpcs, self.metrics)
-        grpc_api.add_to_server(self.service, self.server, admission)
+        # TokenFileError here if the tokens file is bad (`nbo serve` checks it before any worker)
+        gate = build_gate(
+            settings, self.client, self.keys, self.metrics, self.service.services.breaker, self.service.clock
+        )
+        grpc_api.add_to_server(self.service, self.server, admission, gate)
         self.http: HttpFront | None = None
         self.http_port: int | None = None
         if settings.http_port is not None:
-            self.http = HttpFront(self.service, self.metrics, admission, shutdown_seconds=settings.grace_seconds)
+            self.http = HttpFront(self.service, self.metrics, admission, gate, shutdown_seconds=settings.grace_seconds)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (
-                grpc_api.SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self.server,
+        add_reflection(
+            self.server, gate, (grpc_api.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         )
 
     def _swap(self, snap: LiveSnapshot) -> None:
@@ -275,7 +277,7 @@ def worker_main(
     restarts: Synchronized[int] | None = None,
 ) -> None:
     settings = Settings.model_validate_json(settings_json)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_customer_ids=settings.log_customer_ids)
     try:
         import uvloop
 

@@ -7,11 +7,14 @@ file, then the defaults here. `REDIS_URL` is also accepted without the prefix.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server import redact
 
 
 class Settings(BaseSettings):
@@ -143,6 +146,35 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Python logging level of the server."""
 
+    log_customer_ids: bool = False
+    """Write customer ids (and decision ids, which contain them) into log lines as they are;
+    off, each is replaced by a short keyed hash (`#` and 10 hex digits, stable within a process)."""
+
+    auth_tokens_file: Path | None = None
+    """Callers and roles: lines `<client name> <roles> <sha256 hex of the token>` (roles from
+    decide, report, admin; see `nbo tokens add`). Every call must then send `authorization:
+    Bearer <token>`. Unset = no authentication: anyone who reaches the port may call everything."""
+
+    rate_limit_per_second: float | None = Field(None, gt=0)
+    """Calls per second each client may make (a token bucket in Redis shared by all replicas;
+    anonymous callers: per address). Unset = no rate limit, and no Redis call for it."""
+
+    rate_limit_burst: int | None = Field(None, ge=1)
+    """Calls a client may make at once above its rate (the bucket's size); unset = one second's
+    worth of rate_limit_per_second."""
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether callers must authenticate (a tokens file is configured)."""
+        return self.auth_tokens_file is not None
+
+    @property
+    def rate_limit_bucket(self) -> int:
+        """The size of each client's token bucket."""
+        if self.rate_limit_burst is not None:
+            return self.rate_limit_burst
+        return max(1, math.ceil(self.rate_limit_per_second or 1))
+
     @field_validator("metrics_port", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -157,6 +189,8 @@ class Settings(BaseSettings):
         return value
 
 
-def configure_logging(level: str) -> None:
-    """Log lines of every process (server workers, learner, commands) in one format, with the pid."""
+def configure_logging(level: str, *, log_customer_ids: bool = False) -> None:
+    """Log lines of every process (server workers, learner, commands) in one format, with the pid,
+    never with a credential, and with customer ids only if `log_customer_ids` (server.redact)."""
+    redact.install(log_customer_ids=log_customer_ids)
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")

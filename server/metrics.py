@@ -54,6 +54,19 @@ class Metrics:
             ["method"],
             registry=r,
         )
+        self.auth_refusals = Counter(
+            "nbo_auth_refusals",
+            "Calls refused before any work for who made them: UNAUTHENTICATED (no or an unknown token) or "
+            "PERMISSION_DENIED (the client lacks the method's role), by method and code",
+            ["method", "code"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "nbo_rate_limited",
+            "Calls answered RESOURCE_EXHAUSTED because the client's token bucket (rate_limit_per_second) was empty",
+            ["method"],
+            registry=r,
+        )
         self.undelivered = Counter(
             "nbo_undelivered_decisions",
             "Decisions whose caller was gone (deadline passed, call cancelled) when the answer was ready",

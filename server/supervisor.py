@@ -32,6 +32,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.api import servicers as grpc_api
+from server.api.tokens import TokenFileError, read_tokens
 from server.app import publish_catalog, redis_for, worker_main
 from server.catalog.spec import CatalogInvalid
 from server.config import Settings, configure_logging
@@ -241,7 +242,13 @@ def on_signals(handler: Callable[[], None]) -> None:
 
 def run_server(settings: Settings) -> int:
     """`nbo serve`: blocks until SIGTERM/SIGINT, then drains and returns an exit code."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_customer_ids=settings.log_customer_ids)
+    if settings.auth_tokens_file is not None:
+        try:
+            read_tokens(settings.auth_tokens_file)  # a bad line stops here, not in every worker
+        except TokenFileError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     with redis_for(settings) as url:
         if settings.catalog is not None:
             try:

@@ -244,6 +244,9 @@ def run(cfg: SimulationConfig) -> SimulationResult:
             learner=cfg.bandit,
             log_level="WARNING",
             model_cache_dir=cfg.out / "models",
+            # a private server on loopback: no callers but ours, whatever NBO_* says
+            auth_tokens_file=None,
+            rate_limit_per_second=None,
         )
         keys = Keys(settings.key_prefix)
         _setup(cfg, redis_server.url, keys, scenario.world)

@@ -61,11 +61,12 @@ def _pick(pop: Population, want: dict[str, object], skip: set[str], salt: str, f
     raise LookupError(f"no demo customer matches {want}")
 
 
-def run_demo(settings: Settings, *, customers: int, seed: int, keep_serving: bool) -> int:
+def run_demo(settings: Settings, *, customers: int, seed: int, keep_serving: bool, token: str | None = None) -> int:
+    """`token`: the API token the sample decisions send (needed only if auth_tokens_file is set)."""
     # the sample decisions are the output; routine worker logs would only interleave with them
     if settings.log_level == "INFO":
         settings = settings.model_copy(update={"log_level": "WARNING"})
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_customer_ids=settings.log_customer_ids)
     console = Console(width=max(Console().width, 110))
     if not settings.port:
         port = DEFAULT_PORT if _port_free(settings.host, DEFAULT_PORT) else 0
@@ -102,7 +103,7 @@ def run_demo(settings: Settings, *, customers: int, seed: int, keep_serving: boo
         try:
             group.wait_ready()
             console.print(f"[bold]Server[/] {settings.workers} worker(s) on {group.target}\n")
-            _sample_decisions(console, group.target, pop, seed)
+            _sample_decisions(console, group.target, pop, seed, token)
             if keep_serving:
                 _serve_until_signal(console, group, url)
         finally:
@@ -148,7 +149,7 @@ def _demo_redis(settings: Settings) -> Iterator[tuple[str, Settings]]:
         yield embedded.url, settings
 
 
-def _sample_decisions(console: Console, target: str, pop: Population, seed: int) -> None:
+def _sample_decisions(console: Console, target: str, pop: Population, seed: int, token: str | None) -> None:
     salt, fraction = f"world-{seed}", 0.05  # the world catalog's universal control group
     used: set[str] = set()
     at_risk_vip = _pick(pop, {"tier": "A", "churn_risk": lambda v: v >= 0.3, "consent_call": 1.0}, used, salt, fraction)
@@ -158,7 +159,7 @@ def _sample_decisions(console: Console, target: str, pop: Population, seed: int)
     opted_out = _pick(pop, {"consent_call": 0.0}, used, salt, fraction)
     control = next(c for c in pop.customer_ids if in_holdout(salt, c, fraction))
 
-    client = NboClient(target)
+    client = NboClient(target, token=token)
     try:
         first = client.decide(at_risk_vip, "call_centre", max_offers=3, explain=True)
         print_decision(console, f"Call centre, top 3 with explanations: {at_risk_vip} (tier A, at risk)", first)

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from server.api.client import CHANNELS, OUTCOMES
+from server.api.client import CHANNELS, OUTCOMES, credentials
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 
@@ -17,13 +17,16 @@ from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 class AsyncNboClient:
     """One channel to a server. `own_connection`: a TCP connection of its own rather than one
     shared by every channel to the same target, so several clients spread over the worker
-    processes behind one SO_REUSEPORT port."""
+    processes behind one SO_REUSEPORT port. `token`: the API token sent with every call."""
 
-    def __init__(self, target: str, *, timeout: float = 10.0, own_connection: bool = True) -> None:
+    def __init__(
+        self, target: str, *, timeout: float = 10.0, own_connection: bool = True, token: str | None = None
+    ) -> None:
         options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
         self.channel = grpc.aio.insecure_channel(target, options=options)
         self.stub = pb_grpc.DecisioningStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
+        self.metadata = credentials(token)
 
     async def decide(
         self,
@@ -41,13 +44,13 @@ class AsyncNboClient:
             events=list(events),
             max_offers=max_offers,
         )
-        return await self.stub.Decide(request, timeout=self.timeout)
+        return await self.stub.Decide(request, timeout=self.timeout, metadata=self.metadata)
 
     async def report(self, decision_id: str, offer_id: str, outcome: str, value: float = 0.0) -> Any:
         request = pb.ReportOutcomeRequest(
             decision_id=decision_id, offer_id=offer_id, outcome=OUTCOMES[outcome], value=value
         )
-        return await self.stub.ReportOutcome(request, timeout=self.timeout)
+        return await self.stub.ReportOutcome(request, timeout=self.timeout, metadata=self.metadata)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -19,11 +19,19 @@ CHANNELS = {"call_centre": pb.CALL_CENTRE, "web": pb.WEB, "mobile_app": pb.MOBIL
 OUTCOMES = {"presented": pb.PRESENTED, "accepted": pb.ACCEPTED, "declined": pb.DECLINED, "converted": pb.CONVERTED}
 
 
+def credentials(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that authenticates a caller with `token` (none without one)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
 class NboClient:
-    def __init__(self, target: str, timeout: float = 5.0) -> None:
+    """`token`: the API token sent with every call (servers with authentication need one)."""
+
+    def __init__(self, target: str, timeout: float = 5.0, *, token: str | None = None) -> None:
         self.channel = grpc.insecure_channel(target)
         self.stub = pb_grpc.DecisioningStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
+        self.metadata = credentials(token)
 
     def decide(
         self,
@@ -49,12 +57,14 @@ class NboClient:
                 request_id=request_id,
             ),
             timeout=self.timeout,
+            metadata=self.metadata,
         )
 
     def report(self, decision_id: str, offer_id: str, outcome: str, value: float = 0.0) -> Any:
         return self.stub.ReportOutcome(
             pb.ReportOutcomeRequest(decision_id=decision_id, offer_id=offer_id, outcome=OUTCOMES[outcome], value=value),
             timeout=self.timeout,
+            metadata=self.metadata,
         )
 
     def close(self) -> None:

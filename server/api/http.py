@@ -17,6 +17,8 @@ from aiohttp import web
 
 from server.api import converters
 from server.api.admission import Admission
+from server.api.auth import ANONYMOUS, Caller, PermissionDenied, Unauthenticated
+from server.api.gate import Gate
 from server.api.json_mapping import message_from_json, message_to_json
 from server.api.status import HTTP_STATUS, Code, Status, count_refusal, status_of
 from server.metrics import Metrics
@@ -37,6 +39,7 @@ TRANSPORT_CODES = {
     415: "UNSUPPORTED_MEDIA_TYPE",
 }
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CALLER = web.RequestKey("nbo.caller", Caller)  # the request's authenticated Caller
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
@@ -71,12 +74,13 @@ class HttpFront:
     """The aiohttp application and its listening site, over one worker's DecisionService."""
 
     def __init__(
-        self, service: DecisionService, metrics: Metrics, admission: Admission, *, shutdown_seconds: float
+        self, service: DecisionService, metrics: Metrics, admission: Admission, gate: Gate, *, shutdown_seconds: float
     ) -> None:
         self.service = service
         self.metrics = metrics
         self.admission = admission
-        self._paths = frozenset(RPC_PATHS.values())
+        self.gate = gate
+        self._rpcs = {path: rpc for rpc, path in RPC_PATHS.items()}
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors])
         handlers = {"Decide": self._decide, "ReportOutcome": self._outcomes}
         for rpc, path in RPC_PATHS.items():
@@ -101,13 +105,19 @@ class HttpFront:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path if request.path in self._paths else "other"
-        if path != "other" and not self.admission.enter(path):
-            busy = _status_response(Status(Code.RESOURCE_EXHAUSTED, self.admission.message))
-            self.metrics.http_requests.labels(path, str(busy.status)).inc()
-            return busy
+        rpc = self._rpcs.get(request.path)
+        path = request.path if rpc is not None else "other"
+        if rpc is not None:
+            refused = self._authenticate(request, rpc)
+            if refused is None and not self.admission.enter(path):
+                refused = _status_response(Status(Code.RESOURCE_EXHAUSTED, self.admission.message))
+            if refused is not None:
+                self.metrics.http_requests.labels(path, str(refused.status)).inc()
+                return refused
         response: web.StreamResponse
         try:
+            if rpc is not None and self.gate.limiter is not None:
+                await self.gate.throttle(rpc, request[CALLER], request.remote or "unknown")
             response = await handler(request)
         except web.HTTPException as exc:
             response = _transport_error(request, exc)
@@ -121,6 +131,21 @@ class HttpFront:
         self.metrics.http_requests.labels(path, str(response.status)).inc()
         return response
 
+    def _authenticate(self, request: web.Request, rpc: str) -> web.Response | None:
+        """Keep the request's Caller for its handler, or answer 401/403 before anything runs."""
+        caller = ANONYMOUS
+        if self.gate.authenticates:
+            try:
+                caller = self.gate.admit(rpc, request.headers.get("Authorization"))
+            except Unauthenticated as err:
+                refused = _status_response(status_of(err))
+                refused.headers["WWW-Authenticate"] = 'Bearer realm="nbo"'  # RFC 6750
+                return refused
+            except PermissionDenied as err:
+                return _status_response(status_of(err))
+        request[CALLER] = caller
+        return None
+
     async def _body(self, request: web.Request, cls: Any) -> Any:
         if request.content_type != JSON_TYPE or (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
             raise _UnsupportedMediaType(request.headers.get("Content-Type", ""))
@@ -130,12 +155,15 @@ class HttpFront:
 
     async def _decide(self, request: web.Request) -> web.Response:
         msg = await self._body(request, converters.DecideRequest)
-        decision = await self.service.decide(converters.decide_request_from_pb(msg))
+        decision = await self.service.decide(converters.decide_request_from_pb(msg), caller=request[CALLER].name)
         return _json(converters.decide_response_to_pb(decision))
 
     async def _outcomes(self, request: web.Request) -> web.Response:
         msg = await self._body(request, converters.ReportOutcomeRequest)
-        result = await self.service.report_outcome(converters.outcome_from_pb(msg))
+        caller = request[CALLER]
+        result = await self.service.report_outcome(
+            converters.outcome_from_pb(msg), caller=caller.name, admin=caller.admin
+        )
         return _json(converters.outcome_result_to_pb(result))
 
 

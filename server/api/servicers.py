@@ -18,6 +18,8 @@ from google.protobuf.message import DecodeError
 
 from server.api import converters
 from server.api.admission import Admission
+from server.api.auth import ANONYMOUS, Caller, PermissionDenied, Unauthenticated
+from server.api.gate import Gate, RateLimited, grpc_address
 from server.api.status import Code, Status, count_refusal, status_of
 from server.domain import RequestError
 from server.gen.nbo.v1 import decisioning_pb2 as pb
@@ -103,9 +105,10 @@ class _RpcMetrics:
 
 
 class DecisioningServicer(pb_grpc.DecisioningServicer):
-    def __init__(self, service: DecisionService, admission: Admission) -> None:
+    def __init__(self, service: DecisionService, admission: Admission, gate: Gate) -> None:
         self.service = service
         self.admission = admission
+        self.gate = gate
         self._report_undecodable = _EveryTenSeconds()
         self._decide_rpc = _RpcMetrics(service.metrics, "Decide")
         self._outcome_rpc = _RpcMetrics(service.metrics, "ReportOutcome")
@@ -130,24 +133,48 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
         self,
         rpc: _RpcMetrics,
         empty: Callable[[], Any],
-        handle: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+        handle: Callable[[Any, grpc.aio.ServicerContext[Any, Any], Caller], Awaitable[Any]],
         request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> Any:
-        """`handle` within the worker's bound on calls in flight, timed and counted by code."""
+        """`handle` for an authenticated caller within its rate limit and the worker's bound on
+        calls in flight, timed and counted by code."""
         started = rpc.start()
         try:
+            caller = self._caller(rpc.method, context)
+            if caller is None:
+                return empty()
             if not self.admission.enter(rpc.method):
                 _fail(context, self._busy)
                 return empty()
             try:
-                return await handle(request, context)
+                if self.gate.limiter is not None and not await self._within_limit(rpc.method, caller, context):
+                    return empty()
+                return await handle(request, context, caller)
             finally:
                 self.admission.leave()
         finally:
             rpc.done(started, context)
 
-    async def _decide(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    def _caller(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller | None:
+        """Who calls, if allowed to call `method`; else None, the call refused."""
+        if not self.gate.authenticates:
+            return ANONYMOUS
+        try:
+            return self.gate.admit(method, authorization(context))
+        except (Unauthenticated, PermissionDenied) as err:
+            self._refuse(context, err)
+            return None
+
+    async def _within_limit(self, method: str, caller: Caller, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+        try:
+            await self.gate.throttle(method, caller, grpc_address(context.peer()))
+        except RateLimited as err:
+            self._refuse(context, err)
+            return False
+        return True
+
+    async def _decide(self, request: Any, context: grpc.aio.ServicerContext[Any, Any], caller: Caller) -> Any:
         if isinstance(request, Undecodable):
             self._undecodable(request, context)
             return pb.DecideResponse()
@@ -157,7 +184,7 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
         delivery = Delivery()
         try:
             decision = await self.service.decide(
-                converters.decide_request_from_pb(request), deadline=deadline, delivery=delivery
+                converters.decide_request_from_pb(request), deadline=deadline, delivery=delivery, caller=caller.name
             )
         except asyncio.CancelledError:
             # the deadline passed or the caller hung up; an award in progress runs on, shielded,
@@ -175,21 +202,30 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
         delivery.settle(deadline is None or loop.time() + _SEND_SECONDS < deadline)
         return response
 
-    async def _report_outcome(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def _report_outcome(self, request: Any, context: grpc.aio.ServicerContext[Any, Any], caller: Caller) -> Any:
         if isinstance(request, Undecodable):
             self._undecodable(request, context)
             return pb.ReportOutcomeResponse()
         try:
-            result = await self.service.report_outcome(converters.outcome_from_pb(request))
+            result = await self.service.report_outcome(
+                converters.outcome_from_pb(request), caller=caller.name, admin=caller.admin
+            )
         except Exception as err:
             self._refuse(context, err)
             return pb.ReportOutcomeResponse()
         return converters.outcome_result_to_pb(result)
 
 
-def add_to_server(service: DecisionService, server: grpc.aio.Server, admission: Admission) -> None:
+def authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
+
+
+def add_to_server(service: DecisionService, server: grpc.aio.Server, admission: Admission, gate: Gate) -> None:
     """As the generated add_DecisioningServicer_to_server, with decoders that never raise."""
-    servicer = DecisioningServicer(service, admission)
+    servicer = DecisioningServicer(service, admission, gate)
     handlers = {
         "Decide": grpc.unary_unary_rpc_method_handler(
             servicer.Decide,

@@ -11,6 +11,8 @@ import enum
 import logging
 from dataclasses import dataclass
 
+from server.api.auth import PermissionDenied, Unauthenticated
+from server.api.gate import RateLimited
 from server.domain import ConflictError, ForbiddenError, NotFoundError, RequestError
 from server.metrics import Metrics
 from server.pipeline.service import ServiceUnavailable
@@ -52,6 +54,9 @@ _BY_TYPE: tuple[tuple[type[Exception], Code], ...] = (
     (ConflictError, Code.ALREADY_EXISTS),
     (ForbiddenError, Code.PERMISSION_DENIED),
     (ServiceUnavailable, Code.UNAVAILABLE),
+    (Unauthenticated, Code.UNAUTHENTICATED),
+    (PermissionDenied, Code.PERMISSION_DENIED),
+    (RateLimited, Code.RESOURCE_EXHAUSTED),
 )
 INTERNAL_MESSAGE = "internal error; see the server log"
 

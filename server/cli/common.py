@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, tzinfo
@@ -55,6 +56,16 @@ def serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
     p.add_argument("--metrics-port", type=int, help="Prometheus port of worker 0 (worker i: +i)")
+
+
+def token_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token", help="API token to send to the server (default: NBO_TOKEN; none if unset)")
+
+
+def token(opts: argparse.Namespace) -> str | None:
+    """The API token of --token, else of NBO_TOKEN (the command's caller identity), else None."""
+    given: str | None = opts.token or os.environ.get("NBO_TOKEN")
+    return given or None
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from server.cli.common import console, err_console
+from server.cli.common import console, err_console, token, token_flag
 
 NAME = "decide"
 HELP = "ask a running server for a decision"
@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--event", action="append", default=[])
     p.add_argument("--request-id", default="")
+    token_flag(p)
 
 
 def _context(items: list[str]) -> dict[str, float] | None:
@@ -44,7 +45,7 @@ def run(opts: argparse.Namespace) -> int:
     context = _context(opts.context)
     if context is None:
         return 2
-    client = NboClient(opts.target)
+    client = NboClient(opts.target, token=token(opts))
     try:
         response = client.decide(
             opts.customer_id,

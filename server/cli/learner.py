@@ -23,7 +23,7 @@ def run(opts: argparse.Namespace) -> int:
     from server.learning.learner import run_learner
 
     chosen = settings(opts)
-    configure_logging(chosen.log_level)
+    configure_logging(chosen.log_level, log_customer_ids=chosen.log_customer_ids)
     with redis_for(chosen) as url:
         asyncio.run(run_learner(chosen, url))
     return 0

@@ -27,6 +27,7 @@ from server.cli import (
     ope,
     serve,
     simulate,
+    tokens,
     train,
 )
 from server.cli.common import err_console
@@ -56,6 +57,7 @@ COMMANDS: tuple[Command, ...] = (
     simulate,
     train,
     decide,
+    tokens,
 )
 
 

@@ -164,5 +164,5 @@ async def run_learner(settings: Settings, redis_url: str, stop: asyncio.Event | 
 def learner_main(settings_json: str, redis_url: str) -> None:
     """Entry point of the learner process `nbo serve --learner` spawns."""
     settings = Settings.model_validate_json(settings_json)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_customer_ids=settings.log_customer_ids)
     asyncio.run(run_learner(settings, redis_url))

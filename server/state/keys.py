@@ -101,6 +101,11 @@ class Keys:
         """Set once the (decision, offer) reward was learned from, so redelivery is harmless."""
         return f"{self.prefix}{{bandit}}:seen:{decision_id}:{offer_id}"
 
+    # -- per client: one tag each, so a client's rate limit is one slot wherever its calls land --
+    def rate_bucket(self, bucket: str) -> str:
+        """Hash {tokens, at}: the token bucket of a client name (or `@<address>`, anonymous)."""
+        return f"{self.prefix}{{r:{bucket}}}:bucket"
+
     @property
     def decision_stream(self) -> str:
         return f"{self.prefix}log:decisions"

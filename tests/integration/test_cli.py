@@ -18,8 +18,10 @@ from tests.unit.catalog_fixtures import BASE
 NBO = [sys.executable, "-m", "server.cli"]
 
 
-def run(args: list[str], redis_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "REDIS_URL": redis_url, "COLUMNS": "200"}
+def run(
+    args: list[str], redis_url: str, cwd: Path, env_vars: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REDIS_URL": redis_url, "COLUMNS": "200", **(env_vars or {})}
     return subprocess.run([*NBO, *args], check=False, capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
 
 
