@@ -28,7 +28,7 @@ from tests.integration.conftest import CUSTOMERS
 from tests.integration.harness import Clock, Harness, load_customers, publish_text
 from tests.unit.catalog_fixtures import BASE
 
-ROLES = {"decider": {"decide"}, "reporter": {"report"}, "root": {"admin"}}
+ROLES = {"decider": {"decide"}, "reporter": {"report"}, "root": {"admin"}, "agent": {"decide", "report"}}
 
 
 @dataclass
@@ -103,15 +103,20 @@ async def secured(redis_url: str, tmp_path: Path) -> AsyncIterator[Secured]:
     await nbo.stop()
 
 
-# credential -> method -> expected code (OK: the call reached the service)
+# credential -> method -> expected code (OK: the call reached the service). The decision reported
+# on was made by "root": a reporter has the role, but only the deciding caller or an admin may
+# report a decision's outcomes, which the service checks (FORBIDDEN: PERMISSION_DENIED after the
+# call reached the service)
 EXPECTED = {
     "none": {"Decide": "UNAUTHENTICATED", "ReportOutcome": "UNAUTHENTICATED"},
     "bad": {"Decide": "UNAUTHENTICATED", "ReportOutcome": "UNAUTHENTICATED"},
     "decider": {"Decide": "OK", "ReportOutcome": "PERMISSION_DENIED"},
-    "reporter": {"Decide": "PERMISSION_DENIED", "ReportOutcome": "OK"},
+    "reporter": {"Decide": "PERMISSION_DENIED", "ReportOutcome": "FORBIDDEN"},
     "root": {"Decide": "OK", "ReportOutcome": "OK"},
+    "agent": {"Decide": "OK", "ReportOutcome": "FORBIDDEN"},
 }
-HTTP = {"OK": 200, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+HTTP = {"OK": 200, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "FORBIDDEN": 403}
+FORBIDDEN = "decision_id: outcomes of this decision may be reported only by the caller that made it"
 MESSAGES = {
     ("none", "UNAUTHENTICATED"): "no credential: send 'authorization: Bearer <token>' (gRPC metadata or HTTP header)",
     ("bad", "UNAUTHENTICATED"): "unknown or revoked token",
@@ -155,13 +160,16 @@ async def test_each_credential_on_each_method_and_transport(secured: Secured, cr
     name = credential if credential in ROLES else ""
 
     code, details = await call_grpc(secured, method, credential)
-    assert code == expected, details
+    assert code == ("PERMISSION_DENIED" if expected == "FORBIDDEN" else expected), details
     status, body, headers = await call_http(secured, method, credential)
     assert status == HTTP[expected], body
 
-    if expected == "OK":
+    if expected in ("OK", "FORBIDDEN"):
         # the service ran, once per transport, told who called
         assert secured.spy.calls == [(method, name), (method, name)]
+        if expected == "FORBIDDEN":
+            assert details == FORBIDDEN
+            assert body == {"error": {"code": "PERMISSION_DENIED", "message": FORBIDDEN, "field": "decision_id"}}
         return
     assert secured.spy.calls == [], "a refused call must never reach the handler"
     assert body == {"error": {"code": expected, "message": details}}  # the same message on both transports
@@ -256,3 +264,20 @@ async def test_nbo_decide_sends_the_token_of_its_flag_or_of_nbo_token(redis_url:
         assert code == 1 and "PERMISSION_DENIED" in out
     finally:
         await nbo.stop()
+
+
+async def test_only_the_deciding_caller_or_an_admin_reports_a_decisions_outcomes(secured: Secured) -> None:
+    """A decision id taken from elsewhere is of no use to another client, even one allowed to report."""
+    agent = (("authorization", f"Bearer {secured.tokens['agent']}"),)
+    mine = await secured.nbo.stub.Decide(
+        pb.DecideRequest(customer_id="vip", channel=pb.CALL_CENTRE), timeout=5, metadata=agent
+    )
+    [offer] = [o.offer_id for o in mine.offers]
+    report = pb.ReportOutcomeRequest(decision_id=mine.decision_id, offer_id=offer, outcome=pb.DECLINED)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await secured.nbo.stub.ReportOutcome(report, timeout=5, metadata=secured.metadata("reporter"))
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.PERMISSION_DENIED, FORBIDDEN)
+    answer = await secured.nbo.stub.ReportOutcome(report, timeout=5, metadata=agent)
+    assert answer.recorded
+    admin = pb.ReportOutcomeRequest(decision_id=mine.decision_id, offer_id=offer, outcome=pb.ACCEPTED)
+    assert (await secured.nbo.stub.ReportOutcome(admin, timeout=5, metadata=secured.metadata("root"))).recorded
