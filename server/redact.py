@@ -3,8 +3,8 @@
 `install()` puts a LogRecord factory in place, so every record of the process (ours, the
 libraries', with their tracebacks) is cleaned once, when it is made, whatever handler it later
 reaches: bearer values and API tokens always; customer ids unless `log_customer_ids`. A customer
-id is recognised where it has a known shape in text: the `{c:<id>}` hash tag of a Redis key and
-the `<ULID>.<id>` decision id. Each becomes `#` and 10 hex digits of a keyed hash, the same for
+id is recognised where it has a known shape in text: the `{c:<id>}` hash tag of a Redis key
+(decision ids are sealed and carry none: server.ids). Each becomes `#` and 10 hex digits of a keyed hash, the same for
 the same id within the process (so lines about one customer still correlate) and not
 reversible by hashing guessed ids without the process's random key.
 """
@@ -24,8 +24,6 @@ _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\",;]+")
 # that names such as nbo_log_records_dropped_total stay readable
 _TOKEN = re.compile(r"\bnbo_(?=[A-Za-z0-9_-]{0,42}[A-Z0-9])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
 _KEY_TAG = re.compile(r"\{c:([^}#][^}]*)\}")
-# <26 Crockford base-32 ULID>.<customer id>; an already hashed one ('.#...') does not match
-_DECISION_ID = re.compile(r"\b([0-9A-HJKMNP-TV-Z]{26})\.([A-Za-z0-9_.@-]+)")
 
 
 class _Policy:
@@ -49,8 +47,7 @@ def clean(text: str) -> str:
     text = _TOKEN.sub("nbo_<redacted>", _BEARER.sub(r"\1<redacted>", text))
     if _Policy.keep_ids:
         return text
-    text = _KEY_TAG.sub(lambda m: "{c:" + customer(m.group(1)) + "}", text)
-    return _DECISION_ID.sub(lambda m: f"{m.group(1)}.{customer(m.group(2))}", text)
+    return _KEY_TAG.sub(lambda m: "{c:" + customer(m.group(1)) + "}", text)
 
 
 def _clean_record(record: logging.LogRecord) -> None:

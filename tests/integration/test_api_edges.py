@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -202,6 +203,16 @@ async def test_calls_beyond_the_concurrency_bound_are_shed_and_every_answer_is_c
     await nbo.start()
     try:
         await wait_for_catalog(nbo, version)
+        service = nbo.worker.service
+        decide = service.decide
+
+        async def slow(*args: Any, **kwargs: Any) -> Any:
+            # hold each admitted call a while: the worker takes calls one per turn of its loop, so
+            # calls as fast as a bare decision would rarely overlap on a loaded machine
+            await asyncio.sleep(0.05)
+            return await decide(*args, **kwargs)
+
+        service.decide = slow  # type: ignore[method-assign]
         calls = [nbo.stub.Decide(pb.DecideRequest(customer_id="vip", channel=pb.WEB), timeout=5) for _ in range(60)]
         results = await asyncio.gather(*calls, return_exceptions=True)
     finally:
