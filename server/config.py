@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -133,6 +135,36 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Python logging level of the server."""
 
+    tls_cert_file: Path | None = None
+    """PEM certificate (chain) the gRPC and HTTP ports present; with tls_key_file, both ports
+    speak TLS only. Unset (with tls_key_file): plaintext."""
+
+    tls_key_file: Path | None = None
+    """PEM private key of tls_cert_file."""
+
+    tls_client_ca_file: Path | None = None
+    """PEM CA certificate(s): set, every caller must present a certificate signed by one of them
+    (mutual TLS) or the connection is refused. Needs tls_cert_file and tls_key_file."""
+
+    tls_ca_file: Path | None = None
+    """For `nbo` commands that call a server: PEM CA certificate(s) to trust for its certificate.
+    Set, they connect with TLS."""
+
+    tls_client_cert_file: Path | None = None
+    """For `nbo` commands that call a server: PEM certificate presented to a mutual-TLS server."""
+
+    tls_client_key_file: Path | None = None
+    """PEM private key of tls_client_cert_file."""
+
+    redis_tls_ca_file: Path | None = None
+    """PEM CA certificate(s) to trust for a rediss:// Redis (unset: the system's CAs)."""
+
+    redis_tls_cert_file: Path | None = None
+    """PEM client certificate for a rediss:// Redis that asks for one (tls-auth-clients)."""
+
+    redis_tls_key_file: Path | None = None
+    """PEM private key of redis_tls_cert_file."""
+
     @field_validator("metrics_port", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -145,6 +177,67 @@ class Settings(BaseSettings):
         if not value or any(ch in value for ch in "{} \n"):
             raise ValueError("must be non-empty without braces or whitespace")
         return value
+
+    @field_validator(
+        "tls_cert_file",
+        "tls_client_ca_file",
+        "tls_ca_file",
+        "tls_client_cert_file",
+        "redis_tls_ca_file",
+        "redis_tls_cert_file",
+    )
+    @classmethod
+    def _is_pem_certificate(cls, value: Path | None) -> Path | None:
+        return _pem_file(value, b"-----BEGIN CERTIFICATE-----", "a PEM certificate")
+
+    @field_validator("tls_key_file", "tls_client_key_file", "redis_tls_key_file")
+    @classmethod
+    def _is_pem_key(cls, value: Path | None) -> Path | None:
+        return _pem_file(value, b"PRIVATE KEY-----", "a PEM private key")
+
+    @model_validator(mode="after")
+    def _tls_files_fit(self) -> Settings:
+        for cert, key in (
+            ("tls_cert_file", "tls_key_file"),
+            ("tls_client_cert_file", "tls_client_key_file"),
+            ("redis_tls_cert_file", "redis_tls_key_file"),
+        ):
+            _key_fits(getattr(self, cert), getattr(self, key), cert, key)
+        if self.tls_client_ca_file is not None and not self.tls_enabled:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        redis_tls = [n for n in ("redis_tls_ca_file", "redis_tls_cert_file") if getattr(self, n) is not None]
+        if redis_tls and urlsplit(self.redis_url or "").scheme != "rediss":
+            raise ValueError(f"{redis_tls[0]} is set but redis_url is not a rediss:// URL")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the gRPC and HTTP ports speak TLS (the certificate and key are set)."""
+        return self.tls_cert_file is not None
+
+
+def _pem_file(path: Path | None, marker: bytes, what: str) -> Path | None:
+    # read at start-up, so a missing or wrong file is a clear error now, not a failed handshake later
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+    if marker not in data:
+        raise ValueError(f"{path} is not {what} (no {marker.decode().strip('-')} block)")
+    return path
+
+
+def _key_fits(cert: Path | None, key: Path | None, cert_name: str, key_name: str) -> None:
+    if (cert is None) != (key is None):
+        raise ValueError(f"{cert_name} and {key_name} go together: set both or neither")
+    if cert is None or key is None:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as err:
+        raise ValueError(f"{key_name} {key} is not the key of {cert_name} {cert}: {err.reason or err}") from None
 
 
 def configure_logging(level: str) -> None:

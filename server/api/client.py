@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
 from rich.console import Console
 from rich.table import Table
 
+from server.api.tls import ClientTls, channel
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 
@@ -20,8 +20,10 @@ OUTCOMES = {"presented": pb.PRESENTED, "accepted": pb.ACCEPTED, "declined": pb.D
 
 
 class NboClient:
-    def __init__(self, target: str, timeout: float = 5.0) -> None:
-        self.channel = grpc.insecure_channel(target)
+    """`tls`: connect with TLS (and a client certificate for mutual TLS); None: plaintext."""
+
+    def __init__(self, target: str, timeout: float = 5.0, *, tls: ClientTls | None = None) -> None:
+        self.channel = channel(target, tls)
         self.stub = pb_grpc.DecisioningStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
 
