@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from server.app import async_client
 from server.catalog.budgets import Period, Reservation, reservation
 from server.catalog.compiled import Catalog
 from server.catalog.compiler import parse_catalog
@@ -57,6 +56,7 @@ from server.state.embedded_redis import EmbeddedRedis
 from server.state.feature_store import FeatureStore, read_feature_file
 from server.state.keys import Keys
 from server.state.log_writer import LogWriter
+from server.state.redis_client import pooled_async_client
 from server.state.redis_store import Pick, RedisStateStore
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC: fixed, so the day and hour counter keys are too
@@ -176,7 +176,7 @@ async def bench_scripts(
     url: str, customers: list[str], schema: FeatureSchema, opts: argparse.Namespace
 ) -> tuple[list[ScriptRow], Timing]:
     settings = Settings(redis_url=url, redis_pool_size=opts.concurrency, redis_timeout_seconds=5.0)
-    aclient = async_client(url, settings)
+    aclient = pooled_async_client(url, settings)
     sync = redis.Redis.from_url(url)
     store = RedisStateStore(aclient, KEYS)
     # c0..c8 have a daily cap of 1 that is already used; c9 never runs out
@@ -278,7 +278,7 @@ class DecisionRow:
 async def decision_service(url: str) -> AsyncIterator[DecisionService]:
     """A DecisionService on its own client and running log writer, as a worker has them."""
     settings = Settings(redis_url=url, redis_pool_size=32, redis_timeout_seconds=5.0)
-    client = async_client(url, settings)
+    client = pooled_async_client(url, settings)
     metrics = Metrics()
     writer = LogWriter(client, KEYS, metrics, flush_seconds=settings.log_flush_seconds, maxlen=10_000)
     writer.start()

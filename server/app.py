@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import redis
-import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
@@ -30,6 +28,7 @@ from server.api.admission import Admission
 from server.api.gate import build_gate
 from server.api.http import HttpFront
 from server.api.reflection import add_reflection
+from server.api.tls import server_credentials, server_ssl_context
 from server.config import Settings, configure_logging
 from server.ids import DecisionIds
 from server.learning.arms import ArmsReloader
@@ -44,22 +43,11 @@ from server.state.embedded_redis import EmbeddedRedis, running_url
 from server.state.id_secret import DecisionIdSecret
 from server.state.keys import Keys
 from server.state.log_writer import LogWriter
+from server.state.redis_client import pooled_async_client, sync_client
 from server.state.redis_store import RedisStateStore
 
 log = logging.getLogger("nbo")
 WORKERS_HEALTH = "nbo.workers"  # SERVING while every worker of the server is serving
-
-
-def async_client(url: str, settings: Settings) -> aioredis.Redis:
-    # a blocking pool queues a burst of calls for a connection instead of failing them
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        max_connections=settings.redis_pool_size,
-        timeout=settings.redis_timeout_seconds,
-    )
-    return aioredis.Redis(connection_pool=pool)
 
 
 class Worker:
@@ -70,7 +58,7 @@ class Worker:
         self.settings = settings
         self.port = port
         self.keys = Keys(settings.key_prefix)
-        self.client = async_client(redis_url, settings)
+        self.client = pooled_async_client(redis_url, settings)
         self.metrics = Metrics()
         self._arms = NO_ARMS
         self.writer = LogWriter(
@@ -179,10 +167,15 @@ class Worker:
         except Exception as err:  # decisions degrade until the shared secret is known
             log.warning("no decision id secret at start-up: %s", err)
         self.id_secret.start()
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.port}")
+        address = f"{self.settings.host}:{self.port}"
+        if self.settings.tls_enabled:
+            self.port = self.server.add_secure_port(address, server_credentials(self.settings))
+        else:
+            self.port = self.server.add_insecure_port(address)
         await self.server.start()
         if self.http is not None and self.settings.http_port is not None:
-            self.http_port = await self.http.start(self.settings.host, self.settings.http_port)
+            ssl_context = server_ssl_context(self.settings) if self.settings.tls_enabled else None
+            self.http_port = await self.http.start(self.settings.host, self.settings.http_port, ssl_context)
         for name in ("", grpc_api.SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.settings.metrics_port is not None:
@@ -304,7 +297,7 @@ def redis_for(settings: Settings) -> Iterator[str]:
 
 
 def publish_catalog(url: str, settings: Settings, path: Path) -> str:
-    client = redis.Redis.from_url(url)
+    client = sync_client(url, settings)
     try:
         published = catalog_store.publish(client, Keys(settings.key_prefix), path.read_text(), source=str(path))
     finally:

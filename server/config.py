@@ -6,12 +6,15 @@ file, then the defaults here. `REDIS_URL` is also accepted without the prefix.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
+import ssl
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server import redact
@@ -28,7 +31,13 @@ class Settings(BaseSettings):
     )
 
     host: str = "127.0.0.1"
-    """Address the gRPC server binds; use 0.0.0.0 or [::] to serve other machines."""
+    """Address the gRPC server binds; use 0.0.0.0 or [::] to serve other machines (which needs
+    TLS and authentication, or `insecure`)."""
+
+    insecure: bool = False
+    """Serve a non-loopback address without TLS or without authentication (logged as a warning).
+    Without it `nbo serve` refuses to: anyone who reaches the port could read any customer's
+    offers and report outcomes for them."""
 
     port: int = Field(50051, ge=0, le=65535)
     """gRPC port, shared by all worker processes (SO_REUSEPORT). 0 picks a free port."""
@@ -146,8 +155,38 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Python logging level of the server."""
 
+    tls_cert_file: Path | None = None
+    """PEM certificate (chain) the gRPC and HTTP ports present; with tls_key_file, both ports
+    speak TLS only. Unset (with tls_key_file): plaintext."""
+
+    tls_key_file: Path | None = None
+    """PEM private key of tls_cert_file."""
+
+    tls_client_ca_file: Path | None = None
+    """PEM CA certificate(s): set, every caller must present a certificate signed by one of them
+    (mutual TLS) or the connection is refused. Needs tls_cert_file and tls_key_file."""
+
+    tls_ca_file: Path | None = None
+    """For `nbo` commands that call a server: PEM CA certificate(s) to trust for its certificate.
+    Set, they connect with TLS."""
+
+    tls_client_cert_file: Path | None = None
+    """For `nbo` commands that call a server: PEM certificate presented to a mutual-TLS server."""
+
+    tls_client_key_file: Path | None = None
+    """PEM private key of tls_client_cert_file."""
+
+    redis_tls_ca_file: Path | None = None
+    """PEM CA certificate(s) to trust for a rediss:// Redis (unset: the system's CAs)."""
+
+    redis_tls_cert_file: Path | None = None
+    """PEM client certificate for a rediss:// Redis that asks for one (tls-auth-clients)."""
+
+    redis_tls_key_file: Path | None = None
+    """PEM private key of redis_tls_cert_file."""
+
     log_customer_ids: bool = False
-    """Write customer ids (and decision ids, which contain them) into log lines as they are;
+    """Write customer ids into log lines as they are (decision ids are sealed and carry none);
     off, each is replaced by a short keyed hash (`#` and 10 hex digits, stable within a process)."""
 
     auth_tokens_file: Path | None = None
@@ -162,6 +201,15 @@ class Settings(BaseSettings):
     rate_limit_burst: int | None = Field(None, ge=1)
     """Calls a client may make at once above its rate (the bucket's size); unset = one second's
     worth of rate_limit_per_second."""
+
+    @property
+    def exposed_unprotected(self) -> str | None:
+        """What is missing when the server binds a non-loopback address without TLS and
+        authentication (None: loopback, or both are on)."""
+        if _is_loopback(self.host):
+            return None
+        missing = [name for name, on in (("TLS", self.tls_enabled), ("authentication", self.auth_enabled)) if not on]
+        return " and ".join(missing) or None
 
     @property
     def auth_enabled(self) -> bool:
@@ -188,9 +236,80 @@ class Settings(BaseSettings):
             raise ValueError("must be non-empty without braces or whitespace")
         return value
 
+    @field_validator(
+        "tls_cert_file",
+        "tls_client_ca_file",
+        "tls_ca_file",
+        "tls_client_cert_file",
+        "redis_tls_ca_file",
+        "redis_tls_cert_file",
+    )
+    @classmethod
+    def _is_pem_certificate(cls, value: Path | None) -> Path | None:
+        return _pem_file(value, b"-----BEGIN CERTIFICATE-----", "a PEM certificate")
+
+    @field_validator("tls_key_file", "tls_client_key_file", "redis_tls_key_file")
+    @classmethod
+    def _is_pem_key(cls, value: Path | None) -> Path | None:
+        return _pem_file(value, b"PRIVATE KEY-----", "a PEM private key")
+
+    @model_validator(mode="after")
+    def _tls_files_fit(self) -> Settings:
+        for cert, key in (
+            ("tls_cert_file", "tls_key_file"),
+            ("tls_client_cert_file", "tls_client_key_file"),
+            ("redis_tls_cert_file", "redis_tls_key_file"),
+        ):
+            _key_fits(getattr(self, cert), getattr(self, key), cert, key)
+        if self.tls_client_ca_file is not None and not self.tls_enabled:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        redis_tls = [n for n in ("redis_tls_ca_file", "redis_tls_cert_file") if getattr(self, n) is not None]
+        if redis_tls and urlsplit(self.redis_url or "").scheme != "rediss":
+            raise ValueError(f"{redis_tls[0]} is set but redis_url is not a rediss:// URL")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the gRPC and HTTP ports speak TLS (the certificate and key are set)."""
+        return self.tls_cert_file is not None
+
+
+def _pem_file(path: Path | None, marker: bytes, what: str) -> Path | None:
+    # read at start-up, so a missing or wrong file is a clear error now, not a failed handshake later
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+    if marker not in data:
+        raise ValueError(f"{path} is not {what} (no {marker.decode().strip('-')} block)")
+    return path
+
+
+def _key_fits(cert: Path | None, key: Path | None, cert_name: str, key_name: str) -> None:
+    if (cert is None) != (key is None):
+        raise ValueError(f"{cert_name} and {key_name} go together: set both or neither")
+    if cert is None or key is None:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as err:
+        raise ValueError(f"{key_name} {key} is not the key of {cert_name} {cert}: {err.reason or err}") from None
+
 
 def configure_logging(level: str, *, log_customer_ids: bool = False) -> None:
     """Log lines of every process (server workers, learner, commands) in one format, with the pid,
     never with a credential, and with customer ids only if `log_customer_ids` (server.redact)."""
     redact.install(log_customer_ids=log_customer_ids)
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything

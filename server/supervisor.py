@@ -28,15 +28,12 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from server.api import servicers as grpc_api
 from server.api.tokens import TokenFileError, read_tokens
 from server.app import publish_catalog, redis_for, worker_main
 from server.catalog.spec import CatalogInvalid
 from server.config import Settings, configure_logging
 from server.state import catalog_store
+from server.state.redis_client import RedisAccessError, check_access, redacted
 
 log = logging.getLogger("nbo.supervisor")
 
@@ -186,22 +183,18 @@ class ServerGroup:
             self.restarts.value += 1
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until every worker's health check says SERVING (or raise)."""
+        """Block until every worker serves its port (or raise).
+
+        Each worker says so in the shared `ready` array once its gRPC server has started. That
+        needs no call to the port, so it holds with TLS, mutual TLS (whose client certificate
+        the supervisor does not have) and authentication alike."""
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if self._failed:
-                    raise RuntimeError("workers kept dying during start-up; see the log")
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(service=grpc_api.SERVICE_NAME), timeout=1)
-                    if status.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"server on {self.target} not ready after {timeout:.0f}s")
-                time.sleep(0.1)
+        while sum(self.ready[:]) < self.settings.workers:
+            if self._failed:
+                raise RuntimeError("workers kept dying during start-up; see the log")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server on {self.target} not ready after {timeout:.0f}s")
+            time.sleep(0.05)
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         """Ask every process to stop (SIGTERM drains); dead workers are no longer replaced."""
@@ -243,6 +236,18 @@ def on_signals(handler: Callable[[], None]) -> None:
 def run_server(settings: Settings) -> int:
     """`nbo serve`: blocks until SIGTERM/SIGINT, then drains and returns an exit code."""
     configure_logging(settings.log_level, log_customer_ids=settings.log_customer_ids)
+    if (missing := settings.exposed_unprotected) is not None:
+        if not settings.insecure:
+            print(
+                f"error: binding {settings.host} (not loopback) without {missing}: anyone who reaches the port could "
+                "read any customer's offers and report outcomes; set tls_cert_file/tls_key_file and "
+                "auth_tokens_file, or pass --insecure (NBO_INSECURE=1) to serve it anyway",
+                file=sys.stderr,
+            )
+            return 2
+        log.warning(
+            "serving %s without %s (--insecure): anyone who reaches the port can call it", settings.host, missing
+        )
     if settings.auth_tokens_file is not None:
         try:
             read_tokens(settings.auth_tokens_file)  # a bad line stops here, not in every worker
@@ -250,6 +255,11 @@ def run_server(settings: Settings) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
     with redis_for(settings) as url:
+        try:
+            check_access(url, settings)
+        except RedisAccessError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         if settings.catalog is not None:
             try:
                 publish_catalog(url, settings, settings.catalog)
@@ -273,7 +283,11 @@ def run_server(settings: Settings) -> int:
             print(f"error: {err}", file=sys.stderr)
             group.stop()
             return 1
-        print(f"nbo serving on {group.target} with {settings.workers} worker(s); Redis {url}", flush=True)
+        tls = (" with mutual TLS" if settings.tls_client_ca_file else " with TLS") if settings.tls_enabled else ""
+        print(
+            f"nbo serving on {group.target}{tls} with {settings.workers} worker(s); Redis {redacted(url)}", flush=True
+        )
         if group.settings.http_port is not None:
-            print(f"HTTP/JSON on http://{group.target.rpartition(':')[0]}:{group.settings.http_port}", flush=True)
+            scheme = "https" if settings.tls_enabled else "http"
+            print(f"HTTP/JSON on {scheme}://{group.target.rpartition(':')[0]}:{group.settings.http_port}", flush=True)
         return group.join()

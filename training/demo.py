@@ -16,6 +16,7 @@ import redis
 from rich.console import Console
 
 from server.api.client import NboClient, print_decision
+from server.api.tls import ClientTls
 from server.config import Settings, configure_logging
 from server.features.file import FeatureTable, merged_schema
 from server.models.registry import publish as model_publish
@@ -24,6 +25,7 @@ from server.state.catalog_store import current_schema, publish
 from server.state.embedded_redis import EmbeddedRedis
 from server.state.feature_store import FeatureStore, read_feature_file
 from server.state.keys import Keys
+from server.state.redis_client import redacted, sync_client
 from server.supervisor import ServerGroup
 from training.dataset import write_dataset
 from training.population import CATEGORICAL, Population
@@ -73,9 +75,9 @@ def run_demo(settings: Settings, *, customers: int, seed: int, keep_serving: boo
         settings = settings.model_copy(update={"port": port})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with _demo_redis(settings) as (url, settings):
-        console.print(f"[bold]Redis[/] {url} (keys under {settings.key_prefix!r})")
+        console.print(f"[bold]Redis[/] {redacted(url)} (keys under {settings.key_prefix!r})")
         keys = Keys(settings.key_prefix)
-        client = redis.Redis.from_url(url)
+        client = sync_client(url, settings)
         # a fresh start each run: contact history from an earlier demo would change the answers
         for key in client.scan_iter(match=f"{settings.key_prefix}*", count=1000):
             client.unlink(key)
@@ -103,7 +105,7 @@ def run_demo(settings: Settings, *, customers: int, seed: int, keep_serving: boo
         try:
             group.wait_ready()
             console.print(f"[bold]Server[/] {settings.workers} worker(s) on {group.target}\n")
-            _sample_decisions(console, group.target, pop, seed, token)
+            _sample_decisions(console, group.target, pop, seed, ClientTls.from_settings(settings), token)
             if keep_serving:
                 _serve_until_signal(console, group, url)
         finally:
@@ -149,7 +151,9 @@ def _demo_redis(settings: Settings) -> Iterator[tuple[str, Settings]]:
         yield embedded.url, settings
 
 
-def _sample_decisions(console: Console, target: str, pop: Population, seed: int, token: str | None) -> None:
+def _sample_decisions(
+    console: Console, target: str, pop: Population, seed: int, tls: ClientTls | None, token: str | None
+) -> None:
     salt, fraction = f"world-{seed}", 0.05  # the world catalog's universal control group
     used: set[str] = set()
     at_risk_vip = _pick(pop, {"tier": "A", "churn_risk": lambda v: v >= 0.3, "consent_call": 1.0}, used, salt, fraction)
@@ -159,7 +163,7 @@ def _sample_decisions(console: Console, target: str, pop: Population, seed: int,
     opted_out = _pick(pop, {"consent_call": 0.0}, used, salt, fraction)
     control = next(c for c in pop.customer_ids if in_holdout(salt, c, fraction))
 
-    client = NboClient(target, token=token)
+    client = NboClient(target, tls=tls, token=token)
     try:
         first = client.decide(at_risk_vip, "call_centre", max_offers=3, explain=True)
         print_decision(console, f"Call centre, top 3 with explanations: {at_risk_vip} (tier A, at risk)", first)
@@ -204,7 +208,7 @@ def _sample_decisions(console: Console, target: str, pop: Population, seed: int,
 
 def _serve_until_signal(console: Console, group: ServerGroup, url: str) -> None:
     console.print(
-        f"\n[bold]Serving[/] on {group.target} (Redis {url}). Try:\n"
+        f"\n[bold]Serving[/] on {group.target} (Redis {redacted(url)}). Try:\n"
         f"  nbo decide C0000001 --target {group.target} --channel call_centre --max-offers 3 --explain\n"
         f"  grpcurl -plaintext {group.target} list\n"
         + (

@@ -7,9 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
-
 from server.api.client import CHANNELS, OUTCOMES, credentials
+from server.api.tls import ClientTls, aio_channel
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 
@@ -17,13 +16,20 @@ from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 class AsyncNboClient:
     """One channel to a server. `own_connection`: a TCP connection of its own rather than one
     shared by every channel to the same target, so several clients spread over the worker
-    processes behind one SO_REUSEPORT port. `token`: the API token sent with every call."""
+    processes behind one SO_REUSEPORT port. `tls`: connect with TLS; None: plaintext. `token`:
+    the API token sent with every call."""
 
     def __init__(
-        self, target: str, *, timeout: float = 10.0, own_connection: bool = True, token: str | None = None
+        self,
+        target: str,
+        *,
+        timeout: float = 10.0,
+        own_connection: bool = True,
+        tls: ClientTls | None = None,
+        token: str | None = None,
     ) -> None:
         options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
-        self.channel = grpc.aio.insecure_channel(target, options=options)
+        self.channel = aio_channel(target, tls, options)
         self.stub = pb_grpc.DecisioningStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
         self.metadata = credentials(token)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
 from rich.console import Console
 from rich.table import Table
 
+from server.api.tls import ClientTls, channel
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 
@@ -25,10 +25,13 @@ def credentials(token: str | None) -> tuple[tuple[str, str], ...]:
 
 
 class NboClient:
-    """`token`: the API token sent with every call (servers with authentication need one)."""
+    """`tls`: connect with TLS (and a client certificate for mutual TLS); None: plaintext.
+    `token`: the API token sent with every call (servers with authentication need one)."""
 
-    def __init__(self, target: str, timeout: float = 5.0, *, token: str | None = None) -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(
+        self, target: str, timeout: float = 5.0, *, tls: ClientTls | None = None, token: str | None = None
+    ) -> None:
+        self.channel = channel(target, tls)
         self.stub = pb_grpc.DecisioningStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
         self.metadata = credentials(token)

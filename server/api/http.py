@@ -10,6 +10,7 @@ Each worker process serves it on its own event loop beside gRPC, with SO_REUSEPO
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -92,10 +93,11 @@ class HttpFront:
         # handler returns it (aiohttp does not say whether the client read it)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_seconds)
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on host:port (0 = a free port), sharing it with the other workers; the port."""
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+        """Listen on host:port (0 = a free port), sharing it with the other workers, with TLS if
+        `ssl_context` is given; the port."""
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host.strip("[]"), port, reuse_port=True)
+        site = web.TCPSite(self.runner, host.strip("[]"), port, reuse_port=True, ssl_context=ssl_context)
         await site.start()
         return int(self.runner.addresses[0][1])
 

@@ -29,7 +29,9 @@ def settings(opts: argparse.Namespace) -> Settings:
         return Settings(**overrides)
     except ValidationError as err:
         for e in err.errors():
-            err_console.print(f"error: setting {'.'.join(map(str, e['loc']))}: {e['msg']}")
+            where = ".".join(map(str, e["loc"]))
+            # a rule over several settings has no single field; its message names them
+            err_console.print(f"error: setting {where}: {e['msg']}" if where else f"error: settings: {e['msg']}")
         raise SystemExit(2) from None
 
 
@@ -56,6 +58,12 @@ def serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
     p.add_argument("--metrics-port", type=int, help="Prometheus port of worker 0 (worker i: +i)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback --host without TLS and authentication (refused otherwise)",
+    )
 
 
 def token_flag(p: argparse.ArgumentParser) -> None:
@@ -68,14 +76,22 @@ def token(opts: argparse.Namespace) -> str | None:
     return given or None
 
 
+def client_tls_flags(p: argparse.ArgumentParser) -> None:
+    """TLS towards the server for commands that call it (else NBO_TLS_CA_FILE and its siblings)."""
+    p.add_argument("--tls-ca-file", type=Path, help="connect with TLS, trusting this PEM CA (default: plaintext)")
+    p.add_argument("--tls-client-cert-file", type=Path, help="PEM certificate for a mutual-TLS server")
+    p.add_argument("--tls-client-key-file", type=Path, help="PEM private key of --tls-client-cert-file")
+
+
 @contextlib.contextmanager
 def open_redis(opts: argparse.Namespace) -> Iterator[tuple[redis.Redis, Keys]]:
     """A client of the configured (or private) Redis and the key names, closed on exit."""
     from server.app import redis_for
+    from server.state.redis_client import sync_client
 
     chosen = settings(opts)
     with redis_for(chosen) as url:
-        client = redis.Redis.from_url(url)
+        client = sync_client(url, chosen)
         try:
             yield client, Keys(chosen.key_prefix)
         finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from server.cli.common import console, err_console, token, token_flag
+from server.cli.common import client_tls_flags, console, err_console, settings, token, token_flag
 
 NAME = "decide"
 HELP = "ask a running server for a decision"
@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--event", action="append", default=[])
     p.add_argument("--request-id", default="")
     token_flag(p)
+    client_tls_flags(p)
 
 
 def _context(items: list[str]) -> dict[str, float] | None:
@@ -41,11 +42,12 @@ def run(opts: argparse.Namespace) -> int:
     import grpc
 
     from server.api.client import NboClient, print_decision
+    from server.api.tls import ClientTls
 
     context = _context(opts.context)
     if context is None:
         return 2
-    client = NboClient(opts.target, token=token(opts))
+    client = NboClient(opts.target, tls=ClientTls.from_settings(settings(opts)), token=token(opts))
     try:
         response = client.decide(
             opts.customer_id,

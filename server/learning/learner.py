@@ -33,6 +33,7 @@ from server.learning.bandit import arm_key
 from server.metrics import Metrics
 from server.state.keys import Keys
 from server.state.records import RecordError, decode_outcome_record
+from server.state.redis_client import async_client
 from server.state.streams import StreamConsumer
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class Learner:
 
 async def run_learner(settings: Settings, redis_url: str, stop: asyncio.Event | None = None) -> None:
     # not the hot path's client: its short socket timeout would cut the blocking stream reads
-    client = aioredis.Redis.from_url(redis_url)
+    client = async_client(redis_url, settings)
     learner = Learner(client, Keys(settings.key_prefix), Metrics(), settings)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

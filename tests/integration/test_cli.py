@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import redis
 
 from server.api.client import NboClient
+from server.config import Settings
 from tests.unit.catalog_fixtures import BASE
 
 NBO = [sys.executable, "-m", "server.cli"]
@@ -161,3 +164,36 @@ def test_train_and_model_commands_are_reachable(redis_url: str, tmp_path: Path) 
     assert result.returncode == 0 and "no model published" in result.stdout
     result = run(["model", "publish", str(tmp_path)], redis_url, tmp_path)
     assert result.returncode == 1 and "missing model.txt" in result.stderr
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10"])
+def test_serve_refuses_a_non_loopback_address_without_tls_and_auth(redis_url: str, tmp_path: Path, host: str) -> None:
+    res = run(["serve", "--host", host, "--port", "0", "--workers", "1"], redis_url, tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith(f"error: binding {host} (not loopback) without TLS and authentication:")
+    assert "--insecure" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "tls", "auth", "missing"),
+    [
+        ("127.0.0.1", False, False, None),
+        ("localhost", False, False, None),
+        ("[::1]", False, False, None),
+        ("0.0.0.0", False, False, "TLS and authentication"),
+        ("0.0.0.0", True, False, "authentication"),
+        ("0.0.0.0", False, True, "TLS"),
+        ("0.0.0.0", True, True, None),
+        ("nbo.example.com", False, True, "TLS"),
+    ],
+)
+def test_what_an_exposed_server_lacks(
+    certs: Any, tmp_path: Path, host: str, tls: bool, auth: bool, missing: str | None
+) -> None:
+    fields: dict[str, Any] = {"host": host}
+    if tls:
+        fields |= {"tls_cert_file": certs.server_cert, "tls_key_file": certs.server_key}
+    if auth:
+        (tmp_path / "tokens").write_text("")
+        fields["auth_tokens_file"] = tmp_path / "tokens"
+    assert Settings(**fields).exposed_unprotected == missing
