@@ -50,6 +50,20 @@ log = logging.getLogger("nbo")
 WORKERS_HEALTH = "nbo.workers"  # SERVING while every worker of the server is serving
 
 
+def _grpc_server(settings: Settings) -> grpc.aio.Server:
+    return grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", 1 << 20),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # calls the busy event loop has not taken yet wait in gRPC's core: bound them, or
+            # under overload they queue for seconds, past every caller's deadline
+            ("grpc.server.max_pending_requests", settings.max_pending_rpcs),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * settings.max_pending_rpcs),
+        ],
+    )
+
+
 class Worker:
     """One gRPC server process's worth of serving."""
 
@@ -98,17 +112,7 @@ class Worker:
             configured=secret.get_secret_value() if secret else None,
         )
         self.health = health_aio.HealthServicer()
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.so_reuseport", 1),
-                ("grpc.max_receive_message_length", 1 << 20),
-                ("grpc.keepalive_permit_without_calls", 1),
-                # calls the busy event loop has not taken yet wait in gRPC's core: bound them, or
-                # under overload they queue for seconds, past every caller's deadline
-                ("grpc.server.max_pending_requests", settings.max_pending_rpcs),
-                ("grpc.server.max_pending_requests_hard_limit", 2 * settings.max_pending_rpcs),
-            ],
-        )
+        self.server = _grpc_server(settings)
         admission = Admission(settings.max_concurrent_rpcs, self.metrics)
         # TokenFileError here if the tokens file is bad (`nbo serve` checks it before any worker)
         gate = build_gate(
