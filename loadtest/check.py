@@ -77,6 +77,8 @@ def cmd_xlen(opts: argparse.Namespace) -> int:
 
 
 def cmd_stream(opts: argparse.Namespace) -> int:
+    from server.state.records import record_data
+
     r = _client(opts.redis)
     # the log writer flushes every 50 ms; wait until the length is stable
     last, stable_since = -1, time.monotonic()
@@ -91,7 +93,7 @@ def cmd_stream(opts: argparse.Namespace) -> int:
     tally: Counter[str] = Counter()
     with_offer = degraded = total = 0
     for _id, fields in r.xrevrange(STREAM, count=opts.last):
-        rec = json.loads(fields[b"r"])
+        rec = record_data(fields)
         total += 1
         with_offer += bool(rec["chosen"])
         degraded += bool(rec["degraded"])

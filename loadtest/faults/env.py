@@ -10,7 +10,6 @@ its `worker N (pid P) serving` lines.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -29,6 +28,7 @@ from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 from server.state.embedded_redis import find_redis_server, free_port
 from server.state.keys import Keys
+from server.state.records import record_data
 
 KEYS = Keys()
 NBO = [sys.executable, "-m", "server.cli"]
@@ -312,4 +312,4 @@ def settled_stream(
             break
         time.sleep(0.25)
     entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(key, min=b"(" + after)  # type: ignore[assignment]
-    return [json.loads(fields[b"r"]) for _, fields in entries]
+    return [record_data(fields) for _, fields in entries]

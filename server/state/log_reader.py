@@ -22,6 +22,7 @@ import redis
 
 from server.state.keys import Keys
 from server.state.records import (
+    DECISION_VERSIONS,
     RECORD_VERSION,
     DecisionRecord,
     Fields,
@@ -64,13 +65,14 @@ def _record_version(fields: Fields) -> str | None:
     return None
 
 
-def _version_checked(decode: Callable[[Fields], R]) -> Callable[[Fields], R]:
+def _version_checked(decode: Callable[[Fields], R], versions: tuple[str, ...]) -> Callable[[Fields], R]:
     """`decode`, refusing entries of another record version (whose fields may mean other things)."""
 
     def read(fields: Fields) -> R:
         version = _record_version(fields)
-        if version != RECORD_VERSION:
-            raise RecordError(f"record version {version!r}; this reader reads version {RECORD_VERSION!r}")
+        if version not in versions:
+            known = ", ".join(repr(v) for v in versions)
+            raise RecordError(f"record version {version!r}; this reader reads version {known}")
         return decode(fields)
 
     return read
@@ -91,12 +93,12 @@ class LogReader:
 
     def decisions(self) -> Iterator[DecisionRecord]:
         self.decision_stats = ReadStats()
-        read = _version_checked(decode_decision_record)
+        read = _version_checked(decode_decision_record, DECISION_VERSIONS)
         yield from self._read(self.keys.decision_stream, read, lambda r: r.decision_id, self.decision_stats)
 
     def outcomes(self) -> Iterator[OutcomeRecord]:
         self.outcome_stats = ReadStats()
-        read = _version_checked(decode_outcome_record)
+        read = _version_checked(decode_outcome_record, (RECORD_VERSION,))
         yield from self._read(self.keys.outcome_stream, read, lambda r: r.event_id, self.outcome_stats)
 
     def _read(

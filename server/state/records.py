@@ -1,22 +1,35 @@
 """Typed records of decisions and outcomes: the schema of the decision and outcome logs.
 
 The decision log is the training and evaluation data of later stages: its schema is a contract.
-Each stream entry has two fields: `v` (record schema version) and `r` (the record as JSON).
+Each stream entry has two fields: `v` (record schema version) and `r` (the record).
 server.state.log_writer appends them; readers (the learner, `nbo export`) turn entries back into records with
-`decode_decision_record` / `decode_outcome_record`.
+`decode_decision_record` / `decode_outcome_record`, which read every version written so far.
+
+Outcome records (version 1) and decision records of version 1 are JSON text. A decision record of
+version 2 is the same JSON object, zlib-compressed (level 1: the fastest, and the per-candidate
+columns repeat a few status texts and ids), with the feature vector as packed binary floats
+("f4:" or "f8:" and the base64 of the little-endian values: exact, NaN included) instead of
+double-precision text. Every other number keeps Python's shortest exact text, so the logged
+selection probabilities read back bit for bit.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from server.domain import CampaignType, Decision, NoOfferReason, RankedOffer, SuppressedOffer
 
-RECORD_VERSION = "1"
+RECORD_VERSION = "1"  # of outcome records, and of the decision records of earlier releases
+DECISION_RECORD_VERSION = "2"
+DECISION_VERSIONS = ("1", "2")  # the decision record versions `decode_decision_record` reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +71,7 @@ class DecisionRecord:
     events: list[str]
     request_id: str
     schema_version: int | None
-    features: list[float] | None  # NaN (missing) is written as null
+    features: list[float] | None  # NaN: missing
     candidates: Candidates
     chosen: list[str]
     no_offer_reason: str
@@ -83,7 +96,7 @@ class DecisionRecord:
             "events": self.events,
             "request_id": self.request_id,
             "schema_version": self.schema_version,
-            "features": None if self.features is None else [None if math.isnan(f) else f for f in self.features],
+            "features": None if self.features is None else pack_floats(self.features),
             "candidates": self.candidates.to_dict(),
             "chosen": self.chosen,
             "no_offer_reason": self.no_offer_reason,
@@ -96,7 +109,7 @@ class DecisionRecord:
         }
         if self.undelivered:
             data["undelivered"] = True  # only when set: delivered records stay byte-identical
-        return {"v": RECORD_VERSION, "r": _dumps(data)}
+        return {"v": DECISION_RECORD_VERSION, "r": zlib.compress(_dumps(data).encode(), 1)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +146,7 @@ def decode_decision_record(fields: Fields) -> DecisionRecord:
     Records written before a field existed read with a neutral default (empty text or list,
     false, NaN for a number), so every reader of an old log sees the current type.
     """
-    d = _payload(fields, "decision")
+    d = record_data(fields, "decision")
     try:
         features = d.get("features")
         schema_version = d.get("schema_version")
@@ -147,7 +160,7 @@ def decode_decision_record(fields: Fields) -> DecisionRecord:
             events=[str(e) for e in d.get("events") or ()],
             request_id=str(d.get("request_id") or ""),
             schema_version=None if schema_version is None else int(schema_version),
-            features=None if features is None else [_number(f) for f in features],
+            features=None if features is None else unpack_floats(features),
             candidates=_candidates(d.get("candidates")),
             chosen=[str(o) for o in d.get("chosen") or ()],
             no_offer_reason=str(d.get("no_offer_reason") or ""),
@@ -168,7 +181,7 @@ def decode_decision_record(fields: Fields) -> DecisionRecord:
 def decode_outcome_record(fields: Fields) -> OutcomeRecord:
     """The OutcomeRecord of an outcome-stream entry (the inverse of `to_fields`); fields added
     later (channel, propensity, prior_sd) default to "" and NaN (unknown)."""
-    d = _payload(fields, "outcome")
+    d = record_data(fields, "outcome")
     try:
         decision_id, offer_id, outcome = str(d["decision_id"]), str(d["offer_id"]), str(d["outcome"])
         return OutcomeRecord(
@@ -190,13 +203,25 @@ def decode_outcome_record(fields: Fields) -> OutcomeRecord:
         raise RecordError(f"malformed outcome record {d.get('event_id')!r}: {err}") from None
 
 
-def _payload(fields: Fields, kind: str) -> dict[str, Any]:
+def record_data(fields: Fields, kind: str = "decision") -> dict[str, Any]:
+    """The record of a log entry as the JSON object it was written as, whatever its version (for
+    readers that want a field or two without the typed record)."""
     raw: bytes | str | None = None
+    version: bytes | str | None = None
     for name, value in fields.items():
         if name in (b"r", "r"):
             raw = value
+        elif name in (b"v", "v"):
+            version = value
     if raw is None:
         raise RecordError(f"{kind} log entry without a record field 'r'")
+    if version in (b"2", "2"):  # only decision records have a version 2
+        if isinstance(raw, str):  # a client decoding replies as text cannot hold compressed bytes
+            raise RecordError(f"{kind} record of version 2 read as text; read the log as bytes")
+        try:
+            raw = zlib.decompress(raw)
+        except zlib.error as err:
+            raise RecordError(f"{kind} record of version 2 is not zlib data: {err}") from None
     try:
         data = json.loads(raw)
     except ValueError as err:
@@ -204,6 +229,27 @@ def _payload(fields: Fields, kind: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RecordError(f"{kind} record is not a JSON object")
     return data
+
+
+def pack_floats(values: list[float]) -> str:
+    """Floats as "f4:" or "f8:" and the base64 of their little-endian bytes: float32 when every
+    value is one exactly (a feature vector always is), else float64; NaN stays NaN."""
+    wide = np.asarray(values, dtype="<f8")
+    narrow = wide.astype("<f4")
+    if np.array_equal(narrow, wide, equal_nan=True):
+        return "f4:" + base64.b64encode(narrow.tobytes()).decode()
+    return "f8:" + base64.b64encode(wide.tobytes()).decode()
+
+
+def unpack_floats(value: Any) -> list[float]:
+    """The inverse of `pack_floats`; a list (version 1: numbers, null for NaN) reads as before."""
+    if not isinstance(value, str):
+        return [_number(f) for f in value]
+    kind, _, text = value.partition(":")
+    if kind not in ("f4", "f8"):
+        raise ValueError(f"packed floats of unknown kind {kind!r}")
+    packed: list[float] = np.frombuffer(base64.b64decode(text, validate=True), dtype="<" + kind).tolist()
+    return packed
 
 
 def _number(value: Any) -> float:

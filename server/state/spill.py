@@ -26,17 +26,21 @@ CLAIMED = ".replaying"
 
 
 def encode_item(stream: str, fields: dict[Any, Any], replay: tuple[Any, ...] | None) -> str:
-    """One JSON line: stream, its fields (str) and the replay payload (bytes as base64)."""
+    """One JSON line: stream, its fields (text, or {"b64": ...} for binary) and the replay payload
+    (bytes as base64)."""
     rp = None
     if replay is not None:
         decision_key, payload, request_key, decision_id, request_ttl, decision_ttl = replay
         rp = [decision_key, base64.b64encode(payload).decode(), request_key, decision_id, request_ttl, decision_ttl]
-    text_fields = {_text(k): _text(v) for k, v in fields.items()}
+    text_fields = {_text(k): _field(v) for k, v in fields.items()}
     return json.dumps({"s": stream, "f": text_fields, "rp": rp}, separators=(",", ":"))
 
 
-def decode_item(line: str) -> tuple[str, dict[str, str], tuple[Any, ...] | None]:
+def decode_item(line: str) -> tuple[str, dict[str, str | bytes], tuple[Any, ...] | None]:
     data = json.loads(line)
+    for name, value in data["f"].items():
+        if isinstance(value, dict):
+            data["f"][name] = base64.b64decode(value["b64"])
     rp = data["rp"]
     replay = None
     if rp is not None:
@@ -46,6 +50,17 @@ def decode_item(line: str) -> tuple[str, dict[str, str], tuple[Any, ...] | None]
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _field(value: Any) -> str | dict[str, str]:
+    """Text as text; bytes that are not UTF-8 (a compressed record) as base64: Redis receives the
+    same bytes either way."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode()}
+    return str(value)
 
 
 class SpillDir:

@@ -16,7 +16,6 @@ overspend and no customer over the cap.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import re
@@ -40,6 +39,7 @@ from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 from server.state.embedded_redis import EmbeddedRedis, free_port
 from server.state.keys import Keys
+from server.state.records import record_data
 from tests.integration.harness import load_customers
 
 RUNS = int(os.environ.get("NBO_BUDGET_RUNS", "2"))
@@ -272,7 +272,7 @@ def _decision_log(client: redis.Redis, expected: int) -> list[dict[str, Any]]:
         assert time.monotonic() < deadline, f"decision stream has {n} of {expected} records after 10 s"
         time.sleep(0.05)
     time.sleep(0.2)  # a late extra record (which would be a bug) gets the chance to show up
-    return [json.loads(fields[b"r"]) for _, fields in client.xrange(KEYS.decision_stream)]
+    return [record_data(fields) for _, fields in client.xrange(KEYS.decision_stream)]
 
 
 def _sum_field(client: redis.Redis, pattern: str, field: str) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from server.pipeline.control_groups import in_holdout
 from server.pipeline.delivery import Delivery
 from server.state.embedded_redis import find_redis_server, free_port
 from server.state.keys import Keys
+from server.state.records import record_data
 from tests.integration.harness import Clock, Harness, load_customers, publish_text
 from tests.integration.test_decide import republish
 from tests.unit.catalog_fixtures import BASE
@@ -59,7 +59,7 @@ async def stream_records(client: redis.Redis, n: int) -> list[dict[str, object]]
         if client.xlen(KEYS.decision_stream) >= n:
             break
         await asyncio.sleep(0.02)
-    return [json.loads(fields[b"r"]) for _, fields in client.xrange(KEYS.decision_stream)]
+    return [record_data(fields) for _, fields in client.xrange(KEYS.decision_stream)]
 
 
 async def test_paced_daily_budget_tracks_the_even_line_hour_by_hour(

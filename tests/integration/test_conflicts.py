@@ -5,7 +5,6 @@ answer as it was; a decision that awards nothing is idempotent at once, also und
 from __future__ import annotations
 
 import asyncio
-import json
 
 import grpc
 import pytest
@@ -15,6 +14,7 @@ from server.domain import Channel, DecideRequest
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.pipeline.idempotency import request_fingerprint
 from server.state.keys import Keys
+from server.state.records import record_data
 from tests.integration.harness import Harness
 
 KEYS = Keys()
@@ -30,7 +30,7 @@ async def logged(redis_url: str, n: int, stream: str = KEYS.decision_stream) -> 
                 break
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.1)  # and no more arrive
-        return [json.loads(fields[b"r"]) for _, fields in client.xrange(stream)]
+        return [record_data(fields) for _, fields in client.xrange(stream)]
     finally:
         client.close()
 

@@ -16,6 +16,7 @@ from server.learning.bandit import decode_arm
 from server.learning.learner import Learner
 from server.metrics import Metrics
 from server.state.keys import Keys
+from server.state.records import record_data
 from tests.integration.harness import Clock, Harness, load_customers, publish_text
 from tests.unit.catalog_fixtures import BASE
 
@@ -55,7 +56,7 @@ async def records(client: redis.Redis, stream: str, n: int) -> list[dict[str, ob
         if client.xlen(stream) >= n:
             break
         await asyncio.sleep(0.01)
-    return [json.loads(f[b"r"]) for _, f in client.xrange(stream)]
+    return [record_data(f) for _, f in client.xrange(stream)]
 
 
 async def test_logged_selection_probabilities_describe_the_policy_met(nbo: Harness, redis_url: str) -> None:

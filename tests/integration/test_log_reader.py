@@ -52,7 +52,7 @@ def test_each_record_once_in_log_order_across_chunks(redis_client: redis.Redis) 
     # the writer's retry of a half-written batch: d1 and d3 appended again
     redis_client.xadd(stream, _decision(1).to_fields())
     redis_client.xadd(stream, _decision(3).to_fields())
-    redis_client.xadd(stream, {"v": "2", "r": json.dumps({"decision_id": "future"})})
+    redis_client.xadd(stream, {"v": "3", "r": json.dumps({"decision_id": "future"})})
     redis_client.xadd(stream, {"v": "1", "r": "{not json"})
     redis_client.xadd(Keys().decision_stream, _decision(99).to_fields())  # another deployment's log
 
@@ -61,7 +61,7 @@ def test_each_record_once_in_log_order_across_chunks(redis_client: redis.Redis) 
     stats = reader.decision_stats
     assert (stats.entries, stats.duplicates, stats.unreadable) == (9, 2, 2)
     entry_id = redis_client.xrange(stream)[7][0].decode()
-    assert stats.first_unreadable == f"{entry_id}: record version '2'; this reader reads version '1'"
+    assert stats.first_unreadable == f"{entry_id}: record version '3'; this reader reads version '1', '2'"
     # a second pass reads afresh
     assert len(list(reader.decisions())) == 5 and reader.decision_stats.duplicates == 2
 

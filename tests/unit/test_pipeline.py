@@ -24,7 +24,7 @@ from server.pipeline.control_groups import in_holdout
 from server.pipeline.delivery import Delivery
 from server.pipeline.service import DecisionService
 from server.state.memory_store import InMemoryLog, InMemoryStateStore
-from server.state.records import DecisionRecord
+from server.state.records import DecisionRecord, record_data
 from server.state.store import StateUnavailable
 from tests.unit.catalog_fixtures import BASE, SCHEMA
 
@@ -367,5 +367,5 @@ async def test_the_record_waits_for_delivery_and_an_undelivered_award_is_flagged
     delivery.settle(not delivered)  # the first word stands
     record = nbo.record()
     assert (record.chosen, record.undelivered) == (["o_adhoc"], not delivered)
-    assert ("undelivered" in record.to_fields()["r"]) is (not delivered)
+    assert ("undelivered" in record_data(record.to_fields())) is (not delivered)
     assert nbo.metric("nbo_undelivered_decisions_total") == (0.0 if delivered else 1.0)
