@@ -12,7 +12,7 @@ import redis
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.pipeline.control_groups import in_holdout
 from server.state.keys import Keys
-from server.state.records import record_data, unpack_floats
+from server.state.records import record_data
 from tests.integration.harness import Harness, publish_text
 from tests.unit.catalog_fixtures import BASE
 
@@ -237,7 +237,7 @@ async def test_decisions_and_outcomes_are_logged_as_typed_records(nbo: Harness, 
     assert record["decision_id"] == d.decision_id
     assert record["chosen"] == ["o_adhoc"]
     assert record["context"] == {"cart_value": 3.0}
-    assert unpack_floats(record["features"]) == [0.0, 40.0, pytest.approx(0.1), 1.0, 1.0]
+    assert record["features"] == [0.0, 40.0, pytest.approx(0.1), 1.0, 1.0]
     assert record["candidates"]["offer_id"] == ["o_adhoc"]
     assert record["candidates"]["selection_probability"] == [1.0]
     assert record["candidates"]["status"] == ["chosen"]
