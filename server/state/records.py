@@ -259,7 +259,8 @@ def pack_floats(values: list[float], *, narrow: bool = False) -> str:
     feature vector's always are."""
     wide = np.asarray(values, dtype="<f8")
     if narrow:
-        narrowed = wide.astype("<f4")
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, and is kept as float64
+            narrowed = wide.astype("<f4")
         if narrowed.astype("<f8").tobytes() == wide.tobytes():  # bit for bit, NaN too; and quick
             return "f4:" + base64.b64encode(narrowed.tobytes()).decode()
     return "f8:" + base64.b64encode(wide.tobytes()).decode()
