@@ -6,16 +6,18 @@ server.state.log_writer appends them; readers (the learner, `nbo export`) turn e
 `decode_decision_record` / `decode_outcome_record`, which read every version written so far.
 
 Outcome records (version 1) and decision records of version 1 are JSON text. A decision record of
-version 2 is the same JSON object, zlib-compressed (level 1: the fastest; the per-candidate
-columns repeat a few status texts and ids), with the feature vector and the candidates' number
-columns packed ("f4:" or "f8:" and the base64 of the little-endian float32 or float64 values)
-instead of written as text: bit for bit the values logged, NaN included (the logged selection
-probabilities are a guarantee), at a fraction of the cost of formatting each number.
+version 2 has a third field, `n`: its numbers (the feature vector, then the candidates'
+propensity, expected value, score and selection probability columns) packed as little-endian
+float32 (features) or float64 bytes, bit for bit what was logged, NaN included (the logged
+selection probabilities are a guarantee), and far cheaper than formatting each number as text.
+Its `r` is the JSON object zlib-compressed (level 1, the fastest), with "f4:<count>" or
+"f8:<count>" where each packed array goes, and the campaign and status columns, a few texts
+repeated, coded as {"values": [...], "codes": [...]}. `record_data` gives either version as the
+JSON object of version 1 (number lists), for readers that want a field or two.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import zlib
@@ -45,16 +47,17 @@ class Candidates:
     selection_probability: list[float]
     status: list[str]  # "chosen", or why not: "contact policy: ...", "budget exhausted", ...
 
-    def to_dict(self) -> dict[str, Any]:
-        """The columns as written: the numbers packed (exact, and far cheaper than their text), the
-        columns of a few repeated texts coded."""
+    def to_dict(self, packed: Packer) -> dict[str, Any]:
+        """The columns as written in version 2: the numbers packed (exact, and far cheaper than
+        their text), the columns of a few repeated texts coded."""
         return {
             "offer_id": self.offer_id,
             "campaign_id": _coded(self.campaign_id),
-            "propensity": pack_floats(self.propensity),
-            "expected_value": pack_floats(self.expected_value),
-            "score": pack_floats(self.score),
-            "selection_probability": pack_floats(self.selection_probability),
+            # in the order of _FLOAT_COLUMNS: the order their bytes follow each other in "n"
+            "propensity": packed.add(self.propensity),
+            "expected_value": packed.add(self.expected_value),
+            "score": packed.add(self.score),
+            "selection_probability": packed.add(self.selection_probability),
             "status": _coded(self.status),
         }
 
@@ -88,6 +91,7 @@ class DecisionRecord:
     undelivered: bool = False
 
     def to_fields(self) -> dict[Any, Any]:
+        packed = Packer()  # the features first, then the candidates' columns
         data: dict[str, Any] = {
             "decision_id": self.decision_id,
             "ts": self.ts,
@@ -98,8 +102,8 @@ class DecisionRecord:
             "events": self.events,
             "request_id": self.request_id,
             "schema_version": self.schema_version,
-            "features": None if self.features is None else pack_floats(self.features, narrow=True),
-            "candidates": self.candidates.to_dict(),
+            "features": None if self.features is None else packed.add(self.features, narrow=True),
+            "candidates": self.candidates.to_dict(packed),
             "chosen": self.chosen,
             "no_offer_reason": self.no_offer_reason,
             "model_version": self.model_version,
@@ -111,7 +115,7 @@ class DecisionRecord:
         }
         if self.undelivered:
             data["undelivered"] = True  # only when set: delivered records stay byte-identical
-        return {"v": DECISION_RECORD_VERSION, "r": zlib.compress(_dumps(data).encode(), 1)}
+        return {"v": DECISION_RECORD_VERSION, "r": zlib.compress(_dumps(data).encode(), 1), "n": packed.bytes()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +166,7 @@ def decode_decision_record(fields: Fields) -> DecisionRecord:
             events=[str(e) for e in d.get("events") or ()],
             request_id=str(d.get("request_id") or ""),
             schema_version=None if schema_version is None else int(schema_version),
-            features=None if features is None else unpack_floats(features),
+            features=None if features is None else [_number(f) for f in features],
             candidates=_candidates(d.get("candidates")),
             chosen=[str(o) for o in d.get("chosen") or ()],
             no_offer_reason=str(d.get("no_offer_reason") or ""),
@@ -210,15 +214,18 @@ def record_data(fields: Fields, kind: str = "decision") -> dict[str, Any]:
     its version: for readers that want a field or two without the typed record."""
     raw: bytes | str | None = None
     version: bytes | str | None = None
+    numbers: bytes | str = b""
     for name, value in fields.items():
         if name in (b"r", "r"):
             raw = value
         elif name in (b"v", "v"):
             version = value
+        elif name in (b"n", "n"):
+            numbers = value
     if raw is None:
         raise RecordError(f"{kind} log entry without a record field 'r'")
     if version in (b"2", "2"):  # only decision records have a version 2
-        if isinstance(raw, str):  # a client decoding replies as text cannot hold compressed bytes
+        if isinstance(raw, str) or isinstance(numbers, str):  # text cannot hold the binary fields
             raise RecordError(f"{kind} record of version 2 read as text; read the log as bytes")
         try:
             raw = zlib.decompress(raw)
@@ -230,59 +237,79 @@ def record_data(fields: Fields, kind: str = "decision") -> dict[str, Any]:
         raise RecordError(f"{kind} record is not JSON: {err}") from None
     if not isinstance(data, dict):
         raise RecordError(f"{kind} record is not a JSON object")
-    return _unpacked(data)
-
-
-def _unpacked(data: dict[str, Any]) -> dict[str, Any]:
-    """A version 2 record's packed numbers as lists (NaN as NaN), the shape version 1 has."""
-    try:
-        if isinstance(data.get("features"), str):
-            data["features"] = unpack_floats(data["features"])
-        candidates = data.get("candidates")
-        if isinstance(candidates, dict):
-            for name in _FLOAT_COLUMNS:
-                if isinstance(candidates.get(name), str):
-                    candidates[name] = unpack_floats(candidates[name])
-            for name in ("campaign_id", "status"):
-                coded = candidates.get(name)
-                if isinstance(coded, dict):
-                    texts = coded["values"]
-                    candidates[name] = [texts[i] for i in coded["codes"]]
-    except (ValueError, KeyError, IndexError, TypeError) as err:
-        raise RecordError(f"malformed decision record {data.get('decision_id')!r}: {err}") from None
+    if version in (b"2", "2"):
+        _unpack(data, numbers if isinstance(numbers, bytes) else b"")  # bytes: checked above
     return data
 
 
-def pack_floats(values: list[float], *, narrow: bool = False) -> str:
-    """Floats as "f8:" and the base64 of their little-endian float64 bytes (bit for bit, NaN
-    included). `narrow`: as "f4:" (float32, half the bytes) when every value is one exactly, as a
-    feature vector's always are."""
-    wide = np.asarray(values, dtype="<f8")
-    if narrow:
-        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, and is kept as float64
-            narrowed = wide.astype("<f4")
-        if narrowed.astype("<f8").tobytes() == wide.tobytes():  # bit for bit, NaN too; and quick
-            return "f4:" + base64.b64encode(narrowed.tobytes()).decode()
-    return "f8:" + base64.b64encode(wide.tobytes()).decode()
+def _unpack(data: dict[str, Any], numbers: bytes) -> None:
+    """A version 2 record's packed numbers and coded texts as lists, the shape version 1 has."""
+    try:
+        reader = _Unpacker(numbers)
+        if data.get("features") is not None:
+            data["features"] = reader.take(data["features"])
+        candidates = data.get("candidates")
+        if candidates:
+            for name in _FLOAT_COLUMNS:
+                candidates[name] = reader.take(candidates[name])
+            for name in ("campaign_id", "status"):
+                texts = candidates[name]["values"]
+                candidates[name] = [texts[i] for i in candidates[name]["codes"]]
+        reader.done()
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        raise RecordError(f"malformed decision record {data.get('decision_id')!r}: {err}") from None
+
+
+class Packer:
+    """The numbers of a version 2 record, packed one array after another into the entry's `n`
+    field as little-endian float64 (bit for bit, NaN included) or float32 where `narrow` and
+    every value is one exactly (a feature vector's always are: half the bytes). The record says
+    "f8:<count>" or "f4:<count>" where each array was."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def add(self, values: list[float], *, narrow: bool = False) -> str:
+        wide = np.asarray(values, dtype="<f8")
+        if narrow:
+            with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: kept as float64
+                narrowed = wide.astype("<f4")
+            if narrowed.astype("<f8").tobytes() == wide.tobytes():  # bit for bit, NaN too; and quick
+                self._parts.append(narrowed.tobytes())
+                return f"f4:{len(values)}"
+        self._parts.append(wide.tobytes())
+        return f"f8:{len(values)}"
+
+    def bytes(self) -> bytes:
+        return b"".join(self._parts)
+
+
+class _Unpacker:
+    """Reads a Packer's arrays back, in the order they were added."""
+
+    def __init__(self, numbers: bytes) -> None:
+        self.numbers = numbers
+        self.offset = 0
+
+    def take(self, where: str) -> list[float]:
+        kind, _, count = where.partition(":")
+        if kind not in ("f4", "f8"):
+            raise ValueError(f"packed numbers of unknown kind {kind!r}")
+        n = int(count)
+        values: list[float] = np.frombuffer(self.numbers, dtype="<" + kind, count=n, offset=self.offset).tolist()
+        self.offset += n * int(kind[1])
+        return values
+
+    def done(self) -> None:
+        if self.offset != len(self.numbers):
+            raise ValueError(f"{len(self.numbers)} bytes of packed numbers, {self.offset} described")
 
 
 def _coded(values: list[str]) -> dict[str, list[Any]]:
-    """A column of a few distinct texts (statuses, campaigns) as those texts and an index each:
-    less for zlib to read."""
+    """A column of a few distinct texts (statuses, campaigns) as those texts and an index each."""
     index: dict[str, int] = {}
     codes = [index.setdefault(v, len(index)) for v in values]
     return {"values": list(index), "codes": codes}
-
-
-def unpack_floats(value: Any) -> list[float]:
-    """The inverse of `pack_floats`; a list (version 1: numbers, null for NaN) reads as before."""
-    if not isinstance(value, str):
-        return [_number(f) for f in value]
-    kind, _, text = value.partition(":")
-    if kind not in ("f4", "f8"):
-        raise ValueError(f"packed floats of unknown kind {kind!r}")
-    packed: list[float] = np.frombuffer(base64.b64decode(text, validate=True), dtype="<" + kind).tolist()
-    return packed
 
 
 def _number(value: Any) -> float:
@@ -303,7 +330,7 @@ def _candidates(data: Any) -> Candidates:
 
     def numbers(name: str) -> list[float]:
         values = data.get(name)
-        return unpack_floats(values) if values is not None else [math.nan] * len(offers)
+        return [_number(v) for v in values] if values is not None else [math.nan] * len(offers)
 
     columns = Candidates(
         offer_id=offers,

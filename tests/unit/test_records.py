@@ -17,11 +17,10 @@ from server.state.records import (
     DECISION_RECORD_VERSION,
     Candidates,
     DecisionRecord,
+    Packer,
     RecordError,
     decode_decision_record,
-    pack_floats,
     record_data,
-    unpack_floats,
 )
 
 V1_TEXT = (Path(__file__).parent / "decision_record_v1.json").read_text().strip()
@@ -60,8 +59,9 @@ def test_version_2_reads_back_bit_for_bit(seed: int) -> None:
     record = _random_record(rng, 37)
     fields = record.to_fields()
     assert fields["v"] == DECISION_RECORD_VERSION == "2" and isinstance(fields["r"], bytes)
+    assert len(fields["n"]) == 40 * 4 + 4 * 37 * 8  # float32 features, float64 candidate columns
     # as redis-py hands the entry back: bytes names and values
-    back = decode_decision_record({b"v": fields["v"].encode(), b"r": fields["r"]})
+    back = decode_decision_record({b"v": fields["v"].encode(), b"r": fields["r"], b"n": fields["n"]})
     assert _bits(back.features, "<f4") == _bits(record.features, "<f4")
     assert _bits(back.features) == _bits(record.features)  # NaN where NaN, nothing rounded
     for name in ("propensity", "expected_value", "score", "selection_probability"):
@@ -76,11 +76,11 @@ def test_version_2_reads_back_bit_for_bit(seed: int) -> None:
 
 def test_features_that_are_not_float32_are_kept_as_float64() -> None:
     values = [0.1, math.nan, 1e300, -0.0, 5e-324]
-    packed = pack_floats(values, narrow=True)
-    assert packed.startswith("f8:") and _bits(unpack_floats(packed)) == _bits(values)
-    assert pack_floats([0.5, math.nan], narrow=True).startswith("f4:")
-    with pytest.raises(ValueError, match="unknown kind"):
-        unpack_floats("f2:AAAA")
+    packer = Packer()
+    assert packer.add(values, narrow=True) == "f8:5" and packer.add([0.5, math.nan], narrow=True) == "f4:2"
+    assert packer.bytes() == _bits(values) + _bits([0.5, math.nan], "<f4")
+    record = dataclasses.replace(decode_decision_record({"v": "1", "r": V1_TEXT}), features=values)
+    assert _bits(decode_decision_record(record.to_fields()).features) == _bits(values)
 
 
 def test_a_version_1_record_still_reads_and_version_2_is_under_half_its_size() -> None:
@@ -91,7 +91,7 @@ def test_a_version_1_record_still_reads_and_version_2_is_under_half_its_size() -
     assert v1.candidates.selection_probability == data["candidates"]["selection_probability"]
     assert v1.candidates.score == data["candidates"]["score"]
     v2 = v1.to_fields()
-    assert len(v2["r"]) * 2 <= len(V1_TEXT)
+    assert (len(v2["r"]) + len(v2["n"])) * 2 <= len(V1_TEXT)
     again = decode_decision_record(v2)
     assert _bits(again.features) == _bits(v1.features) and again.candidates.status == v1.candidates.status
     assert again.candidates.selection_probability == v1.candidates.selection_probability
@@ -105,10 +105,14 @@ def test_a_version_1_record_still_reads_and_version_2_is_under_half_its_size() -
 def test_a_damaged_version_2_record_is_a_record_error() -> None:
     fields = decode_decision_record({"v": "1", "r": V1_TEXT}).to_fields()
     with pytest.raises(RecordError, match="not zlib data"):
-        decode_decision_record({"v": "2", "r": fields["r"][:-9]})
+        decode_decision_record({**fields, "r": fields["r"][:-9]})
     with pytest.raises(RecordError, match="read as text"):
         decode_decision_record({"v": "2", "r": "{}"})
-    broken = json.loads(zlib.decompress(fields["r"]))
-    broken["candidates"]["score"] = "f8:AAA"  # not whole float64s
+    with pytest.raises(RecordError, match="bytes of packed numbers"):
+        decode_decision_record({**fields, "n": fields["n"] + b"\0" * 8})
     with pytest.raises(RecordError, match="malformed"):
-        decode_decision_record({"v": "2", "r": zlib.compress(json.dumps(broken).encode())})
+        decode_decision_record({**fields, "n": fields["n"][:-8]})
+    broken = json.loads(zlib.decompress(fields["r"]))
+    broken["candidates"]["score"] = "f2:37"
+    with pytest.raises(RecordError, match="unknown kind"):
+        decode_decision_record({**fields, "r": zlib.compress(json.dumps(broken).encode())})
