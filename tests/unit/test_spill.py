@@ -3,6 +3,7 @@ a released one is claimed by exactly one, and records round-trip exactly."""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 from server.state.spill import SpillDir, decode_item, encode_item
@@ -40,3 +41,9 @@ def test_items_round_trip() -> None:
     line = encode_item("nbo:log:decisions", {b"v": b"1", "r": '{"a":1}'}, replay)
     assert decode_item(line) == ("nbo:log:decisions", {"v": "1", "r": '{"a":1}'}, replay)
     assert decode_item(encode_item("s", {"v": "1"}, None)) == ("s", {"v": "1"}, None)
+
+
+def test_a_version_2_decision_record_spills_and_reads_back_as_the_same_bytes() -> None:
+    fields = {"v": "2", "r": zlib.compress(b'{"decision_id":"d"}', 1), "n": b"\x00\x00\xc0\x7f\xff"}
+    stream, back, replay = decode_item(encode_item("nbo:log:decisions", fields, None))
+    assert (stream, back, replay) == ("nbo:log:decisions", fields, None)
