@@ -1,7 +1,7 @@
 """Typed records of decisions and outcomes: the schema of the decision and outcome logs.
 
 The decision log is the training and evaluation data of later stages: its schema is a contract.
-Each stream entry has two fields: `v` (record schema version) and `r` (the record).
+Each stream entry has the fields `v` (record schema version) and `r` (the record), and `n` in version 2.
 server.state.log_writer appends them; readers (the learner, `nbo export`) turn entries back into records with
 `decode_decision_record` / `decode_outcome_record`, which read every version written so far.
 
