@@ -140,7 +140,15 @@ def served(module_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     catalog = tmp / "catalog.yaml"
     catalog.write_text(CATALOG)
     metrics = _two_free_ports()
-    env = {**os.environ, "REDIS_URL": module_redis_url, "NBO_LOG_LEVEL": "WARNING"}
+    # exact budgets under 200 concurrent callers is what this tests, not shedding (which has tests
+    # of its own): bounds above the callers, so that a loaded machine cannot turn calls away
+    env = {
+        **os.environ,
+        "REDIS_URL": module_redis_url,
+        "NBO_LOG_LEVEL": "WARNING",
+        "NBO_MAX_CONCURRENT_RPCS": "256",
+        "NBO_MAX_PENDING_RPCS": "512",
+    }
     stderr_path = tmp / "serve.stderr"
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
