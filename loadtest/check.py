@@ -151,14 +151,15 @@ def cmd_cpu(opts: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_metrics(opts: argparse.Namespace) -> int:
+def snapshot(urls: list[str]) -> dict[str, object]:
+    """The server's counters, per worker URL and in total (see `metrics` above)."""
     from urllib.request import urlopen
 
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, object] = {"workers": []}
     total: Counter[str] = Counter()
-    for url in opts.urls:
+    for url in urls:
         mine: Counter[str] = Counter()
         try:
             text = urlopen(url, timeout=5).read().decode()
@@ -177,10 +178,16 @@ def cmd_metrics(opts: argparse.Namespace) -> int:
                     mine[name.removeprefix("nbo_").removesuffix("_total")] += value
                 elif name in ("nbo_decision_seconds_sum", "nbo_decision_seconds_count"):
                     mine[name.removeprefix("nbo_")] += value
+                elif name == "nbo_model_loads_total":
+                    mine[f"model_loads:{labels.get('result')}"] += value
         out["workers"].append({"url": url, "decisions": mine["decisions"]})  # type: ignore[attr-defined]
         total.update(mine)
     out["total"] = dict(total)
-    print(json.dumps(out))
+    return out
+
+
+def cmd_metrics(opts: argparse.Namespace) -> int:
+    print(json.dumps(snapshot(opts.urls)))
     return 0
 
 
