@@ -125,10 +125,16 @@ def _children(pid: int) -> list[int]:
 
 
 def cmd_cpu(opts: argparse.Namespace) -> int:
+    print(json.dumps(cpu_snapshot(opts.procs)))
+    return 0
+
+
+def cpu_snapshot(items: list[str]) -> dict[str, object]:
+    """CPU clock ticks of labelled processes ("LABEL=PID", "+" = with children) and of the machine."""
     import os
 
     procs: dict[str, int] = {}
-    for item in opts.procs:
+    for item in items:
         label, _, spec = item.partition("=")
         with_children = spec.endswith("+")
         pid = int(spec.rstrip("+"))
@@ -137,18 +143,7 @@ def cmd_cpu(opts: argparse.Namespace) -> int:
     names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
     cpu = dict(zip(names, (int(x) for x in fields), strict=True))
-    print(
-        json.dumps(
-            {
-                "t": time.monotonic(),
-                "hz": os.sysconf("SC_CLK_TCK"),
-                "ncpu": os.cpu_count(),
-                "stat": cpu,
-                "procs": procs,
-            }
-        )
-    )
-    return 0
+    return {"t": time.monotonic(), "hz": os.sysconf("SC_CLK_TCK"), "ncpu": os.cpu_count(), "stat": cpu, "procs": procs}
 
 
 def snapshot(urls: list[str]) -> dict[str, object]:

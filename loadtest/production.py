@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loadtest import h2mix  # noqa: E402
-from loadtest.check import _children, snapshot  # noqa: E402
+from loadtest.check import _children, cpu_snapshot, snapshot  # noqa: E402
 from loadtest.production_report import clean_counts, write_report  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -196,6 +196,18 @@ def rss_mb(pid: int, metrics_ports: list[int]) -> dict[str, float]:
     return out
 
 
+def cores(c0: dict[str, Any], c1: dict[str, Any], generator_s: float) -> dict[str, float]:
+    """Cores used during a step: by label, by h2load, and `foreign` (the rest of the machine's
+    busy time: other work on a shared box)."""
+    secs = c1["t"] - c0["t"]
+    hz = c1["hz"]
+    out = {k: (c1["procs"][k] - c0["procs"][k]) / hz / secs for k in c1["procs"]}
+    busy = sum(c1["stat"][k] - c0["stat"][k] for k in c1["stat"] if k not in ("idle", "iowait")) / hz / secs
+    out["h2load"] = generator_s / secs
+    out["foreign"] = max(0.0, busy - sum(out.values()))
+    return {k: round(v, 2) for k, v in out.items()}
+
+
 def measure_size(
     opts: argparse.Namespace, size: int, catalog: Path, ctx: dict[str, Any], procs: Procs
 ) -> dict[str, Any]:
@@ -226,12 +238,15 @@ def measure_size(
         time.sleep(0.2)
     out: dict[str, Any] = {"size": size, "model_version": first.model_version}
     out["model_live"] = first.model_version == ctx["model_version"]
-    bodies, echo = ctx["bodies"], ctx["echo_port"]
+    bodies, echo, echo_pid = ctx["bodies"], ctx["echo_port"], ctx["echo_pid"]
+
+    labels = [f"nbo={server.pid}+", f"redis={ctx['redis_pid']}", f"echo={echo_pid}+"]
 
     def nbo_run(name: str, **kw: Any) -> dict[str, Any]:
-        m0 = snapshot(urls)["total"]
+        m0, c0 = snapshot(urls)["total"], cpu_snapshot(labels)
         res = h2mix.run(kw.pop("bodies", bodies), port, runs / f"{size}_{name}_nbo", **kw)
         res["server"] = clean_counts(m0, snapshot(urls)["total"])  # type: ignore[arg-type]
+        res["cores"] = cores(c0, cpu_snapshot(labels), res["generator_cpu_s"])
         return res
 
     out["verify"] = nbo_run("verify", streams=2, requests=opts.verify_n)
@@ -324,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_all(opts: argparse.Namespace, work: Path, procs: Procs) -> int:
     redis_bin = BIN / "redis-server"
     redis_port = free_port()
-    procs.start(
+    redis_proc = procs.start(
         [
             str(redis_bin if redis_bin.exists() else "redis-server"),
             "--port",
@@ -369,13 +384,13 @@ def run_all(opts: argparse.Namespace, work: Path, procs: Procs) -> int:
         )
     )
     echo_port = free_port()
-    procs.start(
+    echo_proc = procs.start(
         [sys.executable, str(LT / "echo_server.py"), "--port", str(echo_port), "--workers", str(opts.workers)],
         opts.results / "echo-server.log",
     )
     wait_port(echo_port)
     ctx = {"env": env, "bodies": bodies, "echo_port": echo_port, "model_version": version}
-    ctx["customers_file"] = customers_file
+    ctx.update(customers_file=customers_file, redis_pid=redis_proc.pid, echo_pid=echo_proc.pid)
     sizes = [measure_size(opts, size, cat, ctx, procs) for size, cat in zip(opts.sizes, catalogs, strict=True)]
     ok = write_report(opts, sizes, bodies, len(pool))
     print((opts.results / "summary.md").read_text())

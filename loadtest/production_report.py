@@ -63,8 +63,8 @@ def _lat(run: dict[str, Any]) -> str:
 def table(sizes: list[dict[str, Any]]) -> list[str]:
     rows = [
         "| offers | saturation NBO / echo req/s (ratio) | at | gen. cores | 50 %: offered req/s | "
-        "p50 / p99 ms NBO | echo | 1 in flight p50 ms NBO / echo (ratio) | worker RSS MB | clean |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "p50 / p99 ms NBO | echo | 1 in flight p50 ms NBO / echo (ratio) | worker RSS MB | foreign cores | clean |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in sizes:
         sat, best = s["saturation"], next(lv for lv in s["levels"] if lv["streams"] == s["saturation"]["streams"])
@@ -77,6 +77,7 @@ def table(sizes: list[dict[str, Any]]) -> list[str]:
             f"| {one['nbo'].get('p50_ms', 0):.2f} / {one['echo'].get('p50_ms', 0):.2f} "
             f"({_ratio(one['nbo'].get('p50_ms'), one['echo'].get('p50_ms'))}) "
             f"| {', '.join(f'{x:.0f}' for k, x in s['rss_mb'].items() if k.startswith('worker'))} "
+            f"| {best['nbo']['cores']['foreign']} / {half['nbo']['cores']['foreign']} "
             f"| {'yes' if not s['problems'] else 'NO'} |"
         )
     return rows
@@ -101,7 +102,9 @@ def write_report(opts: Any, sizes: list[dict[str, Any]], bodies: list[Any], pool
         f"({len({b.customer for b in bodies})} distinct); {web} web top-1 : {len(bodies) - web} call-centre top-3 "
         f"with explain; outcome reporter at {opts.outcome_rate:g} decisions/s. Runs {opts.duration:g} s after "
         f"{opts.warmup:g} s warm-up; saturation = best clean level of streams {opts.streams}; 50 % = open loop, "
-        "h2load --rps per connection; gen. cores = CPU of all h2load processes at saturation.",
+        "h2load --rps per connection; gen. cores = CPU of all h2load processes at saturation; foreign "
+        "cores = the machine's busy time not used by NBO, Redis, echo or h2load (other work on a shared box), "
+        "at saturation / at 50 %.",
         "",
         *table(sizes),
         "",
