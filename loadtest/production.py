@@ -44,25 +44,11 @@ sys.path.insert(0, str(ROOT))
 
 from loadtest import h2mix  # noqa: E402
 from loadtest.check import _children, cpu_snapshot, snapshot  # noqa: E402
+from loadtest.faults.env import consecutive_free_ports as free_port  # noqa: E402
 from loadtest.production_report import clean_counts, write_report  # noqa: E402
 
 BIN = Path(sys.executable).parent
 LT = ROOT / "loadtest"
-
-
-def free_port(n: int = 1) -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = int(s.getsockname()[1])
-        try:
-            for q in range(p, p + n):
-                with socket.socket() as t:
-                    t.bind(("127.0.0.1", q))
-        except OSError:
-            continue
-        return p
-    raise RuntimeError("no free port")
 
 
 class Procs:
@@ -212,7 +198,7 @@ def measure_size(
     opts: argparse.Namespace, size: int, catalog: Path, ctx: dict[str, Any], procs: Procs
 ) -> dict[str, Any]:
     env, runs = ctx["env"], opts.results / "runs"
-    port, mport = free_port(), free_port(opts.workers)
+    port, mport = free_port(1), free_port(opts.workers)
     urls = [f"http://127.0.0.1:{mport + i}/" for i in range(opts.workers)]
     server = procs.start(
         [
@@ -338,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_all(opts: argparse.Namespace, work: Path, procs: Procs) -> int:
     redis_bin = BIN / "redis-server"
-    redis_port = free_port()
+    redis_port = free_port(1)
     redis_proc = procs.start(
         [
             str(redis_bin if redis_bin.exists() else "redis-server"),
@@ -383,7 +369,7 @@ def run_all(opts: argparse.Namespace, work: Path, procs: Procs) -> int:
             for i, c in enumerate(h2mix.zipf_draw(rest, 2000, opts.zipf, opts.seed + 1))
         )
     )
-    echo_port = free_port()
+    echo_port = free_port(1)
     echo_proc = procs.start(
         [sys.executable, str(LT / "echo_server.py"), "--port", str(echo_port), "--workers", str(opts.workers)],
         opts.results / "echo-server.log",
