@@ -100,6 +100,10 @@ def run(
             cmd += ["--rps", f"{rps:g}"]
         cmd += ["--log-file", f"{prefix}.log.{i}", f"http://127.0.0.1:{port}{PATH_RPC}"]
         timed = ["/usr/bin/time", "-f", "%U %S %e", "-o", f"{prefix}.time.{i}", *cmd]
+        if rps and i:
+            # Open loop: each process sends on its own 1/rps timer; started together, all
+            # timers would fire at once (bursts of len(bodies)). Spread their phases instead.
+            time.sleep(1.0 / rps / len(bodies))
         out = open(f"{prefix}.out.{i}", "w")  # noqa: SIM115 - closed after the wait below
         procs.append((subprocess.Popen(timed, stdout=out, stderr=subprocess.STDOUT), out))
     t0 = time.monotonic()
