@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test serve lint typecheck protos bench-load loadtest faults faults-quick clean
+.PHONY: demo test serve lint typecheck protos bench-load loadtest loadtest-production faults faults-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ protos: $(STAMP)
 ## loadtest: h2load against the server and the echo baseline (see loadtest/README.md)
 loadtest: $(STAMP)
 	bash loadtest/run.sh
+
+## loadtest-production: the production mix (model, bandit, budgets, Zipf customers, outcomes; 10/100/500 offers)
+loadtest-production: $(STAMP)
+	$(BIN)/python -m loadtest.production
 
 ## faults: the issue-10 fault suite against real Redis and `nbo serve` processes (see loadtest/README.md)
 faults: $(STAMP)

@@ -127,10 +127,16 @@ def _children(pid: int) -> list[int]:
 
 
 def cmd_cpu(opts: argparse.Namespace) -> int:
+    print(json.dumps(cpu_snapshot(opts.procs)))
+    return 0
+
+
+def cpu_snapshot(items: list[str]) -> dict[str, object]:
+    """CPU clock ticks of labelled processes ("LABEL=PID", "+" = with children) and of the machine."""
     import os
 
     procs: dict[str, int] = {}
-    for item in opts.procs:
+    for item in items:
         label, _, spec = item.partition("=")
         with_children = spec.endswith("+")
         pid = int(spec.rstrip("+"))
@@ -139,28 +145,18 @@ def cmd_cpu(opts: argparse.Namespace) -> int:
     names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
     cpu = dict(zip(names, (int(x) for x in fields), strict=True))
-    print(
-        json.dumps(
-            {
-                "t": time.monotonic(),
-                "hz": os.sysconf("SC_CLK_TCK"),
-                "ncpu": os.cpu_count(),
-                "stat": cpu,
-                "procs": procs,
-            }
-        )
-    )
-    return 0
+    return {"t": time.monotonic(), "hz": os.sysconf("SC_CLK_TCK"), "ncpu": os.cpu_count(), "stat": cpu, "procs": procs}
 
 
-def cmd_metrics(opts: argparse.Namespace) -> int:
+def snapshot(urls: list[str]) -> dict[str, object]:
+    """The server's counters, per worker URL and in total (see `metrics` above)."""
     from urllib.request import urlopen
 
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, object] = {"workers": []}
     total: Counter[str] = Counter()
-    for url in opts.urls:
+    for url in urls:
         mine: Counter[str] = Counter()
         try:
             text = urlopen(url, timeout=5).read().decode()
@@ -179,10 +175,16 @@ def cmd_metrics(opts: argparse.Namespace) -> int:
                     mine[name.removeprefix("nbo_").removesuffix("_total")] += value
                 elif name in ("nbo_decision_seconds_sum", "nbo_decision_seconds_count"):
                     mine[name.removeprefix("nbo_")] += value
+                elif name == "nbo_model_loads_total":
+                    mine[f"model_loads:{labels.get('result')}"] += value
         out["workers"].append({"url": url, "decisions": mine["decisions"]})  # type: ignore[attr-defined]
         total.update(mine)
     out["total"] = dict(total)
-    print(json.dumps(out))
+    return out
+
+
+def cmd_metrics(opts: argparse.Namespace) -> int:
+    print(json.dumps(snapshot(opts.urls)))
     return 0
 
 

@@ -90,12 +90,34 @@ ELIGIBILITY: list[str | None] = [
 ]
 
 
-def build_catalog(seed: int = 11, today: date | None = None) -> dict[str, Any]:
+# The production mix (loadtest/production.py): the bandit as docs/learning.md shows it, and
+# every BUDGET_EVERY-th offer with total and daily budgets no run can exhaust.
+BANDIT: dict[str, Any] = {
+    "seed": 7,
+    "samples": 256,
+    "prior_sd": 0.5,
+    "new_offer_sd": 1.5,
+    "decay": 0.999,
+    "exploration": 1.0,
+    "epsilon": 0.0,
+    "channels": {"call_centre": {"exploration": 0.3, "epsilon": 0.0}, "web": {"exploration": 1.0, "epsilon": 0.05}},
+}
+BUDGET_EVERY = 5
+
+
+def build_catalog(
+    seed: int = 11, today: date | None = None, *, offers_n: int = 100, production: bool = False
+) -> dict[str, Any]:
+    """`offers_n` offers (campaigns cycle through CAMPAIGNS, 5 offers each; the first n offers
+    of a larger catalog are those of a smaller one). `production`: every campaign live, bandit
+    on, every BUDGET_EVERY-th offer with total and daily budgets."""
     rng = random.Random(seed)
     today = today or date.today()
     campaigns: list[dict[str, Any]] = []
     offers: list[dict[str, Any]] = []
-    for ci, (kind, targets, events) in enumerate(CAMPAIGNS):
+    n_campaigns = -(-offers_n // OFFERS_PER_CAMPAIGN)
+    for ci in range(n_campaigns):
+        kind, targets, events = CAMPAIGNS[ci % len(CAMPAIGNS)]
         cid = f"lt_{kind}_{ci:02d}"
         camp: dict[str, Any] = {
             "id": cid,
@@ -107,7 +129,7 @@ def build_catalog(seed: int = 11, today: date | None = None) -> dict[str, Any]:
         if kind == "ad_hoc":
             camp["start"] = today - timedelta(days=30)
             camp["end"] = today + timedelta(days=60)
-        if ci == 4:
+        if ci == 4 and not production:
             camp["end"] = today - timedelta(days=2)
         if ci == 5:
             camp["holdout"] = 0.10
@@ -118,6 +140,8 @@ def build_catalog(seed: int = 11, today: date | None = None) -> dict[str, Any]:
         campaigns.append(camp)
         for j in range(OFFERS_PER_CAMPAIGN):
             n = ci * OFFERS_PER_CAMPAIGN + j
+            if n >= offers_n:
+                break
             value = round(rng.uniform(10, 150), 2)
             offer: dict[str, Any] = {
                 "id": f"lt_offer_{n:03d}",
@@ -135,10 +159,12 @@ def build_catalog(seed: int = 11, today: date | None = None) -> dict[str, Any]:
                 offer["channel_weight"] = {"web": round(rng.uniform(0.8, 1.3), 2), "call_centre": 1.1}
             if n % 7 == 0:
                 offer["lever"] = 1.2
-            if n % 10 == 0:
+            if production and n % BUDGET_EVERY == 0:
+                offer["budget"] = {"total_awards": 1_000_000_000, "daily_awards": 100_000_000}
+            elif not production and n % 10 == 0:
                 offer["budget"] = {"total_awards": 1_000_000_000}
             offers.append(offer)
-    return {
+    catalog = {
         "name": "loadtest",
         "timezone": "UTC",
         "context_keys": ["cart_value", "page_depth"],
@@ -157,16 +183,23 @@ def build_catalog(seed: int = 11, today: date | None = None) -> dict[str, Any]:
         "campaigns": campaigns,
         "offers": offers,
     }
+    if production:
+        catalog["bandit"] = BANDIT
+    return catalog
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--offers", type=int, default=100, help="offers in the catalog")
+    parser.add_argument(
+        "--production", action="store_true", help="bandit on, every campaign live, total and daily budgets"
+    )
     opts = parser.parse_args()
-    catalog = build_catalog(opts.seed)
+    catalog = build_catalog(opts.seed, offers_n=opts.offers, production=opts.production)
     header = (
-        "# Load-test catalog written by loadtest/make_catalog.py: 100 offers on web and call_centre.\n"
+        f"# Load-test catalog written by loadtest/make_catalog.py: {opts.offers} offers on web and call_centre.\n"
         "# Frequency cap 1,000,000 per 24 h so a repeated customer is never capped out; the cap\n"
         "# check and the award writes still run on every decision.\n"
     )
