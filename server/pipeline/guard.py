@@ -43,11 +43,13 @@ class CircuitBreaker:
         return self._probe_at is not None
 
     def allow(self) -> bool:
-        """May a decision call Redis now? While open, one caller per probe interval may."""
+        """May a decision call Redis now? While open, one caller per probe interval may; the
+        others are counted (nbo_redis_errors{op="circuit_open"})."""
         if self._probe_at is None:
             return True
         now = self._clock()
         if now < self._probe_at:
+            self._metrics.redis_errors.labels("circuit_open").inc()
             return False
         self._probe_at = now + self._probe_seconds
         return True

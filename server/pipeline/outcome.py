@@ -133,7 +133,6 @@ async def _record(
     policy = live.catalog.contact_policy if live else None
     settings, breaker = svc.settings, svc.breaker
     if not breaker.allow():
-        svc.metrics.redis_errors.labels("circuit_open").inc()
         raise ServiceUnavailable("could not record the outcome: Redis is down (circuit open); retry later")
     recording = svc.store.record_outcome(
         customer_id=customer_id,

@@ -194,7 +194,6 @@ class DecisionService:
         if ctx.short_of_time(self.settings.deadline_margin_seconds):
             return self._empty(ctx, NoOfferReason.DEADLINE)
         if not self.services.breaker.allow():
-            self.metrics.redis_errors.labels("circuit_open").inc()
             return self._empty(ctx, NoOfferReason.DEGRADED, degraded=True)
         window = ctx.catalog.contact_policy.window_seconds
         try:
