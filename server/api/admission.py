@@ -7,19 +7,20 @@ queueing all of them until none does.
 
 from __future__ import annotations
 
+from server.api.status import Code, Status
 from server.metrics import Metrics
 
 BUSY_MESSAGE = "server busy: {limit} calls in flight on this worker (max_concurrent_rpcs); retry with backoff"
 
 
 class Admission:
-    __slots__ = ("_in_flight", "_limit", "_shed", "message")
+    __slots__ = ("_in_flight", "_limit", "_shed", "busy")
 
     def __init__(self, limit: int, metrics: Metrics) -> None:
         self._limit = limit
         self._in_flight = 0
         self._shed = metrics.shed
-        self.message = BUSY_MESSAGE.format(limit=limit)
+        self.busy = Status(Code.RESOURCE_EXHAUSTED, BUSY_MESSAGE.format(limit=limit))  # a shed call's answer
 
     def enter(self, method: str) -> bool:
         """Admit one call (then `leave` once it is answered), or count it as shed."""

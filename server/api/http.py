@@ -112,7 +112,7 @@ class HttpFront:
         if rpc is not None:
             refused = self._authenticate(request, rpc)
             if refused is None and not self.admission.enter(path):
-                refused = _status_response(Status(Code.RESOURCE_EXHAUSTED, self.admission.message))
+                refused = _status_response(self.admission.busy)
             if refused is not None:
                 self.metrics.http_requests.labels(path, str(refused.status)).inc()
                 return refused

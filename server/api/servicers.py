@@ -20,7 +20,7 @@ from server.api import converters
 from server.api.admission import Admission
 from server.api.auth import ANONYMOUS, Caller, PermissionDenied, Unauthenticated
 from server.api.gate import Gate, RateLimited, grpc_address
-from server.api.status import Code, Status, count_refusal, status_of
+from server.api.status import Status, count_refusal, status_of
 from server.domain import RequestError
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
@@ -112,7 +112,6 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
         self._report_undecodable = _EveryTenSeconds()
         self._decide_rpc = _RpcMetrics(service.metrics, "Decide")
         self._outcome_rpc = _RpcMetrics(service.metrics, "ReportOutcome")
-        self._busy = Status(Code.RESOURCE_EXHAUSTED, admission.message)
 
     def _refuse(self, context: grpc.aio.ServicerContext[Any, Any], err: Exception) -> None:
         status = status_of(err)
@@ -145,7 +144,7 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
             if caller is None:
                 return empty()
             if not self.admission.enter(rpc.method):
-                _fail(context, self._busy)
+                _fail(context, self.admission.busy)
                 return empty()
             try:
                 if self.gate.limiter is not None and not await self._within_limit(rpc.method, caller, context):
