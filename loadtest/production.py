@@ -167,19 +167,46 @@ def _listening_inodes(ports: list[int]) -> set[str]:
     return inodes
 
 
+def _is_worker(child: int, inodes: set[str]) -> bool:
+    try:
+        socks = {os.readlink(fd).removeprefix("socket:[").rstrip("]") for fd in Path(f"/proc/{child}/fd").iterdir()}
+    except OSError:
+        return False
+    return bool(socks & inodes)
+
+
 def rss_mb(pid: int, metrics_ports: list[int]) -> dict[str, float]:
     """VmRSS of each child of `nbo serve`: a worker is the child listening on a metrics port."""
     inodes, out = _listening_inodes(metrics_ports), {}
     for child in sorted(_children(pid)):
         try:
-            socks = {os.readlink(fd).removeprefix("socket:[").rstrip("]") for fd in Path(f"/proc/{child}/fd").iterdir()}
             status = Path(f"/proc/{child}/status").read_text()
         except OSError:
             continue
         rss = next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:"))
-        name = f"worker {child}" if socks & inodes else f"other {child}"
+        name = f"worker {child}" if _is_worker(child, inodes) else f"other {child}"
         out[name] = round(rss / 1024, 1)
     return out
+
+
+def profile_workers(opts: argparse.Namespace, size: int, pid: int, metrics_ports: list[int], nbo_run: Any) -> None:
+    """py-spy on every worker during an extra, unmeasured saturation run (the sampler slows the
+    worker, so its throughput is not reported); raw stacks and profile_top.py's summary per worker."""
+    inodes = _listening_inodes(metrics_ports)
+    workers = [c for c in sorted(_children(pid)) if _is_worker(c, inodes)]
+    spies = []
+    for w in workers:
+        raw = opts.results / f"profile_{size}_{w}.txt"
+        cmd = [str(BIN / "py-spy"), "record", "-p", str(w), "-d", str(int(opts.duration)), "-r", "100"]
+        spies.append((raw, subprocess.Popen([*cmd, "-f", "raw", "-o", str(raw), "--native"],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))  # fmt: skip
+    nbo_run("profile", streams=max(opts.streams), duration=opts.duration, warmup=0.0)
+    for raw, spy in spies:
+        spy.wait()
+        if raw.exists():
+            top = subprocess.run([sys.executable, str(LT / "profile_top.py"), str(raw), "--top", "40"],
+                                 capture_output=True, text=True, check=False).stdout  # fmt: skip
+            raw.with_name(raw.stem + "_top.txt").write_text(top)
 
 
 def cores(c0: dict[str, Any], c1: dict[str, Any], generator_s: float) -> dict[str, float]:
@@ -242,6 +269,8 @@ def measure_size(
     m_all = snapshot(urls)["total"]
     out.update(load_steps(opts, bodies, nbo_run, echo_run))
     procs.stop(reporter)
+    if opts.profile:
+        profile_workers(opts, size, server.pid, [mport + i for i in range(opts.workers)], nbo_run)
     out["outcomes"] = json.loads(stats.read_text())
     out["server_total"] = clean_counts(m_all, snapshot(urls)["total"])  # type: ignore[arg-type]
     out["rss_mb"] = rss_mb(server.pid, [mport + i for i in range(opts.workers)])
@@ -285,6 +314,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--outcome-rate", type=float, default=10.0, help="reporter decisions per second")
     p.add_argument("--log-rows", type=int, default=20000)
     p.add_argument("--ready-timeout", type=float, default=120.0)
+    p.add_argument("--profile", action="store_true", help="py-spy every worker in an extra, unmeasured run per size")
     p.add_argument("--results", type=Path, default=LT / "results" / "production")
     opts = p.parse_args(argv)
     if opts.smoke:

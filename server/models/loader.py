@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,14 @@ def compiled_predict(artifact: Artifact, cache_dir: Path) -> Predict:
     folder = cache_dir / artifact.version
     folder.mkdir(parents=True, exist_ok=True)
     model_file = folder / "model.txt"
-    if not model_file.exists():
-        model_file.write_text(artifact.model_text)
-    # workers compile the same model at the same time: one compiles, the others reuse its file
+    # workers compile the same model at the same time: one compiles, the others reuse its file;
+    # the text is written under the lock too, or a sibling would parse (or truncate) a half file
     with (folder / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if not model_file.exists():
+            partial = folder / f"model.txt.{os.getpid()}"
+            partial.write_text(artifact.model_text)
+            partial.replace(model_file)
         model = lleaves.Model(model_file=str(model_file))
         model.compile(cache=str(folder / "model.o"))
 
@@ -73,7 +77,8 @@ def build_scorer(artifact: Artifact, schema: FeatureSchema, cache_dir: Path | No
             log.warning("compiled model %s disagrees with LightGBM (%s); using Booster.predict", artifact.version, err)
             predict = None
         except Exception as err:  # no compiler toolchain, unsupported model, ...
-            log.warning("cannot compile model %s (%s); using Booster.predict", artifact.version, err)
+            # with the traceback: the fallback is several times slower, the cause must be findable
+            log.warning("cannot compile model %s (%s); using Booster.predict", artifact.version, err, exc_info=True)
             predict = None
     if predict is None:
         try:
