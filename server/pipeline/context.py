@@ -97,11 +97,6 @@ STAGE_STATUS: dict[int, str] = {
 UNAVAILABLE_STATUSES = tuple(STAGE_STATUS[s] for s in (Stage.HELD_OUT, Stage.CONTACT, Stage.BUDGET))
 
 
-def status_text(stage: int, note: str | None) -> str:
-    base = STAGE_STATUS.get(stage, "suppressed")
-    return f"{base}: {note}" if note else base
-
-
 class CandidateStatus:
     """Per offer position on the channel: its Stage (int8 array) and a note for explain."""
 
@@ -139,8 +134,19 @@ class CandidateStatus:
         if out:
             stage[out] = Stage.RANKED_OUT
 
-    def text(self, pos: int) -> str:
-        return status_text(int(self.stage[pos]), self.notes.get(pos))
+    def texts(self, positions: list[int], chosen: set[int] | frozenset[int] = frozenset()) -> list[str]:
+        """Each position's status: "chosen" for those in `chosen`, else its stage's text and note
+        ("contact policy: ..."), in one pass: a decision logs a hundred of them, and a call per
+        candidate was a visible share of its cost."""
+        stage, notes, table = self.stage.tolist(), self.notes, STAGE_STATUS
+        out = []
+        for p in positions:
+            if p in chosen:
+                out.append("chosen")
+                continue
+            base, note = table.get(stage[p], "suppressed"), notes.get(p)
+            out.append(f"{base}: {note}" if note else base)
+        return out
 
     def furthest_reason(self) -> NoOfferReason:
         """The no-offer reason named by the furthest stage a candidate reached (ranked-out ones

@@ -3,6 +3,8 @@ the no-offer reason when nothing is awarded."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from server.catalog.compiled import TIER_NAMES
 from server.domain import CampaignType, NoOfferReason, RankedOffer, SuppressedOffer
 from server.pipeline.context import CandidateStatus, RequestContext, Scores, Stage
@@ -24,14 +26,13 @@ def no_offer_reason(ctx: RequestContext, status: CandidateStatus, awarded: list[
 
 def suppressed(ctx: RequestContext, status: CandidateStatus) -> tuple[SuppressedOffer, ...]:
     """Every offer on the channel that is not in the answer, with the reason (explain=true)."""
-    catalog, view = ctx.catalog, ctx.view
-    out = []
-    for pos, s in enumerate(status.stage.tolist()):
-        if s == Stage.ALIVE:
-            continue
-        offer = catalog.offers[view.offers[pos]]
-        out.append(SuppressedOffer(offer.id, offer.campaign_id, status.text(pos)))
-    return tuple(out)
+    offers, view = ctx.catalog.offers, ctx.view
+    positions = np.flatnonzero(status.stage != Stage.ALIVE).tolist()
+    texts = status.texts(positions)
+    return tuple(
+        SuppressedOffer(view.offer_ids[pos], offers[view.offers[pos]].campaign_id, text)
+        for pos, text in zip(positions, texts, strict=True)
+    )
 
 
 def _ranked_offer(ctx: RequestContext, pos: int, rank_no: int, scores: Scores, taken: float) -> RankedOffer:

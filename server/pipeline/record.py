@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from server.domain import Decision, NoOfferReason
-from server.pipeline.context import CandidateStatus, RequestContext, Scores, Services, status_text
+from server.pipeline.context import CandidateStatus, RequestContext, Scores, Services
 from server.state.log_writer import Replay
 from server.state.records import Candidates, DecisionRecord, encode_decision
 
@@ -21,10 +21,8 @@ def candidate_records(
     catalog, view = ctx.catalog, ctx.view
     logged = status.logged()
     positions = logged.tolist()
-    chosen = set(awarded)
     first_choice = ctx.exploration.first_choice
     offers = [catalog.offers[view.offers[p]] for p in positions]
-    stage, notes = status.stage.tolist(), status.notes  # plain ints: cheaper than a scalar each
     return Candidates(
         offer_id=[o.id for o in offers],
         campaign_id=[o.campaign_id for o in offers],
@@ -32,7 +30,7 @@ def candidate_records(
         expected_value=scores.expected[logged].tolist(),
         score=scores.score[logged].tolist(),
         selection_probability=[taken.get(p, first_choice.get(p, 0.0)) for p in positions],
-        status=["chosen" if p in chosen else status_text(stage[p], notes.get(p)) for p in positions],
+        status=status.texts(positions, set(awarded)),
     )
 
 

@@ -307,9 +307,9 @@ class _Unpacker:
 
 def _coded(values: list[str]) -> dict[str, list[Any]]:
     """A column of a few distinct texts (statuses, campaigns) as those texts and an index each."""
-    index: dict[str, int] = {}
-    codes = [index.setdefault(v, len(index)) for v in values]
-    return {"values": list(index), "codes": codes}
+    texts = list(dict.fromkeys(values))  # in order of first appearance
+    index = {v: i for i, v in enumerate(texts)}
+    return {"values": texts, "codes": list(map(index.__getitem__, values))}
 
 
 def _number(value: Any) -> float:
