@@ -189,6 +189,23 @@ def rss_mb(pid: int, metrics_ports: list[int]) -> dict[str, float]:
     return out
 
 
+def redis_memory(url: str) -> dict[str, float]:
+    """Redis's used memory, key count and decision-stream length (customers, history, log)."""
+    import redis
+
+    from server.config import Settings
+    from server.state.keys import Keys
+
+    client = redis.Redis.from_url(url)
+    try:
+        used = client.info("memory")["used_memory"]
+        stream_key = Keys(Settings().key_prefix).decision_stream
+        stream = client.xlen(stream_key) if client.exists(stream_key) else 0
+        return {"used_mb": used / 2**20, "keys": client.dbsize(), "stream_entries": stream}
+    finally:
+        client.close()
+
+
 def profile_workers(opts: argparse.Namespace, size: int, pid: int, metrics_ports: list[int], nbo_run: Any) -> None:
     """py-spy on every worker during an extra, unmeasured saturation run (the sampler slows the
     worker, so its throughput is not reported); raw stacks and profile_top.py's summary per worker."""
@@ -274,6 +291,7 @@ def measure_size(
     out["outcomes"] = json.loads(stats.read_text())
     out["server_total"] = clean_counts(m_all, snapshot(urls)["total"])  # type: ignore[arg-type]
     out["rss_mb"] = rss_mb(server.pid, [mport + i for i in range(opts.workers)])
+    out["redis"] = redis_memory(ctx["env"]["REDIS_URL"])
     procs.stop(server)
     return out
 

@@ -119,7 +119,8 @@ def write_report(opts: Any, sizes: list[dict[str, Any]], bodies: list[Any], pool
             f"degraded {tot['degraded']}, Redis errors {tot['redis_errors']}, reasons {tot['reasons']}; "
             f"server mean {tot.get('server_mean_ms', '-')} ms; outcomes for {out['decisions']} decisions "
             f"({share:.2%} of them), {out['outcomes']} outcomes ({out['accepted']} accepted); "
-            f"problems: {'; '.join(s['problems']) or 'none'}"
+            f"Redis after the size: {s['redis']['used_mb']:,.0f} MB used, {s['redis']['keys']:,} keys, decision "
+            f"stream {s['redis']['stream_entries']:,} entries; problems: {'; '.join(s['problems']) or 'none'}"
         )
     (opts.results / "summary.md").write_text("\n".join(lines) + "\n")
     (opts.results / "report.json").write_text(json.dumps({"sizes": sizes}, indent=1, default=str))

@@ -197,8 +197,9 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
         response = converters.decide_response_to_pb(decision)
         # gRPC drops an answer that is ready after the deadline and does not tell the handler; one
         # ready just before may be dropped on the way, and counting it undelivered errs on the
-        # side of not training on an answer nobody saw
-        delivery.settle(deadline is None or loop.time() + _SEND_SECONDS < deadline)
+        # side of not training on an answer nobody saw. Settled on the loop's next turn, once
+        # gRPC has the answer: the log record is encoded then, not while the caller waits
+        loop.call_soon(delivery.settle, deadline is None or loop.time() + _SEND_SECONDS < deadline)
         return response
 
     async def _report_outcome(self, request: Any, context: grpc.aio.ServicerContext[Any, Any], caller: Caller) -> Any:
