@@ -138,7 +138,7 @@ def _arm_table(arms: Arms, channel: str, offer_ids: Sequence[str]) -> _ArmTable:
 
 
 def logit(p: F64) -> F64:
-    q = np.clip(p, 1e-6, 1 - 1e-6)
+    q = np.minimum(np.maximum(p, 1e-6), 1 - 1e-6)  # np.clip, without its Python-level wrapper
     out: F64 = np.log(q / (1 - q))
     return out
 
@@ -219,19 +219,18 @@ def _thompson(
     one are scored: the best tier, whenever no other candidate can outscore it."""
     n = center.size
     z = rng.standard_normal((samples, n))
-    cols = _contenders(scale, center, tier, weight)
+    cols, gap = _contenders(scale, center, tier, weight)
     if cols is not None:
-        z, scale, center, weight, tier = z[:, cols], scale[cols], center[cols], weight[cols], tier[cols]
-    # in place, the same operations as sigmoid(center + scale * z) * weight - tier * gap
-    z *= scale
-    z += center
-    np.negative(z, out=z)
+        z, scale, center, weight = z[:, cols], scale[cols], center[cols], weight[cols]
+    # sigmoid(center + scale * z) * weight - tier * gap, in place, from the negated logit:
+    # negation is exact, so (-scale) * z - center is -(center + scale * z) bit for bit
+    z *= -scale
+    z -= center
     np.exp(z, out=z)
     z += 1.0
     np.divide(1.0, z, out=z)
     z *= weight
-    gap = tier * _TIER_GAP
-    if gap.any():
+    if not isinstance(gap, float) or gap:
         z -= gap
     wins = np.bincount(z.argmax(axis=1), minlength=z.shape[1]) / samples
     if cols is None:
@@ -242,21 +241,26 @@ def _thompson(
     return pi
 
 
-def _contenders(scale: F64, center: F64, tier: npt.NDArray[np.int64], weight: F64) -> npt.NDArray[np.intp] | None:
-    """Positions of the best tier when no other candidate can win any draw, else None (all).
+def _contenders(
+    scale: F64, center: F64, tier: npt.NDArray[np.int64], weight: F64
+) -> tuple[npt.NDArray[np.intp] | None, float | F64]:
+    """The positions that can win a draw (None: all of them), and the tier gap to subtract there.
 
-    A draw's key is sigmoid(.) x weight - tier x gap with sigmoid(.) in [0, 1], so each key lies
-    between min(weight, 0) - tier x gap and max(weight, 0) - tier x gap (rounding is monotonic).
-    When every bound of the other tiers is below some best-tier bound, and their draws are finite
-    (no NaN, which argmax would pick), they never win: the argmax is the same over the best tier."""
-    best = tier == tier.min()
-    if best.all():
-        return None
-    others = ~best
-    floor = float((np.minimum(weight[best], 0.0) - tier[best] * _TIER_GAP).max())
-    ceiling = float((np.maximum(weight[others], 0.0) - tier[others] * _TIER_GAP).max())
-    finite = bool(np.isfinite(center[others]).all() and np.isfinite(scale[others]).all())
-    return np.flatnonzero(best) if finite and ceiling < floor else None
+    A draw's key is p x weight - tier x gap with p in [0, 1] (never NaN when every center and scale
+    is finite). With every weight in [0, gap / 2), a better tier's key is at least -its tier x gap
+    and a worse tier's at most gap / 2 below that (rounding is monotonic): only the best tier can
+    win, and the argmax over it is the argmax over all. Otherwise all candidates are scored."""
+    best = int(np.minimum.reduce(tier))
+    top = tier == best
+    if np.count_nonzero(top) == tier.size:
+        return None, best * _TIER_GAP
+    if (
+        np.minimum.reduce(weight) >= 0.0
+        and np.maximum.reduce(weight) < _TIER_GAP / 2
+        and math.isfinite(center @ scale)  # inf or NaN anywhere makes it so (or an overflow: no matter)
+    ):
+        return top.nonzero()[0], best * _TIER_GAP
+    return None, tier * np.float64(_TIER_GAP)
 
 
 def choose(
@@ -278,12 +282,11 @@ def choose(
     fallback = _rank_keys(adjusted, tier, weight)
     pi = _first_choice(policy.samples, explore, center, sd, tier, weight, rng, fallback)
     gumbel = -np.log(-np.log(rng.uniform(1e-300, 1.0, pi.size)))
-    drawable = pi > 0
-    if drawable.all():
+    if np.count_nonzero(pi) == pi.size:  # pi is never NaN: all drawable
         keys = np.log(pi) + gumbel
     else:
         with np.errstate(divide="ignore"):
-            keys = np.where(drawable, np.log(pi) + gumbel, -np.inf)
+            keys = np.where(pi > 0, np.log(pi) + gumbel, -np.inf)
     order = np.lexsort((-fallback, -keys))
     return Choice(pi, order.astype(np.intp), adjusted)
 

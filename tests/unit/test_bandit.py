@@ -195,9 +195,11 @@ def random_case(r: random.Random, n: int) -> Case:
         weight[r.randrange(n)] = 3e12  # outscores a better tier: the contender shortcut must not apply
     elif corner < 0.08:
         weight[r.randrange(n)] = -20.0
-    elif corner < 0.1:
+    elif corner < 0.09:
+        weight[tier == tier.min()] = -2e12  # the best tier's keys below a worse tier's
+    elif corner < 0.11:
         sd[r.randrange(n)] = r.choice([math.inf, math.nan])
-    elif corner < 0.12:
+    elif corner < 0.13:
         mean[r.randrange(n)] = math.nan  # a NaN key wins argmax, whatever its tier
     return base, mean, sd, tier, weight
 
