@@ -203,7 +203,7 @@ def _first_choice(
         pi = np.zeros(n)
         pi[int(greedy.argmax())] = 1.0
     else:
-        pi = _thompson(samples, explore.exploration * sd, center, tier, weight, rng)
+        pi = _thompson(samples, -explore.exploration * sd, center, tier, weight, rng)
     if explore.epsilon > 0.0 and n > 1:
         pi *= 1.0 - explore.epsilon
         pi += explore.epsilon / n
@@ -211,20 +211,21 @@ def _first_choice(
 
 
 def _thompson(
-    samples: int, scale: F64, center: F64, tier: npt.NDArray[np.int64], weight: F64, rng: np.random.Generator
+    samples: int, drop: F64, center: F64, tier: npt.NDArray[np.int64], weight: F64, rng: np.random.Generator
 ) -> F64:
-    """Share of `samples` posterior draws each candidate wins, ranked like the server ranks.
+    """Share of `samples` posterior draws each candidate wins, ranked like the server ranks
+    (`drop`: minus the exploration times the posterior sd of each candidate's offset).
 
     All the draws are made (the stream must stay the same), but only the candidates that can win
     one are scored: the best tier, whenever no other candidate can outscore it."""
     n = center.size
     z = rng.standard_normal((samples, n))
-    cols, gap = _contenders(scale, center, tier, weight)
+    cols, gap = _contenders(drop, center, tier, weight)
     if cols is not None:
-        z, scale, center, weight = z[:, cols], scale[cols], center[cols], weight[cols]
+        z, drop, center, weight = z[:, cols], drop[cols], center[cols], weight[cols]
     # sigmoid(center + scale * z) * weight - tier * gap, in place, from the negated logit:
-    # negation is exact, so (-scale) * z - center is -(center + scale * z) bit for bit
-    z *= -scale
+    # negation is exact, so drop * z - center is -(center + scale * z) bit for bit
+    z *= drop
     z -= center
     np.exp(z, out=z)
     z += 1.0
@@ -232,17 +233,13 @@ def _thompson(
     z *= weight
     if not isinstance(gap, float) or gap:
         z -= gap
-    wins = np.bincount(z.argmax(axis=1), minlength=z.shape[1]) / samples
-    if cols is None:
-        out: F64 = wins
-        return out
-    pi = np.zeros(n)
-    pi[cols] = wins
-    return pi
+    winners = z.argmax(axis=1)
+    out: F64 = np.bincount(winners if cols is None else cols[winners], minlength=n) / samples
+    return out
 
 
 def _contenders(
-    scale: F64, center: F64, tier: npt.NDArray[np.int64], weight: F64
+    drop: F64, center: F64, tier: npt.NDArray[np.int64], weight: F64
 ) -> tuple[npt.NDArray[np.intp] | None, float | F64]:
     """The positions that can win a draw (None: all of them), and the tier gap to subtract there.
 
@@ -257,7 +254,7 @@ def _contenders(
     if (
         np.minimum.reduce(weight) >= 0.0
         and np.maximum.reduce(weight) < _TIER_GAP / 2
-        and math.isfinite(center @ scale)  # inf or NaN anywhere makes it so (or an overflow: no matter)
+        and math.isfinite(center @ drop)  # inf or NaN anywhere makes it so (or an overflow: no matter)
     ):
         return top.nonzero()[0], best * _TIER_GAP
     return None, tier * np.float64(_TIER_GAP)
@@ -281,14 +278,18 @@ def choose(
     # candidates the policy never picks first follow, in the greedy order of their posterior mean
     fallback = _rank_keys(adjusted, tier, weight)
     pi = _first_choice(policy.samples, explore, center, sd, tier, weight, rng, fallback)
-    gumbel = -np.log(-np.log(rng.uniform(1e-300, 1.0, pi.size)))
+    # keys log(pi) + gumbel, negated for an ascending sort: with g = log(-log(u)) = -gumbel, that
+    # is g - log(pi) exactly (IEEE rounding is symmetric)
+    g = np.log(rng.uniform(1e-300, 1.0, pi.size))
+    np.negative(g, out=g)
+    np.log(g, out=g)
     if np.count_nonzero(pi) == pi.size:  # pi is never NaN: all drawable
-        keys = np.log(pi) + gumbel
+        drawn = g - np.log(pi)
     else:
         with np.errstate(divide="ignore"):
-            keys = np.where(pi > 0, np.log(pi) + gumbel, -np.inf)
-    order = np.lexsort((-fallback, -keys))
-    return Choice(pi, order.astype(np.intp), adjusted)
+            drawn = -np.where(pi > 0, np.log(pi) - g, -np.inf)
+    order = np.lexsort((-fallback, drawn))
+    return Choice(pi, order.astype(np.intp, copy=False), adjusted)
 
 
 def taken_probability(pi: F64, taken: int, skipped: list[int]) -> float:
