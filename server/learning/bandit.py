@@ -131,7 +131,7 @@ def _arm_table(arms: Arms, channel: str, offer_ids: Sequence[str]) -> _ArmTable:
             except (ValueError, ZeroDivisionError):
                 broken = True
     table = _ArmTable(arms, offer_ids, learned, mean, sd, not learned.any(), broken)
-    if len(_TABLES) >= 64:  # old arms versions and catalogs: dropped, rebuilt if ever used again
+    if len(_TABLES) >= 32:  # old arms versions and catalogs: dropped, rebuilt if ever used again
         _TABLES.clear()
     _TABLES[(id(arms), id(offer_ids), channel)] = table
     return table

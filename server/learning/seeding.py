@@ -1,12 +1,12 @@
 """The random stream of one decision, seeded by the policy seed and the decision id.
 
-`server.learning.bandit.decision_rng` is the definition: a fresh `numpy.random.default_rng([seed,
-decision_key(seed, decision_id)])`, so replicas and replays (training/ope_policies.py) draw the
-same numbers. Building a Generator costs more than the draws of a small decision, so the server re-seeds one
-Generator per thread instead (`decision_stream`): SeedSequence's output (the part of the seeding
-numpy implements in C) becomes the PCG64 state the way PCG64's constructor makes it, and the state
-is written into the thread's bit generator. The stream is the same number for number
-(tests/unit/test_bandit.py compares the two on many seeds and ids).
+`server.learning.bandit.decision_rng` is the definition: a fresh
+`numpy.random.default_rng([seed, decision_key(seed, decision_id)])`, so replicas and replays
+(training/ope_policies.py) draw the same numbers. Building a Generator per decision costs more
+than a small decision's draws, so the server re-seeds one Generator per thread instead
+(`decision_stream`): SeedSequence's output becomes the PCG64 state the way PCG64's constructor
+makes it, and the state is written into the thread's bit generator. The stream is the same,
+number for number (tests/unit/test_bandit.py compares the two on many seeds and ids).
 """
 
 from __future__ import annotations
