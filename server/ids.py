@@ -35,14 +35,24 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 ULID_LENGTH = 26
 
 
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # the 1,024 two-digit numbers
+_ULID_MASK = (1 << 5 * ULID_LENGTH) - 1
+
+
 def new_ulid(now: float) -> str:
     """A ULID: 48 bits of milliseconds then 80 random bits, so ids sort by time."""
-    value = (int(now * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    out = []
-    for _ in range(ULID_LENGTH):
-        value, digit = divmod(value, 32)
-        out.append(_CROCKFORD[digit])
-    return "".join(reversed(out))
+    return ulid_text((int(now * 1000) << 80) | int.from_bytes(os.urandom(10), "big"))
+
+
+def ulid_text(value: int) -> str:
+    """A ULID's 26 characters: the Crockford base32 of the lowest 130 bits of `value`."""
+    return _crockford(value & _ULID_MASK, ULID_LENGTH)
+
+
+def _crockford(value: int, digits: int) -> str:
+    """The `digits` (even) lowest base-32 digits of `value`, most significant first, ten bits at a
+    time: the Crockford base32 of a byte string of 5 x digits / 8 bytes read as one number."""
+    return "".join([_PAIRS[value >> shift & 0x3FF] for shift in range(5 * digits - 10, -1, -10)])
 
 
 class MalformedDecisionId(ValueError):
@@ -52,7 +62,6 @@ class MalformedDecisionId(ValueError):
 _TAG_BYTES = 10  # 80 bits: a forged id passes with probability 2**-80 per try
 _BLOCK = 10  # the customer id is zero-padded to a multiple of this: ids tell its length only to 10 bytes
 _B32_STANDARD = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-_TO_CROCKFORD = str.maketrans(_B32_STANDARD, _CROCKFORD)
 _FROM_CROCKFORD = str.maketrans(_CROCKFORD, _B32_STANDARD)
 _SEALED_MIN = (_BLOCK + _TAG_BYTES) * 8 // 5
 _SEALED_MAX = (-(-MAX_ID_LENGTH // _BLOCK) * _BLOCK + _TAG_BYTES) * 8 // 5
@@ -76,8 +85,8 @@ class DecisionIds:
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
             raise ValueError("a decision id secret needs at least 16 bytes")
-        self._enc = hmac.digest(secret, b"nbo decision id keystream", hashlib.sha256)
-        self._mac = hmac.digest(secret, b"nbo decision id tag", hashlib.sha256)
+        self._enc = _Hmac(hmac.digest(secret, b"nbo decision id keystream", hashlib.sha256))
+        self._mac = _Hmac(hmac.digest(secret, b"nbo decision id tag", hashlib.sha256))
 
     @classmethod
     def random(cls) -> DecisionIds:
@@ -92,8 +101,10 @@ class DecisionIds:
         """The decision id of `customer_id` under `ulid` (fixed ulids give fixed ids, for tests)."""
         plain = customer_id.encode()
         plain = plain.ljust(-(-len(plain) // _BLOCK) * _BLOCK, b"\0")  # '\0' is in no valid id
-        cipher = bytes(a ^ b for a, b in zip(plain, self._keystream(ulid, len(plain)), strict=True))
-        return ulid + base64.b32encode(cipher + self._tag(ulid, cipher)).decode().translate(_TO_CROCKFORD)
+        nonce = ulid.encode()
+        cipher = _xor(plain, self._keystream(nonce, len(plain)))
+        sealed = cipher + self._tag(nonce, cipher)
+        return ulid + _crockford(int.from_bytes(sealed, "big"), len(sealed) * 8 // 5)
 
     def open(self, decision_id: str) -> str | None:
         """The customer id sealed in `decision_id`; None when the tag does not verify (tampered,
@@ -109,15 +120,37 @@ class DecisionIds:
             raise MalformedDecisionId(decision_id)
         raw = base64.b32decode(sealed.translate(_FROM_CROCKFORD))
         cipher, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
-        if not hmac.compare_digest(tag, self._tag(ulid, cipher)):
+        nonce = ulid.encode()
+        if not hmac.compare_digest(tag, self._tag(nonce, cipher)):
             return None
-        plain = bytes(a ^ b for a, b in zip(cipher, self._keystream(ulid, len(cipher)), strict=True))
+        plain = _xor(cipher, self._keystream(nonce, len(cipher)))
         customer_id = plain.rstrip(b"\0").decode("ascii", errors="replace")
         return customer_id if id_problem(customer_id) is None else None
 
-    def _keystream(self, ulid: str, n: int) -> bytes:
-        blocks = (hmac.digest(self._enc, ulid.encode() + bytes([i]), hashlib.sha256) for i in range(-(-n // 32)))
-        return b"".join(blocks)[:n]
+    def _keystream(self, nonce: bytes, n: int) -> bytes:
+        return b"".join([self._enc.digest(nonce + bytes([i])) for i in range(-(-n // 32))])[:n]
 
-    def _tag(self, ulid: str, cipher: bytes) -> bytes:
-        return hmac.digest(self._mac, ulid.encode() + cipher, hashlib.sha256)[:_TAG_BYTES]
+    def _tag(self, nonce: bytes, cipher: bytes) -> bytes:
+        return self._mac.digest(nonce + cipher)[:_TAG_BYTES]
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+
+
+class _Hmac:
+    """HMAC-SHA256 under one key (RFC 2104), the key's two padded blocks hashed once: hmac.digest
+    hashes them again on every call, which is most of the work for a message this short."""
+
+    def __init__(self, key: bytes) -> None:
+        block = key.ljust(64, b"\0")  # keys of up to one SHA-256 block (ours are 32 bytes)
+        if len(block) != 64:
+            raise ValueError("an HMAC key longer than a SHA-256 block would be hashed first")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def digest(self, message: bytes) -> bytes:
+        inner, outer = self._inner.copy(), self._outer.copy()
+        inner.update(message)
+        outer.update(inner.digest())
+        return outer.digest()

@@ -20,15 +20,15 @@ Draws are seeded by the policy seed and the decision id: replicas and replays ag
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from server.catalog.exploration import BanditPolicy, ChannelExploration
+from server.learning.seeding import decision_key
 
 F64 = npt.NDArray[np.float64]
 _TIER_GAP = 1e12  # larger than any P x C x V x L: a better tier always wins
@@ -82,15 +82,81 @@ def posterior(
     return mean, sd, prior
 
 
+@dataclass(frozen=True, slots=True)
+class _ArmTable:
+    """The learned arms of one channel over a fixed offer list, as arrays by position."""
+
+    arms: Arms
+    offer_ids: Sequence[str]
+    learned: npt.NDArray[np.bool_]
+    mean: F64
+    sd: F64
+    empty: bool  # no offer of the list has a learned arm on the channel
+    broken: bool  # an arm whose precision gives no sd: `posterior` raises for it, as it always has
+
+
+_TABLES: dict[tuple[int, int, str], _ArmTable] = {}
+
+
+def posterior_at(
+    policy: BanditPolicy,
+    arms: Arms,
+    channel: str,
+    offer_ids: Sequence[str],
+    positions: npt.NDArray[np.intp],
+    known: npt.NDArray[np.bool_],
+) -> tuple[F64, F64, F64]:
+    """`posterior` of the offers at `positions` of `offer_ids` (a catalog's fixed list): the same
+    arrays, from a table built once per published arms version and offer list."""
+    table = _TABLES.get((id(arms), id(offer_ids), channel))
+    if table is None or table.arms is not arms or table.offer_ids is not offer_ids:
+        table = _arm_table(arms, channel, offer_ids)
+    prior = np.where(known, policy.prior_sd, policy.new_offer_sd)
+    if table.broken:
+        return posterior(policy, arms, channel, [offer_ids[p] for p in positions.tolist()], known)
+    if table.empty:
+        return np.zeros(positions.size), prior.copy(), prior
+    return table.mean[positions], np.where(table.learned[positions], table.sd[positions], prior), prior
+
+
+def _arm_table(arms: Arms, channel: str, offer_ids: Sequence[str]) -> _ArmTable:
+    n = len(offer_ids)
+    learned, mean, sd, broken = np.zeros(n, dtype=np.bool_), np.zeros(n), np.ones(n), False
+    for i, offer_id in enumerate(offer_ids):
+        arm = arms.arms.get(arm_key(offer_id, channel))
+        if arm is not None:
+            learned[i], mean[i] = True, arm.mean
+            try:
+                sd[i] = 1.0 / math.sqrt(arm.precision)
+            except (ValueError, ZeroDivisionError):
+                broken = True
+    table = _ArmTable(arms, offer_ids, learned, mean, sd, not learned.any(), broken)
+    if len(_TABLES) >= 32:  # old arms versions and catalogs: dropped, rebuilt if ever used again
+        _TABLES.clear()
+    _TABLES[(id(arms), id(offer_ids), channel)] = table
+    return table
+
+
 def logit(p: F64) -> F64:
-    q = np.clip(p, 1e-6, 1 - 1e-6)
+    q = np.minimum(np.maximum(p, 1e-6), 1 - 1e-6)  # np.clip, without its Python-level wrapper
     out: F64 = np.log(q / (1 - q))
     return out
 
 
 def decision_rng(seed: int, decision_id: str) -> np.random.Generator:
-    digest = hashlib.blake2b(f"{seed}\x00{decision_id}".encode(), digest_size=8).digest()
-    return np.random.default_rng([seed, int.from_bytes(digest, "big")])
+    """The decision's random stream (the server re-seeds one Generator instead: seeding.py)."""
+    return np.random.default_rng([seed, decision_key(seed, decision_id)])
+
+
+def _sigmoid(x: F64) -> F64:
+    out: F64 = 1.0 / (1.0 + np.exp(-x))
+    return out
+
+
+def _rank_keys(p: F64, tier: npt.NDArray[np.int64], weight: F64) -> F64:
+    """The server's ranking as one number: tier first, then P x C x V x L."""
+    out: F64 = p * weight - tier * _TIER_GAP
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,27 +180,84 @@ def selection_probabilities(
 ) -> F64:
     """Probability of each candidate being ranked first under the policy (exact for the policy
     actually run: it *is* this distribution). `weight` = C x V x L of each candidate."""
-    n = base_p.size
-    base = logit(base_p)
+    center = logit(base_p) + mean
+    return _first_choice(
+        policy.samples, explore, center, sd, tier, weight, rng, _rank_keys(_sigmoid(center), tier, weight)
+    )
+
+
+def _first_choice(
+    samples: int,
+    explore: ChannelExploration,
+    center: F64,
+    sd: F64,
+    tier: npt.NDArray[np.int64],
+    weight: F64,
+    rng: np.random.Generator,
+    greedy: F64,
+) -> F64:
+    """`center`: the posterior mean of each candidate's logit; `greedy`: the rank keys at the
+    means, the choice of a channel that does not explore."""
+    n = center.size
     if explore.exploration == 0.0:
-        greedy = np.zeros(n)
-        greedy[_best(base + mean, tier, weight)] = 1.0
-        pi = greedy
+        pi = np.zeros(n)
+        pi[int(greedy.argmax())] = 1.0
     else:
-        z = rng.standard_normal((policy.samples, n))
-        draws = base + mean + explore.exploration * sd * z
-        p = 1.0 / (1.0 + np.exp(-draws))
-        keys = p * weight - tier * _TIER_GAP
-        winners = keys.argmax(axis=1)
-        pi = np.bincount(winners, minlength=n).astype(np.float64) / policy.samples
+        pi = _thompson(samples, -explore.exploration * sd, center, tier, weight, rng)
     if explore.epsilon > 0.0 and n > 1:
-        pi = (1.0 - explore.epsilon) * pi + explore.epsilon / n
+        pi *= 1.0 - explore.epsilon
+        pi += explore.epsilon / n
     return pi
 
 
-def _best(score_logit: F64, tier: npt.NDArray[np.int64], weight: F64) -> int:
-    p = 1.0 / (1.0 + np.exp(-score_logit))
-    return int((p * weight - tier * _TIER_GAP).argmax())
+def _thompson(
+    samples: int, drop: F64, center: F64, tier: npt.NDArray[np.int64], weight: F64, rng: np.random.Generator
+) -> F64:
+    """Share of `samples` posterior draws each candidate wins, ranked like the server ranks
+    (`drop`: minus the exploration times the posterior sd of each candidate's offset).
+
+    All the draws are made (the stream must stay the same), but only the candidates that can win
+    one are scored: the best tier, whenever no other candidate can outscore it."""
+    n = center.size
+    z = rng.standard_normal((samples, n))
+    cols, gap = _contenders(drop, center, tier, weight)
+    if cols is not None:
+        z, drop, center, weight = z[:, cols], drop[cols], center[cols], weight[cols]
+    # sigmoid(center + scale * z) * weight - tier * gap, in place, from the negated logit:
+    # negation is exact, so drop * z - center is -(center + scale * z) bit for bit
+    z *= drop
+    z -= center
+    np.exp(z, out=z)
+    z += 1.0
+    np.divide(1.0, z, out=z)
+    z *= weight
+    if not isinstance(gap, float) or gap:
+        z -= gap
+    winners = z.argmax(axis=1)
+    out: F64 = np.bincount(winners if cols is None else cols[winners], minlength=n) / samples
+    return out
+
+
+def _contenders(
+    drop: F64, center: F64, tier: npt.NDArray[np.int64], weight: F64
+) -> tuple[npt.NDArray[np.intp] | None, float | F64]:
+    """The positions that can win a draw (None: all of them), and the tier gap to subtract there.
+
+    A draw's key is p x weight - tier x gap with p in [0, 1] (never NaN when every center and scale
+    is finite). With every weight in [0, gap / 2), a better tier's key is at least -its tier x gap
+    and a worse tier's at most gap / 2 below that (rounding is monotonic): only the best tier can
+    win, and the argmax over it is the argmax over all. Otherwise all candidates are scored."""
+    best = int(np.minimum.reduce(tier))
+    top = tier == best
+    if np.count_nonzero(top) == tier.size:
+        return None, best * _TIER_GAP
+    if (
+        np.minimum.reduce(weight) >= 0.0
+        and np.maximum.reduce(weight) < _TIER_GAP / 2
+        and math.isfinite(center @ drop)  # inf or NaN anywhere makes it so (or an overflow: no matter)
+    ):
+        return top.nonzero()[0], best * _TIER_GAP
+    return None, tier * np.float64(_TIER_GAP)
 
 
 def choose(
@@ -150,15 +273,23 @@ def choose(
     """The distribution, and an order drawn from it without replacement (Plackett-Luce via the
     Gumbel trick), so that walking the order past exhausted budgets stays a draw from the policy
     restricted to the offers still available."""
-    pi = selection_probabilities(policy, explore, base_p, mean, sd, tier, weight, rng)
-    gumbel = -np.log(-np.log(rng.uniform(1e-300, 1.0, pi.size)))
-    with np.errstate(divide="ignore"):
-        keys = np.where(pi > 0, np.log(pi) + gumbel, -np.inf)
+    center = logit(base_p) + mean
+    adjusted = _sigmoid(center)
     # candidates the policy never picks first follow, in the greedy order of their posterior mean
-    adjusted = 1.0 / (1.0 + np.exp(-(logit(base_p) + mean)))
-    fallback = adjusted * weight - tier * _TIER_GAP
-    order = np.lexsort((-fallback, -keys))
-    return Choice(pi, order.astype(np.intp), adjusted)
+    fallback = _rank_keys(adjusted, tier, weight)
+    pi = _first_choice(policy.samples, explore, center, sd, tier, weight, rng, fallback)
+    # keys log(pi) + gumbel, negated for an ascending sort: with g = log(-log(u)) = -gumbel, that
+    # is g - log(pi) exactly (IEEE rounding is symmetric)
+    g = np.log(rng.uniform(1e-300, 1.0, pi.size))
+    np.negative(g, out=g)
+    np.log(g, out=g)
+    if np.count_nonzero(pi) == pi.size:  # pi is never NaN: all drawable
+        drawn = g - np.log(pi)
+    else:
+        with np.errstate(divide="ignore"):
+            drawn = -np.where(pi > 0, np.log(pi) - g, -np.inf)
+    order = np.lexsort((-fallback, drawn))
+    return Choice(pi, order.astype(np.intp, copy=False), adjusted)
 
 
 def taken_probability(pi: F64, taken: int, skipped: list[int]) -> float:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from server.learning.bandit import choose, decision_rng, posterior, taken_probability
+from server.learning.bandit import choose, posterior_at, taken_probability
+from server.learning.seeding import decision_stream
 from server.pipeline.context import Exploration, RequestContext, Scores
 
 Positions = npt.NDArray[np.intp]
@@ -22,8 +23,8 @@ def explore(ctx: RequestContext, ranked: Positions, scores: Scores) -> tuple[Pos
     if not policy.enabled or not ranked.size:
         return ranked, ctx.exploration
     view = ctx.view
-    ids = [view.offer_ids[p] for p in ranked]
-    mean, sd, prior = posterior(policy, ctx.live.arms, ctx.req.channel.value, ids, scores.from_model[ranked])
+    known = scores.from_model[ranked]
+    mean, sd, prior = posterior_at(policy, ctx.live.arms, ctx.req.channel.value, view.offer_ids, ranked, known)
     weight = view.weight[ranked] * view.value[ranked] * view.lever[ranked]
     choice = choose(
         policy,
@@ -33,7 +34,7 @@ def explore(ctx: RequestContext, ranked: Positions, scores: Scores) -> tuple[Pos
         sd,
         view.tier[ranked],
         weight,
-        decision_rng(policy.seed, ctx.decision_id),
+        decision_stream(policy.seed, ctx.decision_id),
     )
     order = ranked[choice.order]
     positions = ranked.tolist()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -16,10 +17,13 @@ from server.learning.bandit import (
     ChannelExploration,
     choose,
     decision_rng,
+    logit,
     posterior,
+    posterior_at,
     selection_probabilities,
     taken_probability,
 )
+from server.learning.seeding import decision_stream
 from tests.unit.catalog_fixtures import BASE, SCHEMA
 
 POLICY = BanditPolicy(enabled=True, seed=3, samples=4000)
@@ -124,3 +128,135 @@ def test_catalog_bandit_section_compiles_per_channel_exploration() -> None:
     assert policy.on(Channel.CALL_CENTRE) == ChannelExploration(0.3, 0.0)
     assert policy.on(Channel.WEB) == ChannelExploration(1.0, 0.05)
     assert parse_catalog(BASE, SCHEMA).bandit.enabled is False
+
+
+# The fast paths against their definitions, bit for bit, on many random inputs: the logged
+# selection probabilities and the walk order must not change with the implementation.
+# `reference_choose` is the policy as first written (every draw of every candidate scored, a fresh
+# Generator per decision), kept here as the definition the server's version is held to.
+
+F64 = np.ndarray
+_TIER_GAP = 1e12
+
+
+Case = tuple[F64, F64, F64, F64, F64]  # base_p, mean, sd, tier, weight
+
+
+def reference_probabilities(
+    policy: BanditPolicy, explore: ChannelExploration, case: Case, rng: np.random.Generator
+) -> F64:
+    base_p, mean, sd, tier, weight = case
+    n = base_p.size
+    base = logit(base_p)
+    if explore.exploration == 0.0:
+        p = 1.0 / (1.0 + np.exp(-(base + mean)))
+        pi = np.zeros(n)
+        pi[int((p * weight - tier * _TIER_GAP).argmax())] = 1.0
+    else:
+        z = rng.standard_normal((policy.samples, n))
+        draws = base + mean + explore.exploration * sd * z
+        p = 1.0 / (1.0 + np.exp(-draws))
+        winners = (p * weight - tier * _TIER_GAP).argmax(axis=1)
+        pi = np.bincount(winners, minlength=n).astype(np.float64) / policy.samples
+    if explore.epsilon > 0.0 and n > 1:
+        pi = (1.0 - explore.epsilon) * pi + explore.epsilon / n
+    return pi
+
+
+def reference_choose(
+    policy: BanditPolicy, explore: ChannelExploration, case: Case, rng: np.random.Generator
+) -> tuple[F64, F64, F64]:
+    base_p, mean, _, tier, weight = case
+    pi = reference_probabilities(policy, explore, case, rng)
+    gumbel = -np.log(-np.log(rng.uniform(1e-300, 1.0, pi.size)))
+    with np.errstate(divide="ignore"):
+        keys = np.where(pi > 0, np.log(pi) + gumbel, -np.inf)
+    adjusted = 1.0 / (1.0 + np.exp(-(logit(base_p) + mean)))
+    fallback = adjusted * weight - tier * _TIER_GAP
+    return pi, np.lexsort((-fallback, -keys)), adjusted
+
+
+def random_case(r: random.Random, n: int) -> Case:
+    """Candidates as the server sees them, and the corners: ties, saturated propensities, zero
+    spreads, unsorted or single tiers, zero weights, weights too large for the tier gap, NaN."""
+    base = np.array([r.choice([r.uniform(0.001, 0.6), 0.2, 0.0, 1.0, 1e-9]) for _ in range(n)])
+    mean = np.array([r.choice([0.0, r.gauss(0, 1), 40.0]) for _ in range(n)])
+    sd = np.array([r.choice([0.5, 1.5, r.uniform(0.05, 3), 0.0]) for _ in range(n)])
+    tiers = [r.choice([0, 1, 2, 3]) for _ in range(n)]
+    shape = r.random()
+    if shape < 0.5:
+        tiers.sort()  # as ranked
+    elif shape < 0.65:
+        tiers = [tiers[0]] * n
+    tier = np.array(tiers, dtype=np.int64)
+    weight = np.array([r.choice([r.uniform(5, 200), 50.0, 0.0]) for _ in range(n)])
+    corner = r.random()
+    if corner < 0.05:
+        weight[r.randrange(n)] = 3e12  # outscores a better tier: the contender shortcut must not apply
+    elif corner < 0.08:
+        weight[r.randrange(n)] = -20.0
+    elif corner < 0.09:
+        weight[tier == tier.min()] = -2e12  # the best tier's keys below a worse tier's
+    elif corner < 0.11:
+        sd[r.randrange(n)] = r.choice([math.inf, math.nan])
+    elif corner < 0.13:
+        mean[r.randrange(n)] = math.nan  # a NaN key wins argmax, whatever its tier
+    return base, mean, sd, tier, weight
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_choose_matches_the_reference_bit_for_bit(seed: int) -> None:
+    r = random.Random(seed)
+    with np.errstate(all="ignore"):  # the corners overflow exp(); both versions alike
+        for case in range(250):
+            n = r.choice([1, 2, 3, r.randint(4, 60)])
+            policy = BanditPolicy(enabled=True, seed=r.choice([0, 7, 2**40 + 3]), samples=r.choice([1, 16, 256]))
+            explore = ChannelExploration(r.choice([0.0, 0.3, 1.0, 3.0]), r.choice([0.0, 0.0, 0.05, 0.3]))
+            arrays = random_case(r, n)
+            decision_id = f"d{seed}-{case}"
+            pi, order, adjusted = reference_choose(policy, explore, arrays, decision_rng(policy.seed, decision_id))
+            got = choose(policy, explore, *arrays, decision_stream(policy.seed, decision_id))
+            assert got.probability.tobytes() == pi.tobytes(), (seed, case)
+            assert got.order.tolist() == order.tolist(), (seed, case)
+            assert got.adjusted.tobytes() == adjusted.tobytes(), (seed, case)
+            alone = selection_probabilities(policy, explore, *arrays, decision_rng(policy.seed, decision_id))
+            assert alone.tobytes() == pi.tobytes(), (seed, case)
+
+
+def test_the_reused_stream_draws_what_a_fresh_generator_draws() -> None:
+    r = random.Random(11)
+    for i in range(2000):
+        seed = r.choice([0, 1, 7, r.getrandbits(31), r.getrandbits(64), r.getrandbits(130)])
+        decision_id = r.choice(["", "d", f"01JBQ{r.getrandbits(120):036X}", f"x{i}"])
+        fresh = decision_rng(seed, decision_id)
+        expected = (fresh.bit_generator.state, fresh.standard_normal(3).tolist(), fresh.uniform(size=2).tolist())
+        reused = decision_stream(seed, decision_id)
+        assert (reused.bit_generator.state, reused.standard_normal(3).tolist(), reused.uniform(size=2).tolist()) == (
+            expected
+        ), (seed, decision_id)
+
+
+def test_posterior_from_the_table_matches_the_lookup() -> None:
+    r = random.Random(5)
+    policy = BanditPolicy(enabled=True, prior_sd=0.5, new_offer_sd=2.0)
+    offer_ids = tuple(f"o{i}" for i in range(40))
+    for version in range(30):
+        learned = r.sample(offer_ids, r.choice([0, 1, 10, 40]))
+        arms = Arms(version, {f"{o}|web": Arm(r.gauss(0, 1), r.uniform(0.5, 400), 3) for o in learned})
+        for _ in range(5):
+            positions = np.array(r.sample(range(40), r.randint(1, 40)), dtype=np.intp)
+            known = np.array([r.random() < 0.8 for _ in positions])
+            expected = posterior(policy, arms, "web", [offer_ids[p] for p in positions], known)
+            got = posterior_at(policy, arms, "web", offer_ids, positions, known)
+            assert [a.tobytes() for a in got] == [a.tobytes() for a in expected]
+
+
+def test_an_arm_without_a_valid_precision_fails_as_the_lookup_does() -> None:
+    policy = BanditPolicy(enabled=True)
+    offer_ids = ("a", "b")
+    arms = Arms(1, {"b|web": Arm(0.1, 0.0, 1)})
+    known = np.array([True])
+    mean, _, _ = posterior_at(policy, arms, "web", offer_ids, np.array([0], dtype=np.intp), known)
+    assert mean.tolist() == [0.0]  # the broken arm is not a candidate
+    with pytest.raises(ZeroDivisionError):
+        posterior_at(policy, arms, "web", offer_ids, np.array([1], dtype=np.intp), known)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import random
+
 import pytest
 
-from server.ids import _CROCKFORD, ULID_LENGTH, DecisionIds, MalformedDecisionId
+from server.ids import _CROCKFORD, ULID_LENGTH, DecisionIds, MalformedDecisionId, ulid_text
 
 SECRET = b"a fixed test secret"
 IDS = DecisionIds(SECRET)
@@ -66,3 +71,38 @@ def test_strings_no_secret_could_produce_are_malformed(decision_id: str) -> None
 def test_a_short_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 16 bytes"):
         DecisionIds(b"short")
+
+
+def reference_seal(secret: bytes, ulid: str, customer_id: str) -> str:
+    """The codec as first written (hmac.digest per block, base64), the definition `seal` keeps."""
+    enc = hmac.digest(secret, b"nbo decision id keystream", hashlib.sha256)
+    mac = hmac.digest(secret, b"nbo decision id tag", hashlib.sha256)
+    plain = customer_id.encode()
+    plain = plain.ljust(-(-len(plain) // 10) * 10, b"\0")
+    blocks = (hmac.digest(enc, ulid.encode() + bytes([i]), hashlib.sha256) for i in range(-(-len(plain) // 32)))
+    cipher = bytes(a ^ b for a, b in zip(plain, b"".join(blocks)[: len(plain)], strict=True))
+    tag = hmac.digest(mac, ulid.encode() + cipher, hashlib.sha256)[:10]
+    standard = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    return ulid + base64.b32encode(cipher + tag).decode().translate(str.maketrans(standard, _CROCKFORD))
+
+
+def reference_ulid_text(value: int) -> str:
+    out = []
+    for _ in range(ULID_LENGTH):
+        value, digit = divmod(value, 32)
+        out.append(_CROCKFORD[digit])
+    return "".join(reversed(out))
+
+
+def test_ids_and_ulids_match_their_reference_on_random_inputs() -> None:
+    r = random.Random(3)
+    alphabet = "abcXYZ019_.@-"
+    for _ in range(500):
+        secret = r.randbytes(r.choice([16, 32, 100]))
+        ulid = "".join(r.choice(_CROCKFORD) for _ in range(ULID_LENGTH))
+        customer_id = "".join(r.choice(alphabet) for _ in range(r.randint(1, 64)))
+        ids = DecisionIds(secret)
+        assert ids.seal(ulid, customer_id) == reference_seal(secret, ulid, customer_id)
+        assert ids.open(ids.seal(ulid, customer_id)) == customer_id
+        value = r.getrandbits(r.choice([128, 130, 140]))
+        assert ulid_text(value) == reference_ulid_text(value)
