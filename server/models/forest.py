@@ -26,9 +26,11 @@ class CompiledForest:
         self._model = model  # owns the compiled code the entry address points into
         self._features = int(model.num_feature())
         self._entry = None
-        # single-output fp64 models only; others keep lleaves' own path
-        if model.is_compiled and model.use_fp64 and model.num_model_per_iteration() == 1:
-            address = ctypes.cast(model._c_entry_func, ctypes.c_void_p).value
+        # single-output fp64 models only, and a lleaves that keeps its entry point where 1.3 does;
+        # anything else keeps lleaves' own path
+        entry = getattr(model, "_c_entry_func", None)
+        if entry is not None and model.is_compiled and model.use_fp64 and model.num_model_per_iteration() == 1:
+            address = ctypes.cast(entry, ctypes.c_void_p).value
             self._entry = None if address is None else _ENTRY(address)
 
     def __call__(self, rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

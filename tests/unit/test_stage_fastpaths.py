@@ -136,6 +136,31 @@ def test_eligibility_matches_the_per_offer_definition() -> None:
     }
 
 
+def test_campaigns_are_live_from_their_start_to_just_before_their_end() -> None:
+    catalog = _catalog()
+    feats = [0.0, 30.0, 0.9, 1.0, 1.0]  # in every target segment, passes every rule
+    bounds = sorted({t for c in catalog.campaigns for t in (c.start, c.end) if t is not None})
+    for now in [t + d for t in bounds for d in (-1e-6, 0.0, 1e-6)]:
+        want = _reference(catalog, feats, {"cart_value": 50.0}, now, {"login"}, None, {})
+        got = eligibility(
+            catalog,
+            Channel.WEB,
+            feats,
+            {"cart_value": 50.0},
+            now,
+            events={"login"},
+            customer_id=None,
+            history=None,
+            segments={},
+        )
+        assert got is not None
+        assert got.status.stage.tolist() == want.tolist()
+    start = catalog.campaigns[0].start
+    assert start is not None
+    assert _reference(catalog, feats, {}, start, None, None, {})[0] == Stage.ALIVE
+    assert _reference(catalog, feats, {}, start - 1e-6, None, None, {})[0] == Stage.NOT_LIVE
+
+
 def test_shared_rules_are_grouped_once_per_view() -> None:
     catalog = _catalog()
     checks = catalog.checks[Channel.WEB]
