@@ -19,6 +19,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -65,6 +66,11 @@ class InputSpec:
     @property
     def categorical_indices(self) -> list[int]:
         return [i for i, c in enumerate(self.columns) if c.categorical]
+
+    @cached_property
+    def level_index(self) -> dict[int, dict[str, int]]:
+        """Column position -> {level: code} of each categorical column, built once per spec."""
+        return {j: {v: i for i, v in enumerate(c.levels)} for j, c in enumerate(self.columns) if c.categorical}
 
     def offer_levels(self) -> tuple[str, ...]:
         return next((c.levels for c in self.columns if c.source == "offer_id"), ())
@@ -119,8 +125,7 @@ def spec_for(
     return InputSpec(tuple(cols))
 
 
-def _codes(levels: tuple[str, ...], values: Sequence[str]) -> npt.NDArray[np.float64]:
-    index = {v: i for i, v in enumerate(levels)}
+def _codes(index: Mapping[str, int], values: Sequence[str]) -> npt.NDArray[np.float64]:
     return np.array([index.get(v, np.nan) for v in values], dtype=np.float64)
 
 
@@ -142,9 +147,9 @@ def build_rows(
         elif col.source == "context":
             out[:, j] = context.get(col.name[len(CONTEXT_PREFIX) :], np.nan)
         elif col.source == "offer_id":
-            out[:, j] = _codes(col.levels, offers.offer_ids)
+            out[:, j] = _codes(spec.level_index[j], offers.offer_ids)
         elif col.source == "channel":
-            out[:, j] = _codes(col.levels, [channel])[0]
+            out[:, j] = _codes(spec.level_index[j], [channel])[0]
         elif col.source == "offer_value":
             out[:, j] = offers.value
         elif col.source == "offer_cost":
@@ -152,5 +157,42 @@ def build_rows(
         elif col.source == "offer_prior":
             out[:, j] = offers.prior
         else:
-            out[:, j] = _codes(col.levels, offers.campaign_type)
+            out[:, j] = _codes(spec.level_index[j], offers.campaign_type)
     return out
+
+
+class RowTemplate:
+    """The rows `build_rows` makes for every offer of one channel view, built once (per catalog,
+    channel and model): a decision takes its candidates' rows and writes in the columns that
+    vary by request, the customer's features and the request's context. Same values, bit for bit."""
+
+    __slots__ = ("_context", "_feature_cols", "_features", "_rows")
+
+    def __init__(self, spec: InputSpec, schema: FeatureSchema, channel: str, offers: OfferAttributes) -> None:
+        self._rows = build_rows(spec, schema, np.zeros(len(schema.features), np.float32), {}, channel, offers)
+        # features the live schema lacks stay NaN, as build_rows leaves them
+        known = [(j, schema.index(c.name)) for j, c in enumerate(spec.columns) if c.source == "feature"]
+        pairs = [(j, i) for j, i in known if i is not None]
+        cols, idx = [j for j, _ in pairs], [i for _, i in pairs]
+        self._feature_cols: slice | npt.NDArray[np.intp] = _as_slice(cols) or np.array(cols, dtype=np.intp)
+        self._features: slice | npt.NDArray[np.intp] = _as_slice(idx) or np.array(idx, dtype=np.intp)
+        self._context = tuple(
+            (j, c.name[len(CONTEXT_PREFIX) :]) for j, c in enumerate(spec.columns) if c.source == "context"
+        )
+
+    def rows(
+        self, positions: npt.NDArray[np.intp], customer: npt.NDArray[np.float32], context: Mapping[str, float]
+    ) -> npt.NDArray[np.float64]:
+        """The model matrix of the offers at `positions` of the view, for this customer and request."""
+        out = self._rows.take(positions, axis=0)
+        out[:, self._feature_cols] = customer[self._features]
+        for j, key in self._context:
+            out[:, j] = context.get(key, np.nan)
+        return out
+
+
+def _as_slice(indices: Sequence[int]) -> slice | None:
+    """`indices` as a slice when they are consecutive (faster to index with), else None."""
+    if indices and list(indices) == list(range(indices[0], indices[0] + len(indices))):
+        return slice(indices[0], indices[0] + len(indices))
+    return None

@@ -17,12 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import redis.asyncio as aioredis
 
 from server.features.schema import FeatureSchema
 from server.metrics import Metrics
+from server.models.forest import CompiledForest
 from server.models.registry import (
     Artifact,
     ModelRejected,
@@ -55,11 +54,7 @@ def compiled_predict(artifact: Artifact, cache_dir: Path) -> Predict:
             partial.replace(model_file)
         model = lleaves.Model(model_file=str(model_file))
         model.compile(cache=str(folder / "model.o"))
-
-    def predict(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        return np.asarray(model.predict(rows, n_jobs=1), dtype=np.float64)
-
-    return predict
+    return CompiledForest(model)
 
 
 def build_scorer(artifact: Artifact, schema: FeatureSchema, cache_dir: Path | None) -> ModelScorer:

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from server.catalog.compiled import Catalog
 from server.domain import Channel
 from server.features.schema import FeatureSchema
-from server.models.inputs import InputSpec, OfferAttributes, build_rows
+from server.models.inputs import InputSpec, OfferAttributes, RowTemplate
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +51,16 @@ class PriorScorer:
 Predict = Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]
 
 
+@dataclass(frozen=True, slots=True)
+class _ViewInputs:
+    """What a model's scoring of one catalog's channel view needs beyond the request, built once."""
+
+    catalog: Catalog
+    known: npt.NDArray[np.bool_]  # per offer of the view: among the model's offer_id levels
+    all_known: bool
+    rows: RowTemplate
+
+
 class ModelScorer:
     """P(accept) from a trained model: one predict call over all candidates of a decision.
 
@@ -64,28 +74,33 @@ class ModelScorer:
         self.schema = schema
         self.compiled = compiled
         self._known = frozenset(spec.offer_levels())
+        self._views: dict[Channel, _ViewInputs] = {}  # of the last catalog scored on each channel
+
+    def _inputs(self, catalog: Catalog, channel: Channel) -> _ViewInputs:
+        cached = self._views.get(channel)
+        if cached is not None and cached.catalog is catalog:
+            return cached
+        view = catalog.views[channel]
+        known = np.fromiter((i in self._known for i in view.offer_ids), dtype=np.bool_, count=len(view.offer_ids))
+        rows = RowTemplate(
+            self.spec,
+            self.schema,
+            channel.value,
+            OfferAttributes(view.offer_ids, view.value, view.cost, view.prior, view.campaign_types),
+        )
+        made = self._views[channel] = _ViewInputs(catalog, known, bool(known.all()), rows)
+        return made
 
     def score(self, batch: ScoringInput) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-        view = batch.catalog.views[batch.channel]
+        inputs = self._inputs(batch.catalog, batch.channel)
         pos = batch.positions
-        ids = [view.offer_ids[p] for p in pos.tolist()]
-        known = np.fromiter((i in self._known for i in ids), dtype=np.bool_, count=len(ids))
-        out = view.prior[pos].copy()
-        if known.any():
+        out = batch.catalog.views[batch.channel].prior[pos]
+        if inputs.all_known:
+            known = np.ones(len(pos), dtype=np.bool_)
+            sel = pos
+        else:
+            known = inputs.known[pos]
             sel = pos[known]
-            rows = build_rows(
-                self.spec,
-                self.schema,
-                batch.features,
-                batch.context,
-                batch.channel.value,
-                OfferAttributes(
-                    offer_ids=[view.offer_ids[p] for p in sel.tolist()],
-                    value=view.value[sel],
-                    cost=view.cost[sel],
-                    prior=view.prior[sel],
-                    campaign_type=[view.campaign_types[p] for p in sel.tolist()],
-                ),
-            )
-            out[known] = self.predict(rows)
+        if sel.size:
+            out[known] = self.predict(inputs.rows.rows(sel, batch.features, batch.context))
         return out, known

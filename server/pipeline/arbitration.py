@@ -35,9 +35,10 @@ def rank(
     score = propensity * view.weight[positions] * value * view.lever[positions]
     ok = expected >= min_expected_value
     idx = np.flatnonzero(ok)
-    # lexsort sorts by the last key first: tier asc, score desc, priority desc, position asc
-    keys = (positions[idx], -view.priority[positions[idx]], -score[idx], view.tier[positions[idx]])
-    order = idx[np.lexsort(keys)]
+    kept = positions[idx]
+    # lexsort sorts by the last key first: tier asc, score desc, then priority desc and position
+    # asc, which view.tie_rank orders in one key
+    order = idx[np.lexsort((view.tie_rank[kept], -score[idx], view.tier[kept]))]
     return Ranking(order=order, below=np.flatnonzero(~ok), expected_value=expected, score=score)
 
 

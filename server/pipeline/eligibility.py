@@ -18,10 +18,9 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from server.catalog.budgets import per_customer_caps
-from server.catalog.compiled import Catalog, ChannelView
+from server.catalog.compiled import CampaignChecks, Catalog, ChannelView
 from server.catalog.rules import Now
-from server.domain import CampaignType, Channel
+from server.domain import Channel
 from server.pipeline.contact_policy import blocked_offers, channel_room
 from server.pipeline.context import CandidateStatus, Stage
 from server.pipeline.control_groups import in_holdout
@@ -58,11 +57,10 @@ def eligibility(
         flag = features[consent_at]
         if (catalog.consent_missing_allows if math.isnan(flag) else flag > 0) is False:
             return None
-    view = catalog.views[channel]
-    status = CandidateStatus(_campaign_stage(catalog, view, features, context, now, events, customer_id, segments))
+    status = CandidateStatus(_campaign_stage(catalog, channel, features, context, now, events, customer_id, segments))
     if history is None:
         return Eligible(status, None)
-    _contact_history(catalog, view, status, history, now)
+    _contact_history(catalog, channel, status, history, now)
     room = channel_room(catalog.contact_policy, channel, history)
     if room == 0:
         alive = status.alive()
@@ -75,7 +73,7 @@ def eligibility(
 
 def _campaign_stage(
     catalog: Catalog,
-    view: ChannelView,
+    channel: Channel,
     feats: Sequence[float],
     context: Mapping[str, float],
     now: float,
@@ -84,47 +82,109 @@ def _campaign_stage(
     segments: dict[int, bool],
 ) -> npt.NDArray[np.int8]:
     """Stage of each offer after its campaign's checks (live, fired, targeted, held out) and its
-    own eligibility rule."""
+    own eligibility rule. Campaigns are bit masks (catalog.checks); a rule shared by several
+    offers is evaluated once, and only when one of its offers' campaigns passed its checks."""
+    checks = catalog.checks[channel]
     now_parts = Now.from_datetime(datetime.fromtimestamp(now, catalog.timezone))
+    not_live = checks.not_live_at(now)
+    not_fired = 0
+    if events is not None and checks.triggers:
+        fired = 0
+        for event in events:
+            fired |= checks.fired_by.get(event, 0)
+        not_fired = checks.triggers & ~fired & ~not_live
+    out = not_live | not_fired
+    not_targeted = _not_targeted(checks, out, feats, context, now_parts, segments)
+    out |= not_targeted
+    held = 0
+    if customer_id is not None:
+        for cpos, salt, fraction in checks.holdouts:
+            if not out >> cpos & 1 and in_holdout(salt, customer_id, fraction):
+                held |= 1 << cpos
+    alive = checks.everything & ~out
+    failed = 0
+    for bit, campaigns, rule in checks.rules:
+        if campaigns & alive and not rule(feats, context, now_parts):
+            failed |= bit
+    # the stages follow from these five masks alone: decisions with the same outcome share them
+    key = (not_live, not_fired, not_targeted, failed, held)
+    stage = checks.memo.get(key)
+    if stage is None:
+        stage = _offer_stage(catalog.views[channel], checks, *key)
+        if len(checks.memo) < _MEMO_SIZE:
+            checks.memo[key] = stage
+    return stage.copy()  # the caller's to change
 
-    def in_segment(s: int) -> bool:
-        hit = segments.get(s)
-        if hit is None:
-            hit = segments[s] = catalog.segments[s].rule(feats, context, now_parts)
-        return hit
 
-    camp_stage = np.zeros(len(view.campaigns), dtype=np.int8)
-    held_camp = np.zeros(len(view.campaigns), dtype=np.bool_)
-    for cpos, ci in enumerate(view.campaigns):
-        camp = catalog.campaigns[ci]
-        if not camp.live(now):
-            camp_stage[cpos] = Stage.NOT_LIVE
-        elif events is not None and camp.type is CampaignType.TRIGGER and not (camp.events & events):
-            camp_stage[cpos] = Stage.NOT_FIRED
-        elif camp.target and not any(in_segment(s) for s in camp.target):
-            camp_stage[cpos] = Stage.NOT_TARGETED
-        elif customer_id is not None and in_holdout(camp.holdout_salt, customer_id, camp.holdout):
-            held_camp[cpos] = True
+_MEMO_SIZE = 4096  # outcomes remembered per channel; beyond, a decision computes its own
+
+
+def _not_targeted(
+    checks: CampaignChecks,
+    out: int,
+    feats: Sequence[float],
+    context: Mapping[str, float],
+    now: Now,
+    segments: dict[int, bool],
+) -> int:
+    """The campaigns (not in `out`) whose target segments all miss the customer. In campaign
+    order, each segment evaluated at most once and kept in `segments`, which explain shows."""
+    missed = 0
+    rules = checks.segment_rules
+    for cpos, target in checks.targeted:
+        if out >> cpos & 1:
+            continue
+        for s in target:
+            hit = segments.get(s)
+            if hit is None:
+                hit = segments[s] = rules[s](feats, context, now)
+            if hit:
+                break
+        else:
+            missed |= 1 << cpos
+    return missed
+
+
+def _offer_stage(
+    view: ChannelView, checks: CampaignChecks, not_live: int, not_fired: int, not_targeted: int, failed: int, held: int
+) -> npt.NDArray[np.int8]:
+    n_camps = len(view.campaigns)
+    camp_stage = np.zeros(n_camps, dtype=np.int8)
+    for bits, why in ((not_live, Stage.NOT_LIVE), (not_fired, Stage.NOT_FIRED), (not_targeted, Stage.NOT_TARGETED)):
+        if bits:
+            camp_stage[_mask(bits, n_camps)] = why
     stage = camp_stage[view.offer_campaign]
-    for pos, rule in view.rules:
-        if stage[pos] == Stage.ALIVE and not rule(feats, context, now_parts):
-            stage[pos] = Stage.INELIGIBLE
-    if held_camp.any():
+    if failed:  # the group after the last one, of offers without a rule, never fails
+        stage[_mask(failed, len(checks.rules) + 1)[checks.offer_group] & (stage == Stage.ALIVE)] = Stage.INELIGIBLE
+    if held:
         # held out only where the offer was eligible: the control group of a lift measurement
-        stage[(stage == Stage.ALIVE) & held_camp[view.offer_campaign]] = Stage.HELD_OUT
+        stage[(stage == Stage.ALIVE) & _mask(held, n_camps)[view.offer_campaign]] = Stage.HELD_OUT
     return stage
 
 
+def _mask(bits: int, n: int) -> npt.NDArray[np.bool_]:
+    """Bit i of `bits` as element i of a bool array of length n."""
+    raw = np.frombuffer(bits.to_bytes((n + 7) // 8, "little"), dtype=np.uint8)
+    return np.unpackbits(raw, count=n, bitorder="little").view(np.bool_)
+
+
 def _contact_history(
-    catalog: Catalog, view: ChannelView, status: CandidateStatus, history: ContactHistory, now: float
+    catalog: Catalog, channel: Channel, status: CandidateStatus, history: ContactHistory, now: float
 ) -> None:
     """Rule out offers the customer declined lately, was shown too often, or got as often as a
     per-customer cap allows."""
     if not (history.declined_at or history.suppressed_until or history.awards):
         return
     alive = status.alive()
-    offers = [catalog.offers[view.offers[p]] for p in alive.tolist()]
-    ids = [o.id for o in offers]
-    caps = [(o.campaign_id, *per_customer_caps(catalog, o)) for o in offers] if history.awards else []
-    for i, why in blocked_offers(catalog.contact_policy, history, ids, now, caps).items():
-        status.drop_one(int(alive[i]), Stage.CONTACT, why)
+    positions = alive.tolist()
+    ids = catalog.views[channel].offer_ids
+    caps = catalog.checks[channel].caps
+    blocked = blocked_offers(
+        catalog.contact_policy,
+        history,
+        [ids[p] for p in positions],
+        now,
+        [caps[p] for p in positions] if history.awards else [],
+    )
+    for i, why in blocked.items():
+        status.drop_one(positions[i], Stage.CONTACT, why)

@@ -14,6 +14,7 @@ import redis
 
 from server.features.schema import FeatureSchema, FeatureSpec
 from server.gen.nbo.v1 import decisioning_pb2 as pb
+from server.models.forest import CompiledForest
 from server.models.loader import compiled_predict
 from server.models.registry import ModelRejected, booster_predict, publish, read_artifact, rollback
 from server.state.catalog_store import current_schema
@@ -167,3 +168,25 @@ def test_compiled_and_plain_predictions_agree(tmp_path: Path) -> None:
     # the object file is cached beside the artifact: a restart does not recompile
     assert (tmp_path / "cache" / artifact.version / "model.o").is_file()
     assert json.loads((tmp_path / "m" / "metadata.json").read_text())["checksum_sha256"]
+
+
+def test_compiled_forest_gives_the_bits_lleaves_predict_gives(tmp_path: Path) -> None:
+    import lleaves
+
+    make_artifact(tmp_path / "m", SCHEMA, OFFERS, trees=30)
+    artifact = read_artifact(tmp_path / "m")
+    forest = compiled_predict(artifact, tmp_path / "cache")
+    assert isinstance(forest, CompiledForest)
+    folder = tmp_path / "cache" / artifact.version
+    model = lleaves.Model(model_file=str(folder / "model.txt"))
+    model.compile(cache=str(folder / "model.o"))
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(100, len(artifact.spec.columns))) * 10 + 20
+    rows[rng.random(rows.shape) < 0.1] = np.nan
+    want = model.predict(rows, n_jobs=1)
+    assert forest(rows).tobytes() == want.tobytes()  # the direct call
+    assert forest(rows[3:4]).tobytes() == want[3:4].tobytes()
+    # what the direct call does not take goes through lleaves: same scores
+    assert forest(np.asfortranarray(rows)).tobytes() == want.tobytes()
+    assert forest(rows.astype(np.float32)).tobytes() == model.predict(rows.astype(np.float32), n_jobs=1).tobytes()
+    assert forest(rows[:0]).shape == (0,)
