@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.catalog.compiled import ContactPolicy
 from server.domain import Channel
@@ -64,3 +66,65 @@ def test_holdout_is_deterministic_and_close_to_its_fraction() -> None:
 
 
 PINNED = ["C11", "C23", "C25", "C51", "C58"]
+
+
+def _reference(
+    history: ContactHistory, offer_ids: list[str], now: float, caps: list[tuple[str, int, int]]
+) -> dict[int, str]:
+    """blocked_offers as first written (but a cap of 0 with no award yet read as 0 awards, where
+    it raised KeyError): every offer in turn, in the order the reasons apply."""
+    out: dict[int, str] = {}
+    for pos, offer_id in enumerate(offer_ids):
+        if caps and history.awards:
+            campaign_id, own, shared = caps[pos]
+            if own >= 0 and (n := history.awards.get(f"o:{offer_id}", 0)) >= own:
+                out[pos] = f"awarded {n} times; at most {own} per customer"
+                continue
+            if shared >= 0 and (n := history.awards.get(f"c:{campaign_id}", 0)) >= shared:
+                out[pos] = f"campaign {campaign_id} awarded {n} times; at most {shared} per customer"
+                continue
+        declined = history.declined_at.get(offer_id)
+        if declined is not None and now - declined < POLICY.decline_cooldown_seconds:
+            days = (POLICY.decline_cooldown_seconds - (now - declined)) / 86400
+            out[pos] = f"declined recently; cooldown ends in {days:.1f} days"
+            continue
+        until = history.suppressed_until.get(offer_id)
+        if until is not None and now < until:
+            out[pos] = (
+                f"presented {POLICY.max_presented_without_response} times without a response; "
+                f"suppressed for {(until - now) / 86400:.1f} more days"
+            )
+    return out
+
+
+offers = st.sampled_from([f"o{i}" for i in range(12)] + ["o:x"])
+campaigns = st.sampled_from(["c1", "c2", "c3"])
+times = st.floats(NOW - 60 * DAY, NOW + 60 * DAY)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    declined=st.dictionaries(offers, times, max_size=5),
+    suppressed=st.dictionaries(offers, times, max_size=5),
+    offer_awards=st.dictionaries(offers, st.integers(0, 4), max_size=5),
+    campaign_awards=st.dictionaries(campaigns, st.integers(0, 4), max_size=3),
+    listed=st.lists(offers, unique=True, max_size=13),
+    cap_draws=st.lists(st.tuples(campaigns, st.integers(-1, 3), st.integers(-1, 3)), min_size=13, max_size=13),
+    with_caps=st.booleans(),
+)
+def test_blocked_offers_answers_as_the_per_offer_definition(
+    declined: dict[str, float],
+    suppressed: dict[str, float],
+    offer_awards: dict[str, int],
+    campaign_awards: dict[str, int],
+    listed: list[str],
+    cap_draws: list[tuple[str, int, int]],
+    with_caps: bool,
+) -> None:
+    awards = {**{f"o:{o}": n for o, n in offer_awards.items()}, **{f"c:{c}": n for c, n in campaign_awards.items()}}
+    history = ContactHistory(declined, suppressed, 0, awards)
+    caps = cap_draws[: len(listed)] if with_caps else []
+    got = blocked_offers(POLICY, history, listed, NOW, caps)
+    want = _reference(history, listed, NOW, caps)
+    assert got == want
+    assert list(got) == list(want)  # the same order too
