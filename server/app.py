@@ -85,9 +85,8 @@ class Worker:
             spill_dir=settings.log_spill_dir,
         )
         kwargs: dict[str, Any] = {"clock": clock} if clock else {}
-        self.service = DecisionService(
-            RedisStateStore(self.client, self.keys), self.writer, self.metrics, settings, **kwargs
-        )
+        self.store = RedisStateStore(self.client, self.keys)
+        self.service = DecisionService(self.store, self.writer, self.metrics, settings, **kwargs)
         self.reloader = CatalogReloader(
             self.client, self.keys, self.metrics, self._swap, poll_seconds=settings.catalog_poll_seconds
         )
@@ -202,6 +201,7 @@ class Worker:
             ("arms reloader", self.arms_reloader.stop),
             ("decision id secret", self.id_secret.stop),
             ("decision log", self.writer.close),
+            ("redis scripts", self.store.aclose),
             ("redis client", lambda: self.client.aclose(close_connection_pool=True)),
         ]
         if self.http is not None:

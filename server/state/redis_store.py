@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from importlib import resources
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +22,7 @@ from server.catalog.budgets import DAY_KEY_TTL_SECONDS, HOUR_KEY_TTL_SECONDS, Pe
 from server.features.schema import decode_vector
 from server.state.contacts import ContactHistory
 from server.state.keys import Keys
+from server.state.script_client import LuaScript, scripts_for
 from server.state.store import (
     CAMPAIGN_CAP,
     CHANNEL_CAP,
@@ -62,22 +62,28 @@ __all__ = [
 ]
 
 
-def _lua(name: str) -> str:
-    return resources.files("server.state").joinpath("lua", name).read_text()
+_READ = LuaScript.load("read.lua")
+_RESERVE = LuaScript.load("reserve.lua")
+_RELEASE = LuaScript.load("release.lua")
+_COMMIT = LuaScript.load("commit.lua")
+_OUTCOME = LuaScript.load("outcome.lua")
 
 
 class RedisStateStore:
     """The StateStore protocol (server.state.store) over Redis, one script call per step; Redis
-    errors leave as StateUnavailable."""
+    errors leave as StateUnavailable.
+
+    The script calls go over a lean pipelined connection of their own to `client`'s Redis
+    (server.state.script_client; redis-py itself for connection kinds that one does not make);
+    the few plain commands use `client`. `aclose` closes the script connection."""
 
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.client = client
         self._keys = keys
-        self._read = client.register_script(_lua("read.lua"))
-        self._reserve = client.register_script(_lua("reserve.lua"))
-        self._release = client.register_script(_lua("release.lua"))
-        self._commit = client.register_script(_lua("commit.lua"))
-        self._outcome = client.register_script(_lua("outcome.lua"))
+        self._scripts = scripts_for(client)
+
+    async def aclose(self) -> None:
+        await self._scripts.aclose()
 
     @property
     def keys(self) -> Keys:
@@ -90,14 +96,15 @@ class RedisStateStore:
         # one script call instead of a pipeline: same single round trip, a quarter of the
         # client-side command packing, which dominates the cost of a decision's I/O
         try:
-            blob, contacts, sent, replay_raw = await self._read(
-                keys=[
+            blob, contacts, sent, replay_raw = await self._scripts.run(
+                _READ,
+                (
                     k.features(customer_id),
                     k.contacts(customer_id),
                     k.channel_contacts(customer_id, channel),
                     k.request(customer_id, request_id or "-"),
-                ],
-                args=[f"({now - window_seconds}", 1 if request_id else 0],
+                ),
+                (f"({now - window_seconds}", 1 if request_id else 0),
             )
         except RedisError as err:
             raise StateUnavailable(str(err)) from err
@@ -124,7 +131,7 @@ class RedisStateStore:
             for c in r.checks:
                 args += c.args()
         try:
-            raw = await self._reserve(keys=self._budget_keys(period), args=args)
+            raw = await self._scripts.run(_RESERVE, self._budget_keys(period), args)
         except RedisError as err:
             raise StateUnavailable(str(err)) from err
         n = int(raw[0])
@@ -141,7 +148,7 @@ class RedisStateStore:
                 args += [c.key, c.field, c.incr]
         if args[0]:
             try:
-                await self._release(keys=self._budget_keys(period), args=args)
+                await self._scripts.run(_RELEASE, self._budget_keys(period), args)
             except RedisError as err:
                 raise StateUnavailable(str(err)) from err
 
@@ -187,7 +194,7 @@ class RedisStateStore:
         for p in picks:
             args += [p.offer_id, p.campaign_id, p.offer_cap, p.campaign_cap, award_value(p)]
         try:
-            raw = await self._commit(keys=keys, args=args)
+            raw = await self._scripts.run(_COMMIT, keys, args)
         except RedisError as err:
             raise StateUnavailable(str(err)) from err
         status = int(raw[0])
@@ -244,13 +251,14 @@ class RedisStateStore:
         k = self.keys
         digest = hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()
         try:
-            raw = await self._outcome(
-                keys=[
+            raw = await self._scripts.run(
+                _OUTCOME,
+                (
                     k.decision(customer_id, decision_id),
                     k.outcome_event(customer_id, digest),
                     k.contacts(customer_id),
-                ],
-                args=[
+                ),
+                (
                     offer_id,
                     outcome,
                     now,
@@ -263,7 +271,7 @@ class RedisStateStore:
                     1 if reporter.admin else 0,
                     repr(reporter.value),
                     repr(reporter.fallback_max_value),
-                ],
+                ),
             )
         except RedisError as err:
             raise StateUnavailable(str(err)) from err

@@ -239,6 +239,7 @@ class BudgetMachine(RuleBasedStateMachine):
         self.decisions = 0
 
     def teardown(self) -> None:
+        self.loop.run_until_complete(self.store.aclose())
         self.loop.run_until_complete(self.aio.aclose())
         self.loop.close()
         self.sync.close()

@@ -30,7 +30,9 @@ KEYS = Keys()
 @pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[RedisStateStore]:
     client = aioredis.Redis.from_url(redis_url)
-    yield RedisStateStore(client, KEYS)
+    store = RedisStateStore(client, KEYS)
+    yield store
+    await store.aclose()
     await client.aclose()
 
 

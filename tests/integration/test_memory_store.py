@@ -139,7 +139,9 @@ async def scenario(store: StateStore) -> list[object]:
 @pytest.fixture
 async def redis_store(redis_url: str) -> AsyncIterator[RedisStateStore]:
     client = aioredis.Redis.from_url(redis_url)
-    yield RedisStateStore(client, KEYS)
+    store = RedisStateStore(client, KEYS)
+    yield store
+    await store.aclose()
     await client.aclose()
 
 
