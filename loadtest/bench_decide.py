@@ -98,6 +98,7 @@ async def run(opts: argparse.Namespace, url: str, catalog: Path) -> None:
         await asyncio.gather(*(one(s) for s in range(conc)))
         print(f"{conc} at once: {done / (time.perf_counter() - t0):,.0f} decisions/s on one core")
     await worker.writer.close()
+    await worker.store.aclose()
     await worker.client.aclose(close_connection_pool=True)
     if profiler:
         for key in ("tottime", "cumulative"):
