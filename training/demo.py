@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -32,17 +31,7 @@ from training.population import CATEGORICAL, Population
 from training.train import train
 from training.world import World
 
-DEFAULT_PORT = 50051
 DEMO_LOG_DECISIONS = 60_000
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
 
 
 def _pick(pop: Population, want: dict[str, object], skip: set[str], salt: str, fraction: float) -> str:
@@ -70,9 +59,6 @@ def run_demo(settings: Settings, *, customers: int, seed: int, keep_serving: boo
         settings = settings.model_copy(update={"log_level": "WARNING"})
     configure_logging(settings.log_level, log_customer_ids=settings.log_customer_ids)
     console = Console(width=max(Console().width, 110))
-    if not settings.port:
-        port = DEFAULT_PORT if _port_free(settings.host, DEFAULT_PORT) else 0
-        settings = settings.model_copy(update={"port": port})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with _demo_redis(settings) as (url, settings):
         console.print(f"[bold]Redis[/] {redacted(url)} (keys under {settings.key_prefix!r})")
