@@ -20,6 +20,7 @@ Draws are seeded by the policy seed and the decision id: replicas and replays ag
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,6 @@ import numpy as np
 import numpy.typing as npt
 
 from server.catalog.exploration import BanditPolicy, ChannelExploration
-from server.learning.seeding import decision_key
 
 F64 = npt.NDArray[np.float64]
 _TIER_GAP = 1e12  # larger than any P x C x V x L: a better tier always wins
@@ -144,8 +144,8 @@ def logit(p: F64) -> F64:
 
 
 def decision_rng(seed: int, decision_id: str) -> np.random.Generator:
-    """The decision's random stream (the server re-seeds one Generator instead: seeding.py)."""
-    return np.random.default_rng([seed, decision_key(seed, decision_id)])
+    digest = hashlib.blake2b(f"{seed}\x00{decision_id}".encode(), digest_size=8).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest, "big")])
 
 
 def _sigmoid(x: F64) -> F64:

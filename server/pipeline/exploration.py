@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from server.learning.bandit import choose, posterior_at, taken_probability
-from server.learning.seeding import decision_stream
+from server.learning.bandit import choose, decision_rng, posterior_at, taken_probability
 from server.pipeline.context import Exploration, RequestContext, Scores
 
 Positions = npt.NDArray[np.intp]
@@ -34,7 +33,7 @@ def explore(ctx: RequestContext, ranked: Positions, scores: Scores) -> tuple[Pos
         sd,
         view.tier[ranked],
         weight,
-        decision_stream(policy.seed, ctx.decision_id),
+        decision_rng(policy.seed, ctx.decision_id),
     )
     order = ranked[choice.order]
     positions = ranked.tolist()

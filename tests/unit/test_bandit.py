@@ -23,7 +23,6 @@ from server.learning.bandit import (
     selection_probabilities,
     taken_probability,
 )
-from server.learning.seeding import decision_stream
 from tests.unit.catalog_fixtures import BASE, SCHEMA
 
 POLICY = BanditPolicy(enabled=True, seed=3, samples=4000)
@@ -215,25 +214,12 @@ def test_choose_matches_the_reference_bit_for_bit(seed: int) -> None:
             arrays = random_case(r, n)
             decision_id = f"d{seed}-{case}"
             pi, order, adjusted = reference_choose(policy, explore, arrays, decision_rng(policy.seed, decision_id))
-            got = choose(policy, explore, *arrays, decision_stream(policy.seed, decision_id))
+            got = choose(policy, explore, *arrays, decision_rng(policy.seed, decision_id))
             assert got.probability.tobytes() == pi.tobytes(), (seed, case)
             assert got.order.tolist() == order.tolist(), (seed, case)
             assert got.adjusted.tobytes() == adjusted.tobytes(), (seed, case)
             alone = selection_probabilities(policy, explore, *arrays, decision_rng(policy.seed, decision_id))
             assert alone.tobytes() == pi.tobytes(), (seed, case)
-
-
-def test_the_reused_stream_draws_what_a_fresh_generator_draws() -> None:
-    r = random.Random(11)
-    for i in range(2000):
-        seed = r.choice([0, 1, 7, r.getrandbits(31), r.getrandbits(64), r.getrandbits(130)])
-        decision_id = r.choice(["", "d", f"01JBQ{r.getrandbits(120):036X}", f"x{i}"])
-        fresh = decision_rng(seed, decision_id)
-        expected = (fresh.bit_generator.state, fresh.standard_normal(3).tolist(), fresh.uniform(size=2).tolist())
-        reused = decision_stream(seed, decision_id)
-        assert (reused.bit_generator.state, reused.standard_normal(3).tolist(), reused.uniform(size=2).tolist()) == (
-            expected
-        ), (seed, decision_id)
 
 
 def test_posterior_from_the_table_matches_the_lookup() -> None:
