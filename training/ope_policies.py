@@ -43,6 +43,7 @@ from server.learning.bandit import (
     posterior,
     selection_probabilities,
 )
+from server.learning.bandit import Candidates as BanditCandidates
 from server.pipeline.arbitration import rank
 from training.ope_data import F64, I64, Candidates, LoggedData, OpeInputError, Rules, ScoringModel, Str
 
@@ -323,7 +324,8 @@ class Exploration:
     `temperature` 0 is greedy on the server's ranking; T > 0 spreads the first place over the
     best tier present with probability proportional to (P x C x V x L)^(1/T) (tiers stay
     strict, as in the server's bandit). `epsilon` then mixes in the uniform distribution over
-    every ranked candidate (those clearing the EV minimum).
+    the ranked candidates (those clearing the EV minimum) of that tier, as the server's bandit
+    does unless its catalog sets `cross_tier`.
     """
 
     temperature: float = 0.0
@@ -339,17 +341,17 @@ class Exploration:
         """Distribution over ranked candidates (best first) given their scores and tiers."""
         n = score.size
         pi = np.zeros(n)
+        best = tier == tier[0]
         if self.temperature == 0.0:
             pi[0] = 1.0
         else:
-            best = tier == tier[0]
             with np.errstate(divide="ignore"):
                 logs = np.log(np.maximum(score[best], 0.0)) / self.temperature
             # all scores 0: nothing to prefer, spread evenly over the tier
             weights = np.ones(int(best.sum())) if np.isneginf(logs).all() else np.exp(logs - logs.max())
             pi[best] = weights / weights.sum()
         if self.epsilon > 0.0:
-            pi = (1.0 - self.epsilon) * pi + self.epsilon / n
+            pi[best] = (1.0 - self.epsilon) * pi[best] + self.epsilon / int(best.sum())
         return pi
 
 
@@ -438,14 +440,18 @@ class BanditPolicy:
             ids = [view.offer_ids[int(q)] for q in ranked]
             known = np.fromiter((o in known_offers for o in ids), dtype=np.bool_, count=len(ids))
             mean, sd, _ = posterior(self.settings, self.arms, channel.value, ids, known)
-            pi = selection_probabilities(
-                self.settings,
-                self.settings.on(channel),
+            drawn = BanditCandidates(
                 p[ranking.order],
                 mean,
                 sd,
                 view.tier[ranked],
-                view.weight[ranked] * view.value[ranked] * view.lever[ranked],
+                view.gain[ranked],
+                view.loss[ranked] if view.margin else None,
+            )
+            pi = selection_probabilities(
+                self.settings,
+                self.settings.on(channel),
+                drawn,
                 decision_rng(self.settings.seed, str(log.decision_id[i])),
             )
             for o, q in zip(ids, pi.tolist(), strict=True):

@@ -82,14 +82,22 @@ class ChannelView:
     tier: npt.NDArray[np.int64]
     priority: npt.NDArray[np.int64]
     rules: tuple[tuple[int, Rule], ...]  # (position, eligibility rule) of offers that have one
+    # `arbitration.value: margin`: rank inside a tier by C x L x (P x value - cost), not P x C x V x L
+    margin: bool = False
     # derived, for arbitration's tie-break: each offer's rank by priority (desc) then position
     tie_rank: npt.NDArray[np.intp] = field(init=False, repr=False, compare=False)
+    # derived: the rank score is P x gain - loss (loss 0 when ranking by value)
+    gain: npt.NDArray[np.float64] = field(init=False, repr=False, compare=False)
+    loss: npt.NDArray[np.float64] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         tie_order = np.lexsort((np.arange(len(self.offers)), -self.priority))
         tie_rank = np.empty(len(self.offers), dtype=np.intp)
         tie_rank[tie_order] = np.arange(len(self.offers))
         object.__setattr__(self, "tie_rank", tie_rank)
+        object.__setattr__(self, "gain", self.weight * self.value * self.lever)
+        loss = self.weight * self.lever * self.cost if self.margin else np.zeros(len(self.offers))
+        object.__setattr__(self, "loss", loss)
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,7 +136,7 @@ def _compile(spec: CatalogSpec, schema: FeatureSchema, version: str, digest: str
         segments=tuple(segments),
         campaigns=tuple(campaigns),
         offers=tuple(offers),
-        views={ch: _view(ch, campaigns, offers) for ch in Channel},
+        views={ch: _view(ch, campaigns, offers, spec.arbitration.value == "margin") for ch in Channel},
         offer_index={o.id: i for i, o in enumerate(offers)},
     )
 
@@ -380,6 +380,7 @@ def _bandit(check: _Checker, spec: BanditSpec | None) -> BanditPolicy:
         prior_sd=spec.prior_sd,
         new_offer_sd=spec.new_offer_sd,
         decay=spec.decay,
+        cross_tier=spec.cross_tier,
         channels=channels,
         default=ChannelExploration(spec.exploration, spec.epsilon),
     )
@@ -412,7 +413,7 @@ def _limits(
     )
 
 
-def _view(channel: Channel, campaigns: list[Campaign], offers: list[Offer]) -> ChannelView:
+def _view(channel: Channel, campaigns: list[Campaign], offers: list[Offer], margin: bool) -> ChannelView:
     on = [i for i, o in enumerate(offers) if channel in o.channels]
     camp_ids = sorted({offers[i].campaign for i in on})
     camp_pos = {c: p for p, c in enumerate(camp_ids)}
@@ -431,4 +432,5 @@ def _view(channel: Channel, campaigns: list[Campaign], offers: list[Offer]) -> C
         tier=np.array([campaigns[offers[i].campaign].tier for i in on], dtype=np.int64),
         priority=np.array([campaigns[offers[i].campaign].priority for i in on], dtype=np.int64),
         rules=rules,  # type: ignore[arg-type]
+        margin=margin,
     )

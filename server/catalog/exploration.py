@@ -27,6 +27,9 @@ class BanditPolicy:
     prior_sd: float = 0.5  # sd of an arm's offset before any outcome, offers the model knows
     new_offer_sd: float = 1.5  # the same for offers the model has never seen
     decay: float = 0.999  # per outcome, an arm's precision moves back toward its prior by 1 - decay
+    # False: draws and the epsilon floor stay inside the best tier present (the arbitration rule);
+    # True: they range over every candidate, so a lower tier can come first
+    cross_tier: bool = False
     channels: Mapping[Channel, ChannelExploration] = field(default_factory=dict)
     default: ChannelExploration = ChannelExploration()
 

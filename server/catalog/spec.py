@@ -12,7 +12,7 @@ import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,6 +74,7 @@ class BanditSpec(_Spec):
     decay: float = Field(0.999, gt=0.0, le=1.0)
     exploration: float = Field(1.0, ge=0.0, le=5.0)
     epsilon: float = Field(0.0, ge=0.0, le=1.0)
+    cross_tier: bool = False
     channels: dict[str, ExplorationSpec] = {}
 
 
@@ -112,6 +113,7 @@ class ControlGroupSpec(_Spec):
 
 class ArbitrationSpec(_Spec):
     high_priority_trigger: int = Field(50, ge=0, le=100)
+    value: Literal["value", "margin"] = "value"
 
 
 class CatalogSpec(_Spec):
@@ -174,6 +176,8 @@ def pydantic_message(err: Mapping[str, Any]) -> str:
         return f"must be a mapping, got {given!r}"
     if kind in {"bool_type", "bool_parsing"}:
         return f"must be true or false, got {given!r}"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected', 'one of the allowed values')}, got {given!r}"
     for op, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         if (
             kind.startswith(

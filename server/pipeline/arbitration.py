@@ -1,4 +1,5 @@
-"""Arbitration: campaign tier first, then P x C x V x L inside a tier.
+"""Arbitration: campaign tier first, then P x C x V x L inside a tier (or, with the catalog's
+`arbitration.value: margin`, the expected margin C x L x (P x value - cost)).
 
 P is the propensity, C the offer's weight on the channel, V its value and L its business lever.
 The expected value P x value - cost must reach the catalog's minimum, else the offer is below
@@ -32,7 +33,10 @@ def rank(
 ) -> Ranking:
     value = view.value[positions]
     expected = propensity * value - view.cost[positions]
-    score = propensity * view.weight[positions] * value * view.lever[positions]
+    if view.margin:
+        score = propensity * view.gain[positions] - view.loss[positions]
+    else:
+        score = propensity * view.weight[positions] * value * view.lever[positions]
     ok = expected >= min_expected_value
     idx = np.flatnonzero(ok)
     kept = positions[idx]

@@ -2,7 +2,8 @@
 
 The walk order is drawn from the policy (seeded by the decision id, so a decision is
 reproducible); every candidate's first-slot probability is kept, so the logged selection
-probabilities are exact. Tiers still rank first: exploration never crosses the business rules.
+probabilities are exact. Tiers still rank first: exploration stays inside the best tier present unless the catalog's
+`bandit.cross_tier` asks otherwise.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from server.learning.bandit import choose, decision_rng, posterior_at, taken_probability
+from server.learning.bandit import Candidates, choose, decision_rng, posterior_at, taken_probability
 from server.pipeline.context import Exploration, RequestContext, Scores
 
 Positions = npt.NDArray[np.intp]
@@ -24,17 +25,15 @@ def explore(ctx: RequestContext, ranked: Positions, scores: Scores) -> tuple[Pos
     view = ctx.view
     known = scores.from_model[ranked]
     mean, sd, prior = posterior_at(policy, ctx.live.arms, ctx.req.channel.value, view.offer_ids, ranked, known)
-    weight = view.weight[ranked] * view.value[ranked] * view.lever[ranked]
-    choice = choose(
-        policy,
-        policy.on(ctx.req.channel),
+    cand = Candidates(
         scores.propensity[ranked],
         mean,
         sd,
         view.tier[ranked],
-        weight,
-        decision_rng(policy.seed, ctx.decision_id),
+        view.gain[ranked],
+        view.loss[ranked] if view.margin else None,
     )
+    choice = choose(policy, policy.on(ctx.req.channel), cand, decision_rng(policy.seed, ctx.decision_id))
     order = ranked[choice.order]
     positions = ranked.tolist()
     drawn = Exploration(

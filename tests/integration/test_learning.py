@@ -25,9 +25,10 @@ CUSTOMERS = {
     f"c{i:03d}": {"tier": "A", "tenure_months": 10, "churn_risk": 0.2, "consent_web": 1, "consent_call": 1}
     for i in range(200)
 }
-# no web cap, so every call is a fresh draw; o_adhoc and o_life compete on the web
+# no web cap, so every call is a fresh draw; o_adhoc and o_life (an ad-hoc and a lifecycle offer)
+# compete on the web, which takes exploration across tiers
 EXPLORING = BASE.replace("  max_per_window: {web: 2}\n", "").replace(
-    "campaigns:\n", "bandit:\n  seed: 5\n  samples: 512\n  epsilon: 0.2\ncampaigns:\n"
+    "campaigns:\n", "bandit:\n  seed: 5\n  samples: 512\n  epsilon: 0.2\n  cross_tier: true\ncampaigns:\n"
 )
 
 

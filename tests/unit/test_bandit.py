@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from server.learning.bandit import (
     Arm,
     Arms,
     BanditPolicy,
+    Candidates,
     ChannelExploration,
     choose,
     decision_rng,
@@ -33,34 +35,61 @@ def test_without_exploration_the_policy_is_greedy_on_the_learned_propensity() ->
     explore = ChannelExploration(exploration=0.0)
     base = np.array([0.10, 0.20])
     weight = np.ones(2)
-    pi = selection_probabilities(POLICY, explore, base, np.zeros(2), np.ones(2), TIER0, weight, decision_rng(3, "d"))
+    pi = selection_probabilities(
+        POLICY, explore, Candidates(base, np.zeros(2), np.ones(2), TIER0, weight), decision_rng(3, "d")
+    )
     assert pi.tolist() == [0.0, 1.0]
     # a learned offset of +1.5 on the first makes it the better one (sigmoid(logit(0.1) + 1.5) = 0.33)
     pi = selection_probabilities(
-        POLICY, explore, base, np.array([1.5, 0.0]), np.ones(2), TIER0, weight, decision_rng(3, "d")
+        POLICY, explore, Candidates(base, np.array([1.5, 0.0]), np.ones(2), TIER0, weight), decision_rng(3, "d")
     )
     assert pi.tolist() == [1.0, 0.0]
 
 
 def test_a_better_tier_always_wins_the_draw() -> None:
-    pi = selection_probabilities(
-        POLICY,
-        ChannelExploration(exploration=1.0),
-        np.array([0.01, 0.6]),
-        np.zeros(2),
-        np.full(2, 2.0),
-        np.array([0, 2], dtype=np.int64),
-        np.array([1.0, 100.0]),
-        decision_rng(3, "d"),
+    cand = Candidates(
+        np.array([0.01, 0.6]), np.zeros(2), np.full(2, 2.0), np.array([0, 2], dtype=np.int64), np.array([1.0, 100.0])
     )
-    assert pi.tolist() == [1.0, 0.0]
+    for policy in (POLICY, replace(POLICY, cross_tier=True)):
+        pi = selection_probabilities(policy, ChannelExploration(exploration=1.0), cand, decision_rng(3, "d"))
+        assert pi.tolist() == [1.0, 0.0]
+
+
+def test_epsilon_stays_inside_the_best_tier_unless_the_catalog_crosses_tiers() -> None:
+    # two ad-hoc offers and a lifecycle one: the floor goes to the ad-hoc pair only
+    explore = ChannelExploration(exploration=0.0, epsilon=0.1)
+    cand = Candidates(
+        np.array([0.2, 0.1, 0.9]), np.zeros(3), np.ones(3), np.array([0, 0, 2], dtype=np.int64), np.ones(3)
+    )
+    pi = selection_probabilities(POLICY, explore, cand, decision_rng(3, "d"))
+    assert pi.tolist() == pytest.approx([0.95, 0.05, 0.0]) and pi[2] == 0.0
+    crossing = selection_probabilities(replace(POLICY, cross_tier=True), explore, cand, decision_rng(3, "d"))
+    assert crossing.tolist() == pytest.approx([0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3])
+    # the walk still reaches the lifecycle offer, after the drawn ones, at probability 1 there
+    choice = choose(POLICY, explore, cand, decision_rng(3, "d"))
+    assert choice.order.tolist()[-1] == 2
+    assert taken_probability(choice.probability, 2, [0, 1]) == 1.0
+
+
+def test_margin_ranking_counts_the_cost() -> None:
+    # worth 50 costing 4 against worth 48 costing nothing, equal propensity: by value the first,
+    # by margin (P x value - cost) the second
+    base = np.array([0.3, 0.3])
+    gain = np.array([50.0, 48.0])
+    greedy = ChannelExploration(exploration=0.0)
+    by_value = Candidates(base, np.zeros(2), np.ones(2), TIER0, gain)
+    by_margin = Candidates(base, np.zeros(2), np.ones(2), TIER0, gain, np.array([4.0, 0.0]))
+    assert selection_probabilities(POLICY, greedy, by_value, decision_rng(3, "d")).tolist() == [1.0, 0.0]
+    assert selection_probabilities(POLICY, greedy, by_margin, decision_rng(3, "d")).tolist() == [0.0, 1.0]
 
 
 def test_thompson_probability_matches_the_closed_form_within_its_monte_carlo_error() -> None:
     # same tier and weight: offer 0 wins when logit0 + d0 > logit1 + d1, d ~ N(mean, sd^2)
     base = np.array([0.10, 0.15])
     mean, sd = np.array([0.2, 0.0]), np.array([0.6, 0.3])
-    pi = selection_probabilities(POLICY, ChannelExploration(), base, mean, sd, TIER0, np.ones(2), decision_rng(3, "x"))
+    pi = selection_probabilities(
+        POLICY, ChannelExploration(), Candidates(base, mean, sd, TIER0, np.ones(2)), decision_rng(3, "x")
+    )
     gap = math.log(0.10 / 0.90) + 0.2 - math.log(0.15 / 0.85)
     exact = 0.5 * (1 + math.erf(gap / math.sqrt(2 * (0.6**2 + 0.3**2))))
     se = math.sqrt(exact * (1 - exact) / POLICY.samples)
@@ -70,18 +99,16 @@ def test_thompson_probability_matches_the_closed_form_within_its_monte_carlo_err
 
 def test_epsilon_floor_gives_every_candidate_support() -> None:
     explore = ChannelExploration(exploration=0.0, epsilon=0.1)
-    pi = selection_probabilities(
-        POLICY, explore, np.array([0.1, 0.2, 0.3, 0.4]), np.zeros(4), np.ones(4), np.zeros(4, dtype=np.int64),
-        np.ones(4), decision_rng(3, "d"),
-    )  # fmt: skip
+    cand = Candidates(np.array([0.1, 0.2, 0.3, 0.4]), np.zeros(4), np.ones(4), np.zeros(4, dtype=np.int64), np.ones(4))
+    pi = selection_probabilities(POLICY, explore, cand, decision_rng(3, "d"))
     assert pi.tolist() == pytest.approx([0.025, 0.025, 0.025, 0.925])
 
 
 def test_draws_are_seeded_by_policy_seed_and_decision_id() -> None:
-    args = (ChannelExploration(), np.array([0.1, 0.12, 0.11]), np.zeros(3), np.ones(3), np.zeros(3, dtype=np.int64))
-    a = choose(POLICY, *args, np.ones(3), decision_rng(3, "d1"))
-    b = choose(POLICY, *args, np.ones(3), decision_rng(3, "d1"))
-    c = choose(POLICY, *args, np.ones(3), decision_rng(3, "d2"))
+    cand = Candidates(np.array([0.1, 0.12, 0.11]), np.zeros(3), np.ones(3), np.zeros(3, dtype=np.int64), np.ones(3))
+    a = choose(POLICY, ChannelExploration(), cand, decision_rng(3, "d1"))
+    b = choose(POLICY, ChannelExploration(), cand, decision_rng(3, "d1"))
+    c = choose(POLICY, ChannelExploration(), cand, decision_rng(3, "d2"))
     assert a.probability.tolist() == b.probability.tolist() and a.order.tolist() == b.order.tolist()
     assert a.probability.tolist() != c.probability.tolist()
 
@@ -90,9 +117,9 @@ def test_the_walk_order_is_a_draw_from_the_policy() -> None:
     explore = ChannelExploration(exploration=0.0, epsilon=0.3)
     base = np.array([0.1, 0.2, 0.3])
     firsts = np.zeros(3)
+    cand = Candidates(base, np.zeros(3), np.ones(3), np.zeros(3, dtype=np.int64), np.ones(3))
     for i in range(6000):
-        choice = choose(POLICY, explore, base, np.zeros(3), np.ones(3), np.zeros(3, dtype=np.int64),
-                        np.ones(3), decision_rng(3, f"d{i}"))  # fmt: skip
+        choice = choose(POLICY, explore, cand, decision_rng(3, f"d{i}"))
         firsts[choice.order[0]] += 1
     expected = choice.probability  # 0.1, 0.1, 0.8 for every decision
     assert expected.tolist() == pytest.approx([0.1, 0.1, 0.8])
@@ -132,30 +159,57 @@ def test_catalog_bandit_section_compiles_per_channel_exploration() -> None:
 # The fast paths against their definitions, bit for bit, on many random inputs: the logged
 # selection probabilities and the walk order must not change with the implementation.
 # `reference_choose` is the policy as first written (every draw of every candidate scored, a fresh
-# Generator per decision), kept here as the definition the server's version is held to.
+# Generator per decision), kept here as the definition the server's version is held to; inside
+# the tier rule it is the same definition over the best tier's candidates.
 
 F64 = np.ndarray
 _TIER_GAP = 1e12
 
 
-Case = tuple[F64, F64, F64, F64, F64]  # base_p, mean, sd, tier, weight
+Case = tuple[F64, F64, F64, F64, F64, F64 | None]  # base_p, mean, sd, tier, gain, loss
+
+
+def _keys(p: F64, tier: F64 | None, gain: F64, loss: F64 | None) -> F64:
+    keys = p * gain
+    if loss is not None:
+        keys = keys - loss
+    return keys if tier is None else keys - tier * _TIER_GAP
 
 
 def reference_probabilities(
     policy: BanditPolicy, explore: ChannelExploration, case: Case, rng: np.random.Generator
 ) -> F64:
-    base_p, mean, sd, tier, weight = case
+    """Across tiers (`cross_tier`): every candidate drawn, the floor over all. Inside the tier
+    rule: the same over the best tier's candidates alone (no tier term), the others 0."""
+    base_p, mean, sd, tier, gain, loss = case
+    if not policy.cross_tier:
+        top = tier == tier.min()
+        if not top.all():
+            pi = np.zeros(base_p.size)
+            sub_loss = None if loss is None else loss[top]
+            inner = replace(policy, cross_tier=True)
+            sub = (base_p[top], mean[top], sd[top], np.zeros(int(top.sum()), dtype=np.int64), gain[top], sub_loss)
+            pi[top] = _reference_draws(inner, explore, sub, rng, with_tier=False)
+            return pi
+    return _reference_draws(policy, explore, case, rng, with_tier=policy.cross_tier)
+
+
+def _reference_draws(
+    policy: BanditPolicy, explore: ChannelExploration, case: Case, rng: np.random.Generator, *, with_tier: bool
+) -> F64:
+    base_p, mean, sd, tier, gain, loss = case
     n = base_p.size
     base = logit(base_p)
+    t = tier if with_tier else None
     if explore.exploration == 0.0:
         p = 1.0 / (1.0 + np.exp(-(base + mean)))
         pi = np.zeros(n)
-        pi[int((p * weight - tier * _TIER_GAP).argmax())] = 1.0
+        pi[int(_keys(p, t, gain, loss).argmax())] = 1.0
     else:
         z = rng.standard_normal((policy.samples, n))
         draws = base + mean + explore.exploration * sd * z
         p = 1.0 / (1.0 + np.exp(-draws))
-        winners = (p * weight - tier * _TIER_GAP).argmax(axis=1)
+        winners = _keys(p, t, gain, loss).argmax(axis=1)
         pi = np.bincount(winners, minlength=n).astype(np.float64) / policy.samples
     if explore.epsilon > 0.0 and n > 1:
         pi = (1.0 - explore.epsilon) * pi + explore.epsilon / n
@@ -165,13 +219,13 @@ def reference_probabilities(
 def reference_choose(
     policy: BanditPolicy, explore: ChannelExploration, case: Case, rng: np.random.Generator
 ) -> tuple[F64, F64, F64]:
-    base_p, mean, _, tier, weight = case
+    base_p, mean, _, tier, gain, loss = case
     pi = reference_probabilities(policy, explore, case, rng)
     gumbel = -np.log(-np.log(rng.uniform(1e-300, 1.0, pi.size)))
     with np.errstate(divide="ignore"):
         keys = np.where(pi > 0, np.log(pi) + gumbel, -np.inf)
     adjusted = 1.0 / (1.0 + np.exp(-(logit(base_p) + mean)))
-    fallback = adjusted * weight - tier * _TIER_GAP
+    fallback = _keys(adjusted, tier, gain, loss)
     return pi, np.lexsort((-fallback, -keys)), adjusted
 
 
@@ -200,7 +254,9 @@ def random_case(r: random.Random, n: int) -> Case:
         sd[r.randrange(n)] = r.choice([math.inf, math.nan])
     elif corner < 0.13:
         mean[r.randrange(n)] = math.nan  # a NaN key wins argmax, whatever its tier
-    return base, mean, sd, tier, weight
+    # ranking by margin: a cost term, sometimes larger than the gain
+    loss = np.array([r.choice([0.0, r.uniform(0, 30), 500.0]) for _ in range(n)]) if r.random() < 0.3 else None
+    return base, mean, sd, tier, weight, loss
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -209,16 +265,23 @@ def test_choose_matches_the_reference_bit_for_bit(seed: int) -> None:
     with np.errstate(all="ignore"):  # the corners overflow exp(); both versions alike
         for case in range(250):
             n = r.choice([1, 2, 3, r.randint(4, 60)])
-            policy = BanditPolicy(enabled=True, seed=r.choice([0, 7, 2**40 + 3]), samples=r.choice([1, 16, 256]))
+            policy = BanditPolicy(
+                enabled=True,
+                seed=r.choice([0, 7, 2**40 + 3]),
+                samples=r.choice([1, 16, 256]),
+                cross_tier=r.random() < 0.5,
+            )
             explore = ChannelExploration(r.choice([0.0, 0.3, 1.0, 3.0]), r.choice([0.0, 0.0, 0.05, 0.3]))
             arrays = random_case(r, n)
             decision_id = f"d{seed}-{case}"
             pi, order, adjusted = reference_choose(policy, explore, arrays, decision_rng(policy.seed, decision_id))
-            got = choose(policy, explore, *arrays, decision_rng(policy.seed, decision_id))
+            got = choose(policy, explore, Candidates(*arrays), decision_rng(policy.seed, decision_id))
             assert got.probability.tobytes() == pi.tobytes(), (seed, case)
             assert got.order.tolist() == order.tolist(), (seed, case)
             assert got.adjusted.tobytes() == adjusted.tobytes(), (seed, case)
-            alone = selection_probabilities(policy, explore, *arrays, decision_rng(policy.seed, decision_id))
+            alone = selection_probabilities(
+                policy, explore, Candidates(*arrays), decision_rng(policy.seed, decision_id)
+            )
             assert alone.tobytes() == pi.tobytes(), (seed, case)
 
 

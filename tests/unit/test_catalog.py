@@ -189,6 +189,14 @@ INVALID = [
         id="negative-max-value",
     ),
     pytest.param(
+        ("campaigns:\n", "arbitration: {value: profit}\nbandit: {cross_tier: maybe}\ncampaigns:\n"),
+        [
+            "c.yaml:18:15: arbitration.value: must be 'value' or 'margin', got 'profit'",
+            "c.yaml:19:10: bandit.cross_tier: must be true or false, got 'maybe'",
+        ],
+        id="arbitration-value-and-cross-tier",
+    ),
+    pytest.param(
         ("campaigns:\n", "campaigns: [\n"),
         ["c.yaml:19:3: (yaml): expected the node content, but found '-'"],
         id="yaml-syntax",

@@ -272,8 +272,22 @@ def exploring(section: str) -> str:
     return BASE.replace("  max_per_window: {web: 2}\n", "").replace("campaigns:\n", f"bandit:\n{section}campaigns:\n")
 
 
-async def test_epsilon_greedy_logs_its_exact_selection_probabilities() -> None:
+async def test_epsilon_stays_inside_the_best_tier_by_default() -> None:
     nbo = rig(exploring("  seed: 5\n  exploration: 0\n  epsilon: 0.2\n"))
+    for _ in range(40):
+        d = await nbo.decide("vip", max_offers=2)
+        # the lifecycle offer never comes first while the ad-hoc one is there: alone in its tier,
+        # o_adhoc has the whole first slot, and o_life the whole second
+        assert [(o.offer_id, o.selection_probability) for o in d.offers] == [("o_adhoc", 1.0), ("o_life", 1.0)]
+        record = nbo.log.decisions[-1]
+        assert dict(zip(record.candidates.offer_id, record.candidates.selection_probability, strict=True)) == {
+            "o_adhoc": 1.0,
+            "o_life": 1.0,
+        }
+
+
+async def test_epsilon_greedy_across_tiers_logs_its_exact_selection_probabilities() -> None:
+    nbo = rig(exploring("  seed: 5\n  exploration: 0\n  epsilon: 0.2\n  cross_tier: true\n"))
     firsts = []
     for _ in range(40):
         d = await nbo.decide("vip", max_offers=2)
@@ -369,3 +383,23 @@ async def test_the_record_waits_for_delivery_and_an_undelivered_award_is_flagged
     assert (record.chosen, record.undelivered) == (["o_adhoc"], not delivered)
     assert ("undelivered" in record_data(record.to_fields())) is (not delivered)
     assert nbo.metric("nbo_undelivered_decisions_total") == (0.0 if delivered else 1.0)
+
+
+# -- arbitration by margin ------------------------------------------------------------------------
+TWO_LIFECYCLE = BASE + (
+    "  - {id: o_dear, campaign: life, title: Dear, value: 50, cost: 4, channels: [web], prior_propensity: 0.3}\n"
+    "  - {id: o_free, campaign: life, title: Free, value: 48, channels: [web], prior_propensity: 0.3}\n"
+)
+
+
+async def test_margin_ranking_counts_the_cost_and_value_ranking_does_not() -> None:
+    # equal propensity 0.3: by value 50 beats 48; by margin 0.3 x 48 - 0 = 14.4 beats 0.3 x 50 - 4 = 11
+    by_value = rig(TWO_LIFECYCLE)
+    d = await by_value.decide("regular", max_offers=2)  # the web cap
+    assert [o.offer_id for o in d.offers] == ["o_dear", "o_free"]
+    by_margin = rig(TWO_LIFECYCLE.replace("campaigns:\n", "arbitration: {value: margin}\ncampaigns:\n", 1))
+    d = await by_margin.decide("regular", max_offers=2)
+    assert [o.offer_id for o in d.offers] == ["o_free", "o_dear"]
+    scores = dict(zip(by_margin.record().candidates.offer_id, by_margin.record().candidates.score, strict=True))
+    # o_life: channel weight 1.5 and lever 2 scale its margin 0.2 x 10 - 0
+    assert scores == pytest.approx({"o_free": 14.4, "o_dear": 11.0, "o_life": 6.0})
