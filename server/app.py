@@ -32,7 +32,7 @@ from server.api.tls import server_credentials, server_ssl_context
 from server.config import Settings, configure_logging
 from server.ids import DecisionIds
 from server.learning.arms import ArmsReloader
-from server.learning.bandit import NO_ARMS, Arms
+from server.learning.posterior import NO_ARMS, Arms
 from server.metrics import Metrics
 from server.models.loader import ModelReloader
 from server.models.scorers import ModelScorer, PriorScorer

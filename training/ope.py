@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from server.learning.bandit import NO_ARMS
+from server.learning.posterior import NO_ARMS
 from training.ope_data import F64, LoggedData, OpeInputError, Rules, ScoringModel, feature_schema, read_log
 from training.ope_policies import (
     BanditPolicy,

@@ -35,15 +35,9 @@ import numpy as np
 from server.catalog.exploration import BanditPolicy as ServerBandit
 from server.catalog.exploration import ChannelExploration
 from server.domain import Channel
-from server.learning.bandit import (
-    NO_ARMS,
-    Arms,
-    decision_rng,
-    decode_arm,
-    posterior,
-    selection_probabilities,
-)
 from server.learning.bandit import Candidates as BanditCandidates
+from server.learning.bandit import decision_rng, selection_probabilities
+from server.learning.posterior import NO_ARMS, Arms, decode_arm, posterior
 from server.pipeline.arbitration import rank
 from training.ope_data import F64, I64, Candidates, LoggedData, OpeInputError, Rules, ScoringModel, Str
 

@@ -9,17 +9,15 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-import yaml
 from pydantic import ValidationError
 
+from server.catalog.bandit_section import compile_bandit
 from server.catalog.budgets import Limits, PaceOver, Pacing, cents
+from server.catalog.checker import Checker
 from server.catalog.compiled import Campaign, Catalog, ChannelView, ContactPolicy, Offer, Segment, content_hash
-from server.catalog.exploration import BanditPolicy, ChannelExploration
-from server.catalog.rules import Rule, RuleError, compile_rule
+from server.catalog.rules import Rule
 from server.catalog.spec import (
-    CHANNEL_NAMES,
     TYPE_NAMES,
-    BanditSpec,
     BudgetSpec,
     CampaignSpec,
     CatalogError,
@@ -30,7 +28,7 @@ from server.catalog.spec import (
     did_you_mean,
     pydantic_message,
 )
-from server.catalog.yaml_positions import Path_, YamlSyntaxError, format_path, load_with_positions, position_of
+from server.catalog.yaml_positions import Path_, YamlSyntaxError, load_with_positions
 from server.domain import CampaignType, Channel
 from server.features.schema import FeatureSchema
 from server.ids import id_problem
@@ -55,30 +53,6 @@ def _timestamp(value: datetime | date | None, tz: ZoneInfo, *, end: bool) -> flo
     return value.astimezone(UTC).timestamp()
 
 
-class _Checker:
-    def __init__(self, positions: dict[Path_, tuple[int, int]]) -> None:
-        self.positions = positions
-        self.errors: list[CatalogError] = []
-
-    def add(self, path: Path_, message: str, column_offset: int = 0) -> None:
-        line, col = position_of(path, self.positions)
-        self.errors.append(CatalogError(format_path(path), line, col + column_offset, message))
-
-    def channel(self, path: Path_, name: str) -> Channel | None:
-        if name in CHANNEL_NAMES:
-            return Channel(name)
-        self.add(path, f'unknown channel "{name}" (channels: {", ".join(CHANNEL_NAMES)})')
-        return None
-
-    def rule(self, path: Path_, source: str, schema: FeatureSchema, ctx: frozenset[str]) -> Rule | None:
-        try:
-            return compile_rule(source, schema, ctx)
-        except RuleError as err:
-            # column of the rule text in the YAML, when the rule is written plainly on its line
-            self.add(path, f"col {err.column}: {err.message}")
-            return None
-
-
 def parse_catalog(text: str, schema: FeatureSchema, *, version: str = "draft") -> Catalog:
     """Validate catalog YAML against a feature schema; raise CatalogInvalid with every error."""
     try:
@@ -87,7 +61,7 @@ def parse_catalog(text: str, schema: FeatureSchema, *, version: str = "draft") -
         raise CatalogInvalid([CatalogError("(yaml)", err.line, err.column, err.message)]) from err
     if not isinstance(data, dict):
         raise CatalogInvalid([CatalogError("(top level)", 1, 1, "catalog must be a mapping")])
-    check = _Checker(positions)
+    check = Checker(positions)
     try:
         spec = CatalogSpec.model_validate(data)
     except ValidationError as err:
@@ -100,7 +74,7 @@ def parse_catalog(text: str, schema: FeatureSchema, *, version: str = "draft") -
     return catalog
 
 
-def _compile(spec: CatalogSpec, schema: FeatureSchema, version: str, digest: str, check: _Checker) -> Catalog | None:
+def _compile(spec: CatalogSpec, schema: FeatureSchema, version: str, digest: str, check: Checker) -> Catalog | None:
     tz = _timezone(check, spec.timezone)
     context_keys = _context_keys(check, spec.context_keys)
     consent = _consent(check, spec, schema)
@@ -132,7 +106,7 @@ def _compile(spec: CatalogSpec, schema: FeatureSchema, version: str, digest: str
         control_fraction=spec.control_group.fraction,
         control_salt=spec.control_group.salt,
         channel_capacity=capacity,
-        bandit=_bandit(check, spec.bandit),
+        bandit=compile_bandit(check, spec.bandit, schema, context_keys),
         segments=tuple(segments),
         campaigns=tuple(campaigns),
         offers=tuple(offers),
@@ -141,7 +115,7 @@ def _compile(spec: CatalogSpec, schema: FeatureSchema, version: str, digest: str
     )
 
 
-def _timezone(check: _Checker, name: str) -> ZoneInfo:
+def _timezone(check: Checker, name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -149,14 +123,14 @@ def _timezone(check: _Checker, name: str) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
-def _context_keys(check: _Checker, keys: list[str]) -> frozenset[str]:
+def _context_keys(check: Checker, keys: list[str]) -> frozenset[str]:
     for i, key in enumerate(keys):
         if not key.isidentifier() or not key.islower():
             check.add(("context_keys", i), f'context key "{key}" must be lower_snake_case')
     return frozenset(keys)
 
 
-def _consent(check: _Checker, spec: CatalogSpec, schema: FeatureSchema) -> dict[Channel, int]:
+def _consent(check: Checker, spec: CatalogSpec, schema: FeatureSchema) -> dict[Channel, int]:
     consent: dict[Channel, int] = {}
     for ch_name, feature in spec.consent.items():
         ch = check.channel(("consent", ch_name), ch_name)
@@ -170,7 +144,7 @@ def _consent(check: _Checker, spec: CatalogSpec, schema: FeatureSchema) -> dict[
     return consent
 
 
-def _contact_policy(check: _Checker, cp: ContactPolicySpec) -> ContactPolicy:
+def _contact_policy(check: Checker, cp: ContactPolicySpec) -> ContactPolicy:
     caps: dict[Channel, int] = {}
     for ch_name, cap in cp.max_per_window.items():
         ch = check.channel(("contact_policy", "max_per_window", ch_name), ch_name)
@@ -188,7 +162,7 @@ def _contact_policy(check: _Checker, cp: ContactPolicySpec) -> ContactPolicy:
 
 
 def _segments(
-    check: _Checker, spec: CatalogSpec, schema: FeatureSchema, context_keys: frozenset[str]
+    check: Checker, spec: CatalogSpec, schema: FeatureSchema, context_keys: frozenset[str]
 ) -> tuple[list[Segment], dict[str, int]]:
     segments: list[Segment] = []
     index: dict[str, int] = {}  # -1: named but its rule did not compile
@@ -205,7 +179,7 @@ def _segments(
 
 
 def _campaign(
-    check: _Checker,
+    check: Checker,
     base: Path_,
     c: CampaignSpec,
     spec: CatalogSpec,
@@ -250,7 +224,7 @@ def _campaign(
     )
 
 
-def _check_events(check: _Checker, base: Path_, c: CampaignSpec, kind: CampaignType | None) -> None:
+def _check_events(check: Checker, base: Path_, c: CampaignSpec, kind: CampaignType | None) -> None:
     if kind is CampaignType.TRIGGER and not c.events:
         check.add((*base, "events"), "a trigger campaign must list the events that fire it")
     if kind is not None and kind is not CampaignType.TRIGGER and c.events:
@@ -261,7 +235,7 @@ def _check_events(check: _Checker, base: Path_, c: CampaignSpec, kind: CampaignT
 
 
 def _offers(
-    check: _Checker,
+    check: Checker,
     spec: CatalogSpec,
     schema: FeatureSchema,
     context_keys: frozenset[str],
@@ -288,7 +262,7 @@ def _offers(
 
 
 def _offer(
-    check: _Checker,
+    check: Checker,
     base: Path_,
     o: OfferSpec,
     ci: int,
@@ -325,7 +299,7 @@ def _offer(
     )
 
 
-def _max_value(check: _Checker, base: Path_, o: OfferSpec) -> float:
+def _max_value(check: Checker, base: Path_, o: OfferSpec) -> float:
     """The largest outcome value accepted for the offer: by default 10 x its value, and at least
     10, so that an offer valued 0 still takes small reported amounts."""
     if o.max_value is None:
@@ -335,7 +309,7 @@ def _max_value(check: _Checker, base: Path_, o: OfferSpec) -> float:
     return o.max_value
 
 
-def _offer_channels(check: _Checker, base: Path_, o: OfferSpec, camp: Campaign) -> set[Channel]:
+def _offer_channels(check: Checker, base: Path_, o: OfferSpec, camp: Campaign) -> set[Channel]:
     if o.channels is None:
         return set(camp.channels)
     channels: set[Channel] = set()
@@ -348,7 +322,7 @@ def _offer_channels(check: _Checker, base: Path_, o: OfferSpec, camp: Campaign) 
     return channels
 
 
-def _capacity(check: _Checker, spec: CatalogSpec) -> dict[Channel, int]:
+def _capacity(check: Checker, spec: CatalogSpec) -> dict[Channel, int]:
     capacity: dict[Channel, int] = {}
     for ch_name, ch_spec in spec.channels.items():
         ch = check.channel(("channels", ch_name), ch_name)
@@ -357,37 +331,8 @@ def _capacity(check: _Checker, spec: CatalogSpec) -> dict[Channel, int]:
     return capacity
 
 
-def bandit_policy(text: str) -> BanditPolicy:
-    """The `bandit` section of a catalog that was validated when it was published."""
-    data = yaml.safe_load(text) or {}
-    raw = data.get("bandit") if isinstance(data, dict) else None
-    spec = BanditSpec.model_validate(raw) if raw is not None else None
-    return _bandit(_Checker({}), spec)
-
-
-def _bandit(check: _Checker, spec: BanditSpec | None) -> BanditPolicy:
-    if spec is None:
-        return BanditPolicy()
-    channels: dict[Channel, ChannelExploration] = {}
-    for name, ex in spec.channels.items():
-        ch = check.channel(("bandit", "channels", name), name)
-        if ch is not None:
-            channels[ch] = ChannelExploration(ex.exploration, ex.epsilon)
-    return BanditPolicy(
-        enabled=spec.enabled,
-        seed=spec.seed,
-        samples=spec.samples,
-        prior_sd=spec.prior_sd,
-        new_offer_sd=spec.new_offer_sd,
-        decay=spec.decay,
-        cross_tier=spec.cross_tier,
-        channels=channels,
-        default=ChannelExploration(spec.exploration, spec.epsilon),
-    )
-
-
 def _limits(
-    check: _Checker, path: Path_, spec: BudgetSpec | None, start: float | None, end: float | None
+    check: Checker, path: Path_, spec: BudgetSpec | None, start: float | None, end: float | None
 ) -> Limits | None:
     if spec is None:
         return None

@@ -65,6 +65,14 @@ class ExplorationSpec(_Spec):
     epsilon: float = Field(0.0, ge=0.0, le=1.0)
 
 
+class ArmInputSpec(_Spec):
+    feature: str | None = None
+    context: str | None = None
+    model: Literal["logit"] | None = None
+    center: float = 0.0
+    scale: float = Field(1.0, gt=0.0)
+
+
 class BanditSpec(_Spec):
     enabled: bool = True
     seed: int = 0
@@ -76,6 +84,8 @@ class BanditSpec(_Spec):
     epsilon: float = Field(0.0, ge=0.0, le=1.0)
     cross_tier: bool = False
     channels: dict[str, ExplorationSpec] = {}
+    inputs: list[ArmInputSpec] = Field([], max_length=8)
+    input_prior_sd: float = Field(0.25, gt=0.0, le=10.0)
 
 
 class ChannelSpec(_Spec):

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from server.learning.bandit import Arms, decode_arm
+from server.learning.posterior import Arms, decode_arm
 from server.state.keys import Keys
 from server.state.polling import Poller
 

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -32,109 +31,6 @@ from server.catalog.exploration import BanditPolicy, ChannelExploration
 
 F64 = npt.NDArray[np.float64]
 _TIER_GAP = 1e12  # larger than any P x C x V x L: a better tier always wins
-
-
-@dataclass(frozen=True, slots=True)
-class Arm:
-    mean: float
-    precision: float
-    n: int
-
-
-@dataclass(frozen=True)
-class Arms:
-    """The learned posteriors, as published by the learner (one version at a time)."""
-
-    version: int = 0
-    arms: Mapping[str, Arm] = field(default_factory=dict)
-
-
-NO_ARMS = Arms()
-
-
-def arm_key(offer_id: str, channel: str) -> str:
-    return f"{offer_id}|{channel}"
-
-
-def decode_arm(raw: bytes | str) -> Arm:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    mean, precision, n = text.split(",")
-    return Arm(float(mean), float(precision), int(n))
-
-
-def encode_arm(arm: Arm) -> str:
-    return f"{arm.mean!r},{arm.precision!r},{arm.n}"
-
-
-def posterior(
-    policy: BanditPolicy, arms: Arms, channel: str, offer_ids: list[str], known: npt.NDArray[np.bool_]
-) -> tuple[F64, F64, F64]:
-    """(mean, sd, prior sd) of each offer's offset on the channel."""
-    n = len(offer_ids)
-    mean, sd = np.zeros(n), np.empty(n)
-    prior = np.where(known, policy.prior_sd, policy.new_offer_sd)
-    for i, offer_id in enumerate(offer_ids):
-        arm = arms.arms.get(arm_key(offer_id, channel))
-        if arm is None:
-            sd[i] = prior[i]
-        else:
-            mean[i], sd[i] = arm.mean, 1.0 / math.sqrt(arm.precision)
-    return mean, sd, prior
-
-
-@dataclass(frozen=True, slots=True)
-class _ArmTable:
-    """The learned arms of one channel over a fixed offer list, as arrays by position."""
-
-    arms: Arms
-    offer_ids: Sequence[str]
-    learned: npt.NDArray[np.bool_]
-    mean: F64
-    sd: F64
-    empty: bool  # no offer of the list has a learned arm on the channel
-    broken: bool  # an arm whose precision gives no sd: `posterior` raises for it, as it always has
-
-
-_TABLES: dict[tuple[int, int, str], _ArmTable] = {}
-
-
-def posterior_at(
-    policy: BanditPolicy,
-    arms: Arms,
-    channel: str,
-    offer_ids: Sequence[str],
-    positions: npt.NDArray[np.intp],
-    known: npt.NDArray[np.bool_],
-) -> tuple[F64, F64, F64]:
-    """`posterior` of the offers at `positions` of `offer_ids` (a catalog's fixed list): the same
-    arrays, from a table built once per published arms version and offer list."""
-    table = _TABLES.get((id(arms), id(offer_ids), channel))
-    if table is None or table.arms is not arms or table.offer_ids is not offer_ids:
-        table = _arm_table(arms, channel, offer_ids)
-    prior = np.where(known, policy.prior_sd, policy.new_offer_sd)
-    if table.broken:
-        return posterior(policy, arms, channel, [offer_ids[p] for p in positions.tolist()], known)
-    if table.empty:
-        return np.zeros(positions.size), prior.copy(), prior
-    return table.mean[positions], np.where(table.learned[positions], table.sd[positions], prior), prior
-
-
-def _arm_table(arms: Arms, channel: str, offer_ids: Sequence[str]) -> _ArmTable:
-    n = len(offer_ids)
-    learned, mean, sd, broken = np.zeros(n, dtype=np.bool_), np.zeros(n), np.ones(n), False
-    for i, offer_id in enumerate(offer_ids):
-        arm = arms.arms.get(arm_key(offer_id, channel))
-        if arm is not None:
-            learned[i], mean[i] = True, arm.mean
-            try:
-                sd[i] = 1.0 / math.sqrt(arm.precision)
-            except (ValueError, ZeroDivisionError):
-                broken = True
-    table = _ArmTable(arms, offer_ids, learned, mean, sd, not learned.any(), broken)
-    if len(_TABLES) >= 32:  # old arms versions and catalogs: dropped, rebuilt if ever used again
-        _TABLES.clear()
-    _TABLES[(id(arms), id(offer_ids), channel)] = table
-    return table
 
 
 def logit(p: F64) -> F64:

@@ -26,10 +26,11 @@ from importlib import resources
 
 import redis.asyncio as aioredis
 
-from server.catalog.compiler import bandit_policy
+from server.catalog.bandit_section import bandit_policy
 from server.catalog.exploration import BanditPolicy
 from server.config import Settings, configure_logging
-from server.learning.bandit import arm_key
+from server.learning.arm_inputs import decode_inputs
+from server.learning.posterior import arm_key
 from server.metrics import Metrics
 from server.state.keys import Keys
 from server.state.records import RecordError, decode_outcome_record
@@ -118,6 +119,12 @@ class Learner:
             return None  # PRESENTED, or an outcome logged before the learner's fields existed
         prior_sd = record.prior_sd if math.isfinite(record.prior_sd) and record.prior_sd > 0 else self.policy.prior_sd
         p = min(max(record.propensity, 1e-6), 1 - 1e-6)
+        signature, inputs = decode_inputs(record.arm_inputs)
+        weights: list[str | float | int] = []
+        # inputs drawn under the live declaration teach the weights; any other (a catalog changed
+        # since the decision) only the intercept, as an outcome without inputs does
+        if signature and signature == self.policy.signature and len(inputs) == len(self.policy.inputs):
+            weights = [signature, 1.0 / self.policy.input_prior_sd**2, *inputs]
         return (
             [
                 self.keys.bandit_arms,
@@ -131,6 +138,7 @@ class Learner:
                 1.0 / prior_sd**2,
                 self.policy.decay,
                 self.settings.bandit_seen_ttl_seconds,
+                *weights,
             ],
         )
 

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from server.catalog.budgets import Period, Reservation, exhausted_reason, has_budget, per_customer_caps, reservation
+from server.learning.arm_inputs import encode_inputs
 from server.pipeline.context import CandidateStatus, Positions, RequestContext, Scores, Services, Stage
 from server.pipeline.guard import bounded
 from server.pipeline.idempotency import check_request_repeat, request_fingerprint
@@ -151,7 +152,8 @@ async def _commit(ctx: RequestContext, svc: Services, plan: _Plan, granted: list
         caps = per_customer_caps(catalog, offer)
         propensity = float(plan.scores.propensity[pos])
         sd = prior_sd.get(pos, catalog.bandit.prior_sd)
-        picks.append(Pick(offer_id, offer.campaign_id, *caps, propensity, sd, offer.max_value))
+        inputs = _inputs_of(ctx, pos)
+        picks.append(Pick(offer_id, offer.campaign_id, *caps, propensity, sd, offer.max_value, inputs))
     settings = svc.settings
     commit = svc.store.commit(
         customer_id=req.customer_id,
@@ -170,6 +172,14 @@ async def _commit(ctx: RequestContext, svc: Services, plan: _Plan, granted: list
         caller=ctx.caller,
     )
     return await bounded(commit, ctx.redis_until, svc.breaker)
+
+
+def _inputs_of(ctx: RequestContext, pos: int) -> str:
+    """The arm inputs the offer at `pos` was drawn with, as the award keeps them ("" if none)."""
+    drawn = ctx.exploration
+    if drawn.inputs is None or pos not in drawn.input_row:
+        return ""
+    return encode_inputs(ctx.catalog.bandit.signature, drawn.inputs[drawn.input_row[pos]])
 
 
 def _reservations(walk: list[Reservation], offer_ids: list[str]) -> list[Reservation]:

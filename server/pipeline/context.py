@@ -21,7 +21,7 @@ from server.catalog.compiled import Catalog, ChannelView
 from server.config import Settings
 from server.domain import DecideRequest, NoOfferReason
 from server.features.schema import FeatureSchema
-from server.learning.bandit import NO_ARMS, Arms
+from server.learning.posterior import NO_ARMS, Arms
 from server.metrics import Metrics
 from server.models.scorers import PriorScorer, Scorer
 from server.pipeline.delivery import DELIVERED, Delivery
@@ -182,6 +182,10 @@ class Exploration:
     first_choice: dict[int, float]
     adjusted: dict[int, float]
     prior_sd: dict[int, float]
+    # the arm inputs of the candidates (catalog `bandit.inputs`), a row per candidate, kept for
+    # the learner with each award; `input_row` maps an offer position to its row
+    inputs: npt.NDArray[np.float64] | None = None
+    input_row: dict[int, int] = field(default_factory=dict)
 
 
 NO_EXPLORATION = Exploration([], {}, {}, {})

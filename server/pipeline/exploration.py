@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from server.learning.bandit import Candidates, choose, decision_rng, posterior_at, taken_probability
+from server.learning.arm_inputs import input_rows
+from server.learning.bandit import Candidates, choose, decision_rng, taken_probability
+from server.learning.posterior import posterior_at
 from server.pipeline.context import Exploration, RequestContext, Scores
 
 Positions = npt.NDArray[np.intp]
@@ -24,7 +26,10 @@ def explore(ctx: RequestContext, ranked: Positions, scores: Scores) -> tuple[Pos
         return ranked, ctx.exploration
     view = ctx.view
     known = scores.from_model[ranked]
-    mean, sd, prior = posterior_at(policy, ctx.live.arms, ctx.req.channel.value, view.offer_ids, ranked, known)
+    inputs = None
+    if policy.inputs:
+        inputs = input_rows(policy, _vector(ctx), ctx.req.context, scores.propensity[ranked])
+    mean, sd, prior = posterior_at(policy, ctx.live.arms, ctx.req.channel.value, view.offer_ids, ranked, known, inputs)
     cand = Candidates(
         scores.propensity[ranked],
         mean,
@@ -41,8 +46,18 @@ def explore(ctx: RequestContext, ranked: Positions, scores: Scores) -> tuple[Pos
         first_choice=dict(zip(positions, choice.probability.tolist(), strict=True)),
         adjusted=dict(zip(positions, choice.adjusted.tolist(), strict=True)),
         prior_sd=dict(zip(positions, prior.tolist(), strict=True)),
+        inputs=inputs,
+        input_row={p: i for i, p in enumerate(positions)} if inputs is not None else {},
     )
     return order, drawn
+
+
+def _vector(ctx: RequestContext) -> npt.NDArray[np.float32] | None:
+    """The customer's features, if they are laid out as the catalog's schema says."""
+    state = ctx.state
+    if state is None or state.vector is None or state.vector_schema != ctx.catalog.schema_version:
+        return None
+    return state.vector
 
 
 def taken_probabilities(drawn: Exploration, awarded: list[int]) -> dict[int, float]:

@@ -89,6 +89,7 @@ async def report_outcome(
                 channel=result.channel,
                 propensity=result.propensity,
                 prior_sd=result.prior_sd,
+                arm_inputs=result.inputs,
             )
         )
     return OutcomeResult(recorded=recorded, duplicate=not recorded)

@@ -280,8 +280,8 @@ class InMemoryStateStore:
             return Recorded(DUPLICATE, "", float("nan"), float("nan"))
         self.strings[event_key] = fingerprint
         self._apply_outcome(k.contacts(customer_id), offer_id, outcome, now, max_presented, suppression_seconds)
-        p, sd = split_award_value(decision.get(f"p:{offer_id}", "nan,nan"))
-        return Recorded(RECORDED, decision.get("channel", ""), p, sd)
+        p, sd, inputs = split_award_value(decision.get(f"p:{offer_id}", "nan,nan"))
+        return Recorded(RECORDED, decision.get("channel", ""), p, sd, inputs=inputs)
 
     def _apply_outcome(
         self, contacts: str, offer_id: str, outcome: str, now: float, max_presented: int, suppression_seconds: float

@@ -130,11 +130,14 @@ class OutcomeRecord:
     channel: str  # of the decision
     propensity: float  # the offer's base propensity when it was decided (NaN: unknown)
     prior_sd: float  # the bandit's prior sd for the offer's offset (NaN: unknown)
+    arm_inputs: str = ""  # the arm inputs the offer was drawn with (server.learning.arm_inputs)
 
     def to_fields(self) -> dict[Any, Any]:
         data = asdict(self)
         for name in ("propensity", "prior_sd"):
             data[name] = None if math.isnan(data[name]) else data[name]
+        if not self.arm_inputs:
+            del data["arm_inputs"]  # records without inputs stay as they were written before
         return {"v": RECORD_VERSION, "r": _dumps(data)}
 
 
@@ -202,6 +205,7 @@ def decode_outcome_record(fields: Fields) -> OutcomeRecord:
             channel=str(d.get("channel") or ""),
             propensity=_number(d.get("propensity")),
             prior_sd=_number(d.get("prior_sd")),
+            arm_inputs=str(d.get("arm_inputs") or ""),
         )
     except KeyError as err:
         raise RecordError(f"outcome record without {err.args[0]!r}") from None

@@ -282,5 +282,5 @@ class RedisStateStore:
             return Recorded(status, "", math.nan, math.nan, max_value=float(raw[1]))
         if status != RECORDED:
             return Recorded(status, "", math.nan, math.nan)
-        p, sd = split_award_value(raw[2].decode()) if raw[2] else (math.nan, math.nan)
-        return Recorded(status, raw[1].decode(), p, sd)
+        p, sd, inputs = split_award_value(raw[2].decode()) if raw[2] else (math.nan, math.nan, "")
+        return Recorded(status, raw[1].decode(), p, sd, inputs=inputs)

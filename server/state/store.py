@@ -49,6 +49,7 @@ class Pick:
     propensity: float  # the base propensity the offer was ranked with, kept for the learner
     prior_sd: float  # the bandit's prior sd for the offer's offset (wider for offers the model lacks)
     max_value: float = math.inf  # the largest outcome value accepted for it (catalog max_value)
+    inputs: str = ""  # the arm inputs it was drawn with (server.learning.arm_inputs), for the learner
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ class Recorded:
     prior_sd: float  # the bandit prior sd of the offer's offset; NaN if not known
     fingerprint: str = ""  # with CONFLICT: of the outcome first recorded under the event id
     max_value: float = math.nan  # with TOO_LARGE: the offer's bound
+    inputs: str = ""  # the arm inputs kept with the award ("" if none)
 
 
 COMMITTED, REPLAY, RETRY = 1, 2, 3  # RETRY: per-customer caps refused every pick, nothing written
@@ -99,14 +101,17 @@ def split_request_value(value: str) -> tuple[str, str]:
 
 
 def award_value(pick: Pick) -> str:
-    """What a decision key keeps per awarded offer (`p:<offer>`): "propensity,prior sd,max value"."""
-    return f"{pick.propensity!r},{pick.prior_sd!r},{pick.max_value!r}"
+    """What a decision key keeps per awarded offer (`p:<offer>`): "propensity,prior sd,max value",
+    then ",inputs" when the arm inputs were declared."""
+    text = f"{pick.propensity!r},{pick.prior_sd!r},{pick.max_value!r}"
+    return f"{text},{pick.inputs}" if pick.inputs else text
 
 
-def split_award_value(value: str) -> tuple[float, float]:
-    """(propensity, prior sd) of an award value; keys written before the bound have two parts."""
-    p, sd, *_ = value.split(",")
-    return float(p), float(sd)
+def split_award_value(value: str) -> tuple[float, float, str]:
+    """(propensity, prior sd, inputs) of an award value; keys written before the bound have two
+    parts, and those without inputs three."""
+    p, sd, *rest = value.split(",")
+    return float(p), float(sd), rest[1] if len(rest) > 1 else ""
 
 
 @dataclass(frozen=True, slots=True)

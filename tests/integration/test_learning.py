@@ -12,8 +12,8 @@ import redis
 import redis.asyncio as aioredis
 
 from server.gen.nbo.v1 import decisioning_pb2 as pb
-from server.learning.bandit import decode_arm
 from server.learning.learner import Learner
+from server.learning.posterior import decode_arm
 from server.metrics import Metrics
 from server.state.keys import Keys
 from server.state.records import record_data

@@ -10,21 +10,17 @@ import numpy as np
 import pytest
 
 from server.catalog.compiler import parse_catalog
+from server.catalog.exploration import BanditPolicy, ChannelExploration
 from server.domain import Channel
 from server.learning.bandit import (
-    Arm,
-    Arms,
-    BanditPolicy,
     Candidates,
-    ChannelExploration,
     choose,
     decision_rng,
     logit,
-    posterior,
-    posterior_at,
     selection_probabilities,
     taken_probability,
 )
+from server.learning.posterior import Arm, Arms, posterior, posterior_at
 from tests.unit.catalog_fixtures import BASE, SCHEMA
 
 POLICY = BanditPolicy(enabled=True, seed=3, samples=4000)

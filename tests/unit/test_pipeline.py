@@ -16,7 +16,7 @@ from server.catalog.compiler import parse_catalog
 from server.config import Settings
 from server.domain import Channel, DecideRequest, Decision, NoOfferReason, Outcome, OutcomeReport
 from server.ids import DecisionIds
-from server.learning.bandit import NO_ARMS
+from server.learning.posterior import NO_ARMS
 from server.metrics import Metrics
 from server.models.scorers import PriorScorer
 from server.pipeline.context import LiveConfig

@@ -11,8 +11,8 @@
 -- ARGV: now, window_s, channel_cap (-1 = none), decision_id, decision_ttl, request_ttl,
 --       request value ("<decision_id> <request fingerprint>"; '' = no request id), history_ttl,
 --       channel, n, may_retry (0/1), caller,
---       then n x (offer, campaign, offer_cap, campaign_cap, "propensity,prior sd,max value")
--- The decision key keeps each awarded offer's propensity, prior sd and outcome-value bound
+--       then n x (offer, campaign, offer_cap, campaign_cap, "propensity,prior sd,max value[,inputs]")
+-- The decision key keeps each awarded offer's propensity, prior sd, outcome-value bound and arm inputs
 -- (`p:<offer>`), so an outcome can be checked and learned from without the decision log or the
 -- catalog of the day, and the caller that made it (only it, or an admin, may report on it).
 -- Returns {1, decision_id, n_committed, committed..., then per refused offer: offer, why}

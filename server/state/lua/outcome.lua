@@ -5,7 +5,7 @@
 -- Refused before anything is written, in this order: an unknown (or expired) decision; a caller
 -- other than the one that made the decision, unless admin (a decision kept without a caller, or
 -- made on an open server, is anyone's); an offer the decision did not award; a value above the
--- offer's bound kept with the decision (`p:<offer>` = "propensity,prior sd,max value"; the
+-- offer's bound kept with the decision (`p:<offer>` = "propensity,prior sd,max value[,inputs]"; the
 -- fallback bound for decisions kept before bounds were).
 -- The event key keeps the outcome's fingerprint, so a repeat is told from another outcome reusing
 -- the event id; '1' (kept before fingerprints were) matches any.
@@ -33,7 +33,7 @@ end
 if not found then
   return {-2}
 end
-local bound = got[3] and string.match(got[3], '^[^,]*,[^,]*,(.+)$') or ARGV[12]
+local bound = got[3] and string.match(got[3], '^[^,]*,[^,]*,([^,]+)') or ARGV[12]
 local limit = tonumber(bound) -- none for '' (no fallback) or 'inf'
 if limit and tonumber(ARGV[11]) > limit then
   return {-5, bound}
