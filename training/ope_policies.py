@@ -35,9 +35,10 @@ import numpy as np
 from server.catalog.exploration import BanditPolicy as ServerBandit
 from server.catalog.exploration import ChannelExploration
 from server.domain import Channel
+from server.learning.arm_inputs import input_rows
 from server.learning.bandit import Candidates as BanditCandidates
 from server.learning.bandit import decision_rng, selection_probabilities
-from server.learning.posterior import NO_ARMS, Arms, decode_arm, posterior
+from server.learning.posterior import NO_ARMS, Arms, decode_arm, posterior_at
 from server.pipeline.arbitration import rank
 from training.ope_data import F64, I64, Candidates, LoggedData, OpeInputError, Rules, ScoringModel, Str
 
@@ -433,7 +434,10 @@ class BanditPolicy:
             ranked = positions[ranking.order]
             ids = [view.offer_ids[int(q)] for q in ranked]
             known = np.fromiter((o in known_offers for o in ids), dtype=np.bool_, count=len(ids))
-            mean, sd, _ = posterior(self.settings, self.arms, channel.value, ids, known)
+            inputs = None
+            if self.settings.inputs:
+                inputs = input_rows(self.settings, self.rules.vectors[i], self.rules.contexts[i], p[ranking.order])
+            mean, sd, _ = posterior_at(self.settings, self.arms, channel.value, view.offer_ids, ranked, known, inputs)
             drawn = BanditCandidates(
                 p[ranking.order],
                 mean,
