@@ -38,10 +38,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import redis
+import yaml
 
 from server.api.aio_client import AsyncNboClient
 from server.catalog.compiler import parse_catalog
@@ -55,6 +55,7 @@ from server.state.keys import Keys
 from server.state.log_reader import LogReader
 from server.state.records import DecisionRecord
 from server.supervisor import ServerGroup
+from training.closed_loop_catalog import arm_input_stats, catalog_text
 from training.closed_loop_report import SimulationResult, plot, summarise, summary_markdown, write_decisions
 from training.closed_loop_scoring import (
     Request,
@@ -75,17 +76,6 @@ from training.world import CC, WEB, WEB_SHARE, WORLDS, World
 log = logging.getLogger(__name__)
 SCENARIOS = ("stationary", "drift", "response-drift", "new-offer")
 NEW_OFFER_TEMPLATE = {"default": ("spring_sale", "loyalty"), "alt": ("device_refresh", "streaming")}
-BANDIT_YAML = """
-bandit:
-  seed: {seed}
-  samples: 256
-  prior_sd: 0.4
-  new_offer_sd: 1.5
-  decay: 0.998
-  channels:
-    web: {{exploration: 1.0, epsilon: 0.02}}
-    call_centre: {{exploration: 0.6, epsilon: 0.0}}
-"""
 
 
 @dataclass(frozen=True)
@@ -101,6 +91,7 @@ class SimulationConfig:
     out: Path = Path("simulation")
     world: str = "default"  # a training.world.WORLDS name
     arm_inputs: tuple[str, ...] = ()  # customer features the catalog declares as the arms' inputs
+    bandit_yaml: str | None = None  # a `bandit:` section in place of BANDIT_YAML
 
 
 @dataclass(frozen=True)
@@ -176,39 +167,7 @@ def _setup(cfg: SimulationConfig, url: str, keys: Keys, world: World) -> None:
 
 
 def _catalog_text(world: World, cfg: SimulationConfig) -> str:
-    return catalog_text(world, cfg.seed, bandit=cfg.bandit, arm_inputs=cfg.arm_inputs)
-
-
-def catalog_text(world: World, seed: int, *, bandit: bool = True, arm_inputs: Sequence[str] = ()) -> str:
-    """The world's catalog with the simulation's bandit section (unless `bandit` is off). Each of
-    `arm_inputs` (numeric customer features) becomes a standardised input of every arm:
-    `{feature, center, scale}` with the feature's mean and sd over the world's customers."""
-    text = world.catalog_yaml()
-    if not bandit:
-        if arm_inputs:
-            raise ValueError("arm inputs need the bandit")
-        return text
-    text += BANDIT_YAML.format(seed=seed)
-    if arm_inputs:
-        text += "  inputs:\n" + "".join(
-            f"    - {{feature: {i['feature']}, center: {i['center']}, scale: {i['scale']}}}\n"
-            for i in arm_input_stats(world, arm_inputs)
-        )
-    return text
-
-
-def arm_input_stats(world: World, names: Sequence[str]) -> list[dict[str, Any]]:
-    """{feature, center, scale} per name: the feature's mean and sd over the world's customers."""
-    out: list[dict[str, Any]] = []
-    numeric = [c for c in world.population.columns if c not in CATEGORICAL]
-    for name in names:
-        if name not in numeric:
-            raise ValueError(
-                f"arm input {name!r} is not a numeric customer feature of this world ({', '.join(numeric)})"
-            )
-        center, scale = world.feature_stats(name)
-        out.append({"feature": name, "center": round(center, 4), "scale": round(scale, 4)})
-    return out
+    return catalog_text(world, cfg.seed, bandit=cfg.bandit, arm_inputs=cfg.arm_inputs, bandit_yaml=cfg.bandit_yaml)
 
 
 async def _drive(
@@ -329,6 +288,8 @@ def _summarise(
 ) -> SimulationResult:
     result = summarise(cfg.scenario, cfg.bandit, cfg.decisions, scores, skipped, scenario.change_at, seconds)
     result.world = cfg.world
+    if cfg.bandit:  # the settings the run had, for the record
+        result.bandit_settings = yaml.safe_load(_catalog_text(scenario.world, cfg))["bandit"]
     if cfg.arm_inputs:
         result.arm_inputs = arm_input_stats(scenario.world, cfg.arm_inputs)
     if cfg.scenario in ("drift", "response-drift"):
@@ -347,7 +308,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="server worker processes")
     p.add_argument("--concurrency", type=int, default=16, help="concurrent simulated callers")
     p.add_argument("--customers", type=int, default=20_000, help="customers in the synthetic world")
-    p.add_argument("--out", type=Path, default=Path("simulation"), help="results go to OUT/<scenario>/")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("simulation"),
+        help="results go to OUT/<scenario>/ (another world than default: OUT/<world>-<scenario>/)",
+    )
     p.add_argument("--no-bandit", dest="bandit", action="store_false", help="the model alone: no bandit, no learner")
     p.add_argument(
         "--arm-inputs",
@@ -355,6 +321,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=(),
         metavar="NAME[,NAME]",
         help="customer features the catalog's bandit section declares as the arms' standardised inputs",
+    )
+    p.add_argument(
+        "--bandit-file",
+        type=Path,
+        metavar="FILE",
+        help="YAML with a `bandit:` section to run instead of the simulation's (e.g. docs/learning.md's example)",
     )
 
 
@@ -373,6 +345,7 @@ def run_command(opts: argparse.Namespace) -> int:
         out=opts.out / (opts.scenario if opts.world == "default" else f"{opts.world}-{opts.scenario}"),
         world=opts.world,
         arm_inputs=opts.arm_inputs,
+        bandit_yaml=opts.bandit_file.read_text() if opts.bandit_file else None,
     )
     result = run(cfg)
     print(summary_markdown(result), end="")

@@ -49,6 +49,7 @@ class SimulationResult:
     tier_violations: int = 0
     tier_violation_share: float = 0.0
     arm_inputs: list[dict[str, Any]] = field(default_factory=list)  # the catalog's bandit inputs, if any
+    bandit_settings: dict[str, Any] = field(default_factory=dict)  # the catalog's bandit section
 
 
 def summarise(

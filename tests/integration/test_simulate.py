@@ -146,6 +146,8 @@ def test_a_short_closed_loop_run_scores_every_policy_on_the_same_decisions(
     assert saved["evaluated"] == result.evaluated and saved["bandit"] == bandit
     assert saved["world"] == world and saved["price_of_exploring"] == price
     assert saved["tier_violations"] == result.tier_violations
+    settings = saved["bandit_settings"]
+    assert (settings["seed"] == cfg.seed and "web" in settings["channels"]) if bandit else settings == {}
     assert "price of exploring" in (cfg.out / "summary.md").read_text()
     assert (cfg.out / "reward.png").stat().st_size > 10_000
     assert "| server |" in (cfg.out / "summary.md").read_text()
@@ -225,4 +227,9 @@ def test_main_parses_the_cli_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         )
     assert seen[1].world == "alt" and seen[1].scenario == "response-drift"
     assert seen[1].arm_inputs == ("age", "satisfaction") and seen[1].bandit
-    assert seen[1].out == tmp_path / "alt-response-drift"
+    assert seen[1].out == tmp_path / "alt-response-drift" and seen[1].bandit_yaml is None
+    settings = tmp_path / "bandit.yaml"
+    settings.write_text("bandit:\n  seed: 7\n")
+    with pytest.raises(SystemExit):
+        main(["--bandit-file", str(settings), "--out", str(tmp_path)])
+    assert seen[2].bandit_yaml == "bandit:\n  seed: 7\n"

@@ -11,7 +11,7 @@ import yaml
 
 from server.catalog.compiler import parse_catalog
 from server.features.file import merged_schema, read_feature_file
-from training.closed_loop import arm_input_stats, catalog_text
+from training.closed_loop_catalog import arm_input_stats, catalog_text
 from training.population import CATEGORICAL
 from training.scenarios import MIN_SLOPE, RESPONSE_SLOPE, changed_offers, response_drifted
 from training.world import WORLDS, World
@@ -137,6 +137,17 @@ def test_the_catalog_declares_standardised_arm_inputs(alt: World) -> None:
         catalog_text(alt, 3, arm_inputs=["tier"])
     with pytest.raises(ValueError, match="need the bandit"):
         catalog_text(alt, 3, bandit=False, arm_inputs=["age"])
+    # another bandit section in place of the simulation's, with the inputs added to it
+    settings = "bandit:\n  seed: 7\n  prior_sd: 0.5\n  channels:\n    web: {exploration: 1.0, epsilon: 0.05}\n"
+    other = yaml.safe_load(catalog_text(alt, 3, arm_inputs=["age"], bandit_yaml=settings))["bandit"]
+    assert other == {
+        "seed": 7,
+        "prior_sd": 0.5,
+        "channels": {"web": {"exploration": 1.0, "epsilon": 0.05}},
+        "inputs": bandit["inputs"][:1],
+    }
+    with pytest.raises(ValueError, match="one key is `bandit`"):
+        catalog_text(alt, 3, bandit_yaml="seed: 7\n")
     # a feature with gaps: the mean and sd of the known values
     bill = alt.population.columns["monthly_bill"]
     assert np.isnan(bill).any()
