@@ -4,9 +4,14 @@ The world draws a channel, a consenting customer and a context (as `World.simula
 the server decides over gRPC; the world draws the customer's answer from its true response and
 reports it through ReportOutcome (ACCEPTED, else DECLINED, so the contact policy's decline
 cooldown applies as in real life); the learner learns from the outcome stream and every worker
-picks up what it learned. Scenarios: `stationary`; `drift` (at half time some offers' true
-response moves up or down by 1.5 in log-odds; the model stays stale); `new-offer` (at a fifth
-of the run a new, good offer the model has never seen is published in the catalog).
+picks up what it learned. Worlds (`--world`): `default` (training/world_default.py) and `alt`
+(training/world_alt.py: other offers, customers and response). Scenarios: `stationary`; `drift`
+(at half time some offers' true response moves up or down by 1.5 in log-odds; the model stays
+stale); `response-drift` (at half time how eight offers respond to one of two customer features
+changes: slopes flip sign or double, see training/scenarios.py; the model stays stale);
+`new-offer` (at a fifth of the run a new, good offer the model has never seen is published in
+the catalog). `--arm-inputs` adds standardised customer features to the catalog's bandit
+section as the arms' inputs.
 
 Baselines are evaluated on the same decisions, from the decision log: each decision's candidate
 set is what the server could have awarded (status "chosen" or "ranked below": after
@@ -36,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import redis
+import yaml
 
 from server.api.aio_client import AsyncNboClient
 from server.catalog.compiler import parse_catalog
@@ -49,42 +55,27 @@ from server.state.keys import Keys
 from server.state.log_reader import LogReader
 from server.state.records import DecisionRecord
 from server.supervisor import ServerGroup
-from training.closed_loop_report import SimulationResult, plot, summary_markdown, write_decisions
+from training.closed_loop_catalog import arm_input_stats, catalog_text
+from training.closed_loop_report import SimulationResult, plot, summarise, summary_markdown, write_decisions
 from training.closed_loop_scoring import (
-    POLICIES,
     Request,
     Scores,
     Sent,
     Skipped,
     catalog_terms,
-    diff_ci,
     new_offer_progress,
     score_decisions,
 )
 from training.dataset import write_dataset
 from training.export import ExportOptions, export_log
 from training.population import CATEGORICAL, CHANNEL_LEVELS
-from training.scenarios import changed_offers, drifted, with_new_offer
+from training.scenarios import changed_offers, drifted, response_drifted, with_new_offer
 from training.train import train
-from training.world import CAMPAIGNS, CC, WEB, WEB_SHARE, World
+from training.world import CC, WEB, WEB_SHARE, WORLDS, World
 
 log = logging.getLogger(__name__)
-SCENARIOS = ("stationary", "drift", "new-offer")
-EVENTS = {  # every trigger event of the channel: the world counts decisions as carrying them
-    "web": [e for c in CAMPAIGNS if "web" in c.channels for e in c.events],
-    "call_centre": [e for c in CAMPAIGNS if "call_centre" in c.channels for e in c.events],
-}
-BANDIT_YAML = """
-bandit:
-  seed: {seed}
-  samples: 256
-  prior_sd: 0.4
-  new_offer_sd: 1.5
-  decay: 0.998
-  channels:
-    web: {{exploration: 1.0, epsilon: 0.02}}
-    call_centre: {{exploration: 0.6, epsilon: 0.0}}
-"""
+SCENARIOS = ("stationary", "drift", "response-drift", "new-offer")
+NEW_OFFER_TEMPLATE = {"default": ("spring_sale", "loyalty"), "alt": ("device_refresh", "streaming")}
 
 
 @dataclass(frozen=True)
@@ -98,6 +89,9 @@ class SimulationConfig:
     log_decisions: int = 60_000  # the simulated history the model is trained on
     bandit: bool = True  # the catalog's bandit section and the learner; off = the model alone
     out: Path = Path("simulation")
+    world: str = "default"  # a training.world.WORLDS name
+    arm_inputs: tuple[str, ...] = ()  # customer features the catalog declares as the arms' inputs
+    bandit_yaml: str | None = None  # a `bandit:` section in place of BANDIT_YAML
 
 
 @dataclass(frozen=True)
@@ -111,11 +105,16 @@ class Scenario:
 
 
 def build_scenario(cfg: SimulationConfig) -> Scenario:
-    world = World.create(n_customers=cfg.customers)
+    if cfg.world not in WORLDS:
+        raise ValueError(f"unknown world {cfg.world!r} (worlds: {', '.join(WORLDS)})")
+    world = World.create(n_customers=cfg.customers, spec=WORLDS[cfg.world])
     if cfg.scenario == "drift":
         return Scenario(world, (world, drifted(world, cfg.seed)), cfg.decisions // 2, None)
+    if cfg.scenario == "response-drift":
+        return Scenario(world, (world, response_drifted(world, cfg.seed)), cfg.decisions // 2, None)
     if cfg.scenario == "new-offer":
-        extended = with_new_offer(world)
+        campaign, kind = NEW_OFFER_TEMPLATE[cfg.world]
+        extended = with_new_offer(world, campaign=campaign, kind=kind)
         # the other offers' truth is the same in both worlds, so the extended one answers
         # throughout: a decision in flight when the catalog switches is scored without a gap
         return Scenario(world, (extended, extended), cfg.decisions // 5, extended)
@@ -168,8 +167,7 @@ def _setup(cfg: SimulationConfig, url: str, keys: Keys, world: World) -> None:
 
 
 def _catalog_text(world: World, cfg: SimulationConfig) -> str:
-    text = world.catalog_yaml()
-    return text + BANDIT_YAML.format(seed=cfg.seed) if cfg.bandit else text
+    return catalog_text(world, cfg.seed, bandit=cfg.bandit, arm_inputs=cfg.arm_inputs, bandit_yaml=cfg.bandit_yaml)
 
 
 async def _drive(
@@ -183,6 +181,10 @@ async def _drive(
     draws = rng.random(len(requests))  # the customers' answers, fixed in advance per request
     changed = asyncio.Event()
     ids = scenario.world.population.customer_ids
+    events = {  # every trigger event of the channel: the world counts decisions as carrying them
+        ch: [e for c in scenario.world.spec.campaigns if ch in c.channels for e in c.events]
+        for ch in ("web", "call_centre")
+    }
     change_at = scenario.change_at
 
     async def publish_change(new: World) -> None:
@@ -202,7 +204,7 @@ async def _drive(
                     await publish_change(scenario.new_catalog)
                 await changed.wait()
             world = scenario.truths[int(after)]
-            resp = await client.decide(ids[r.customer], r.channel, context=r.context, events=EVENTS[r.channel])
+            resp = await client.decide(ids[r.customer], r.channel, context=r.context, events=events[r.channel])
             # the response carries no timestamp; this is within milliseconds of the decision's
             s = Sent(r, resp.decision_id, resp.offers[0].offer_id if resp.offers else "", int(after), time.time())
             sent.append(s)
@@ -284,50 +286,48 @@ def run(cfg: SimulationConfig) -> SimulationResult:
 def _summarise(
     cfg: SimulationConfig, scores: Scores, skipped: Skipped, scenario: Scenario, seconds: float
 ) -> SimulationResult:
-    n = len(scores.index)
-    total = {k: float(np.sum(scores.ev[k])) for k in POLICIES}
-    oracle = total["oracle"] or 1.0
-    result = SimulationResult(
-        scenario=cfg.scenario,
-        decisions=cfg.decisions,
-        evaluated=n,
-        control_or_degraded=skipped.control_group + skipped.degraded,
-        seconds=round(seconds, 1),
-        reward={k: total[k] / max(n, 1) for k in POLICIES},
-        acceptance={k: float(np.mean(scores.p[k])) if n else 0.0 for k in POLICIES},
-        share_of_oracle={k: total[k] / oracle for k in POLICIES},
-        regret={k: total["oracle"] - total[k] for k in POLICIES},
-        vs_model_greedy=diff_ci(scores.ev["server"], scores.ev["model_greedy"]),
-        degraded=skipped.degraded,
-        missing_records=skipped.missing,
-        outside_top_tier=int(n - np.sum(scores.server_in_top_tier)),
-        bandit=cfg.bandit,
-    )
-    change_at = scenario.change_at
-    if change_at is not None:
-        after = np.asarray(scores.index) >= change_at
-        ev = {k: np.asarray(scores.ev[k])[after] for k in POLICIES}
-        result.vs_model_greedy_after_change = diff_ci(ev["server"], ev["model_greedy"])
-        result.reward_after_change = {k: float(v.mean()) if v.size else 0.0 for k, v in ev.items()}
-        oracle_after = float(ev["oracle"].sum()) or 1.0
-        result.share_of_oracle_after_change = {k: float(v.sum()) / oracle_after for k, v in ev.items()}
-    if cfg.scenario == "drift":
+    result = summarise(cfg.scenario, cfg.bandit, cfg.decisions, scores, skipped, scenario.change_at, seconds)
+    result.world = cfg.world
+    if cfg.bandit:  # the settings the run had, for the record
+        result.bandit_settings = yaml.safe_load(_catalog_text(scenario.world, cfg))["bandit"]
+    if cfg.arm_inputs:
+        result.arm_inputs = arm_input_stats(scenario.world, cfg.arm_inputs)
+    if cfg.scenario in ("drift", "response-drift"):
         result.changed_offers = changed_offers(*scenario.truths)
-    if cfg.scenario == "new-offer" and change_at is not None:
-        result.new_offer = new_offer_progress(scores, change_at)
+    if cfg.scenario == "new-offer" and scenario.change_at is not None:
+        result.new_offer = new_offer_progress(scores, scenario.change_at)
     return result
 
 
 # -- command line (`nbo simulate`, registered in server/cli/simulate.py) -----------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", choices=SCENARIOS, default="stationary")
+    p.add_argument("--world", choices=sorted(WORLDS), default="default", help="synthetic world (default: default)")
     p.add_argument("--decisions", type=int, default=50_000, help="decisions to simulate (default 50,000)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workers", type=int, default=2, help="server worker processes")
     p.add_argument("--concurrency", type=int, default=16, help="concurrent simulated callers")
     p.add_argument("--customers", type=int, default=20_000, help="customers in the synthetic world")
-    p.add_argument("--out", type=Path, default=Path("simulation"), help="results go to OUT/<scenario>/")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("simulation"),
+        help="results go to OUT/<scenario>/ (another world than default: OUT/<world>-<scenario>/)",
+    )
     p.add_argument("--no-bandit", dest="bandit", action="store_false", help="the model alone: no bandit, no learner")
+    p.add_argument(
+        "--arm-inputs",
+        type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
+        default=(),
+        metavar="NAME[,NAME]",
+        help="customer features the catalog's bandit section declares as the arms' standardised inputs",
+    )
+    p.add_argument(
+        "--bandit-file",
+        type=Path,
+        metavar="FILE",
+        help="YAML with a `bandit:` section to run instead of the simulation's (e.g. docs/learning.md's example)",
+    )
 
 
 def run_command(opts: argparse.Namespace) -> int:
@@ -341,7 +341,11 @@ def run_command(opts: argparse.Namespace) -> int:
         concurrency=opts.concurrency,
         customers=opts.customers,
         bandit=opts.bandit,
-        out=opts.out / opts.scenario,
+        # the default world's runs keep their directories; another world's go beside them
+        out=opts.out / (opts.scenario if opts.world == "default" else f"{opts.world}-{opts.scenario}"),
+        world=opts.world,
+        arm_inputs=opts.arm_inputs,
+        bandit_yaml=opts.bandit_file.read_text() if opts.bandit_file else None,
     )
     result = run(cfg)
     print(summary_markdown(result), end="")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from training.closed_loop_scoring import NEW_OFFER_WINDOW, PICKING, POLICIES, Scores
+from training.closed_loop_scoring import NEW_OFFER_WINDOW, PICKING, POLICIES, Scores, Skipped, diff_ci, ratio_ci
 from training.scenarios import NEW_OFFER_ID
 
 COLOURS = dict(zip(POLICIES, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"), strict=True))
@@ -39,6 +39,67 @@ class SimulationResult:
     bandit: bool = True
     decisions_per_second: float = 0.0
     exported_rows: int = 0  # rows of log.parquet: the awards, in the dataset schema
+    world: str = "default"
+    # (model-greedy - server) / oracle, in points of the oracle's value, paired 95% CI
+    price_of_exploring: dict[str, float] = field(default_factory=dict)
+    # server - model-greedy per decision in the first and the second half of the decisions after the change
+    vs_model_greedy_after_change_halves: list[dict[str, float]] = field(default_factory=list)
+    # decisions where the server awarded a lower tier while a higher tier had an awardable
+    # candidate (model-greedy has none by construction); the same count as outside_top_tier
+    tier_violations: int = 0
+    tier_violation_share: float = 0.0
+    arm_inputs: list[dict[str, Any]] = field(default_factory=list)  # the catalog's bandit inputs, if any
+    bandit_settings: dict[str, Any] = field(default_factory=dict)  # the catalog's bandit section
+
+
+def summarise(
+    scenario: str,
+    bandit: bool,
+    decisions: int,
+    scores: Scores,
+    skipped: Skipped,
+    change_at: int | None,
+    seconds: float,
+) -> SimulationResult:
+    """Every policy's totals and the comparisons with model-greedy, overall and after the change."""
+    n = len(scores.index)
+    ev = {k: np.asarray(scores.ev[k], dtype=np.float64) for k in POLICIES}
+    total = {k: float(ev[k].sum()) for k in POLICIES}
+    oracle = total["oracle"] or 1.0
+    violations = int(n - np.sum(scores.server_in_top_tier))
+    result = SimulationResult(
+        scenario=scenario,
+        decisions=decisions,
+        evaluated=n,
+        control_or_degraded=skipped.control_group + skipped.degraded,
+        seconds=round(seconds, 1),
+        reward={k: total[k] / max(n, 1) for k in POLICIES},
+        acceptance={k: float(np.mean(scores.p[k])) if n else 0.0 for k in POLICIES},
+        share_of_oracle={k: total[k] / oracle for k in POLICIES},
+        regret={k: total["oracle"] - total[k] for k in POLICIES},
+        vs_model_greedy=diff_ci(ev["server"], ev["model_greedy"]),
+        degraded=skipped.degraded,
+        missing_records=skipped.missing,
+        outside_top_tier=violations,
+        bandit=bandit,
+        price_of_exploring={
+            k: 100 * v if k != "n" else v for k, v in ratio_ci(ev["model_greedy"] - ev["server"], ev["oracle"]).items()
+        },
+        tier_violations=violations,
+        tier_violation_share=violations / n if n else 0.0,
+    )
+    if change_at is not None:
+        index = np.asarray(scores.index)
+        after = index >= change_at
+        late = {k: v[after] for k, v in ev.items()}
+        result.vs_model_greedy_after_change = diff_ci(late["server"], late["model_greedy"])
+        result.reward_after_change = {k: float(v.mean()) if v.size else 0.0 for k, v in late.items()}
+        oracle_after = float(late["oracle"].sum()) or 1.0
+        result.share_of_oracle_after_change = {k: float(v.sum()) / oracle_after for k, v in late.items()}
+        middle = change_at + (decisions - change_at) // 2
+        halves = (after & (index < middle), index >= middle)
+        result.vs_model_greedy_after_change_halves = [diff_ci(ev["server"][h], ev["model_greedy"][h]) for h in halves]
+    return result
 
 
 def plot(path: Path, scores: Scores, result: SimulationResult, change_at: int | None) -> None:
@@ -126,7 +187,7 @@ def _share_line(label: str, s: dict[str, float]) -> str:
 
 def summary_markdown(r: SimulationResult) -> str:
     lines = [
-        f"# Closed-loop simulation: {r.scenario}",
+        f"# Closed-loop simulation: {r.scenario}" + ("" if r.world == "default" else f" (world {r.world})"),
         "",
         f"{r.decisions:,} decisions ({r.evaluated:,} evaluated; {r.control_or_degraded:,} in the control group "
         f"or degraded, of which {r.degraded:,} degraded; {r.missing_records:,} missing from the log), "
@@ -152,7 +213,22 @@ def summary_markdown(r: SimulationResult) -> str:
     lines += ["", f"server - model_greedy per decision: {_ci(r.vs_model_greedy)}"]
     if r.vs_model_greedy_after_change:
         lines.append(f"after the change: {_ci(r.vs_model_greedy_after_change)}")
-    lines.append(f"server awards below the best tier present (epsilon floor): {r.outside_top_tier:,}")
+        first, second = r.vs_model_greedy_after_change_halves
+        lines.append(f"- first half after the change: {_ci(first)}")
+        lines.append(f"- second half after the change: {_ci(second)}")
+    p = r.price_of_exploring
+    lines.append(
+        f"price of exploring, (model_greedy - server) / oracle: {p['mean']:+.2f} points of oracle value "
+        f"(95% CI {p['low']:+.2f} to {p['high']:+.2f})"
+    )
+    lines.append(
+        f"tier violations (server awarded a lower tier while a higher tier had an awardable candidate; "
+        f"model-greedy: none by construction): {r.tier_violations:,} ({r.tier_violation_share:.2%})"
+    )
+    if r.arm_inputs:
+        lines.append(
+            "arm inputs: " + ", ".join(f"{i['feature']} ({i['center']:g} ± {i['scale']:g})" for i in r.arm_inputs)
+        )
     if r.changed_offers:
         lines.append(f"offers whose response changed: {', '.join(r.changed_offers)}")
     if r.new_offer:

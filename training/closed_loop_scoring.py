@@ -179,6 +179,25 @@ def diff_ci(a: npt.ArrayLike, b: npt.ArrayLike) -> dict[str, float]:
     return {"mean": float(d.mean()), "low": float(d.mean()) - half, "high": float(d.mean()) + half, "n": float(d.size)}
 
 
+def ratio_ci(num: npt.ArrayLike, den: npt.ArrayLike) -> dict[str, float]:
+    """sum(num) / sum(den) over paired per-decision values, with its 95% interval (delta method:
+    the denominator varies with the decisions too)."""
+    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    n = a.size
+    if n < 2 or b.mean() == 0:
+        return {
+            "mean": float(a.sum() / b.sum()) if n and b.sum() else 0.0,
+            "low": math.nan,
+            "high": math.nan,
+            "n": float(n),
+        }
+    r = float(a.mean() / b.mean())
+    cov = np.cov(a, b, ddof=1)
+    var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (n * b.mean() ** 2)
+    half = 1.96 * math.sqrt(max(float(var), 0.0))
+    return {"mean": r, "low": r - half, "high": r + half, "n": float(n)}
+
+
 def new_offer_progress(scores: Scores, change_at: int) -> dict[str, Any]:
     """Share of decisions awarding the new offer, among those whose candidate set held it.
     "contested": it shared the best tier present with another candidate, so awarding it took a

@@ -88,3 +88,49 @@ def make_population(n: int, seed: int = 7, id_prefix: str = "C") -> Population:
             "price_sensitivity": price_sensitivity,
         },
     )
+
+
+def make_alt_population(n: int, seed: int = 7, id_prefix: str = "K") -> Population:
+    """The second world's customers (training/world_alt.py): a telecom base whose features are
+    driven by three latent factors (digital habit, household, satisfaction) and the value tier.
+    It keeps `tier`, `preferred_channel` and the consents, which the catalog machinery needs."""
+    rng = np.random.default_rng([seed, 41])
+    digital, family, happy = rng.normal(size=(3, n))
+    tier_draw = 0.5 * happy + 0.4 * family + rng.normal(scale=0.8, size=n)
+    tier = np.where(tier_draw > 0.8, "A", np.where(tier_draw > -0.4, "B", "C"))
+    age = np.clip(45 - 9 * digital + 4 * family + rng.normal(scale=11, size=n), 18, 90).round()
+    household = np.clip(1 + rng.poisson(np.exp(0.2 + 0.5 * family)), 1, 7).astype(np.float64)
+    data_gb = np.round(rng.lognormal(np.log(8) + 0.5 * digital - 0.01 * (age - 45), 0.6), 1)
+    sessions = rng.poisson(np.exp(1.8 + 0.6 * digital - 0.015 * (age - 45))).astype(np.float64)
+    contract_left = rng.integers(0, 25, size=n).astype(np.float64)
+    satisfaction = np.clip(6.5 + 1.8 * happy + rng.normal(scale=0.8, size=n), 0, 10).round(1)
+    support_calls = rng.poisson(np.exp(-0.5 - 0.5 * happy)).astype(np.float64)
+    late = rng.poisson(np.exp(-1.2 + 0.6 * (tier == "C") - 0.3 * happy)).astype(np.float64)
+    spend_trend = np.round(rng.normal(scale=0.4, size=n) + 0.2 * happy, 3)
+    bill = np.round(rng.lognormal(np.select([tier == "A", tier == "B"], [4.3, 3.9], 3.5), 0.3), 2)
+    web_affinity = digital + rng.normal(scale=0.8, size=n)
+    pref_idx = np.select([web_affinity > 0.7, web_affinity > -0.1, web_affinity > -0.9], [2, 1, 3], 0)
+    consent_call = (rng.random(n) < 0.8).astype(np.float64)
+    consent_web = (rng.random(n) < 0.95).astype(np.float64)
+    consent_email = (rng.random(n) < np.clip(0.5 + 0.1 * happy, 0.05, 0.98)).astype(np.float64)
+    bill[rng.random(n) < 0.03] = np.nan  # CRM gaps
+    return Population(
+        [f"{id_prefix}{i:07d}" for i in range(n)],
+        {
+            "tier": list(tier),
+            "age": age,
+            "household_size": household,
+            "data_usage_gb": data_gb,
+            "app_sessions_30d": sessions,
+            "contract_months_left": contract_left,
+            "satisfaction": satisfaction,
+            "support_calls_90d": support_calls,
+            "late_payments_12m": late,
+            "spend_trend": spend_trend,
+            "monthly_bill": bill,
+            "preferred_channel": [CHANNEL_LEVELS[i] for i in pref_idx],
+            "consent_call": consent_call,
+            "consent_web": consent_web,
+            "consent_email": consent_email,
+        },
+    )

@@ -1,4 +1,5 @@
-"""Changes to a synthetic world for the closed-loop simulation: drift and a new offer.
+"""Changes to a synthetic world for the closed-loop simulation: drift (of levels or of the
+response to customer features) and a new offer.
 
 Both return new `World`s and leave the original untouched, so the simulation can switch the
 truth mid-run while the server keeps its (now stale) model.
@@ -14,6 +15,8 @@ from training.population import CHANNEL_LEVELS
 from training.world import World
 
 DRIFT_SHIFT = 1.5  # log-odds; x4.5 odds up or down for the affected offers
+RESPONSE_SLOPE = 1.2  # log-odds per sd: the slope response drift gives an offer that had none
+MIN_SLOPE = 0.3  # below this (per sd) an offer has no slope on the feature worth flipping
 NEW_OFFER_ID = "loyalty_new"
 
 
@@ -32,8 +35,45 @@ def drifted(world: World, seed: int, n_changed: int = 8) -> World:
     return dataclasses.replace(world, intercept=intercept)
 
 
+def response_drifted(world: World, seed: int, n_changed: int = 8) -> World:
+    """The same world after how `n_changed` offers respond to customer features changed: the
+    most attractive half of them and as many others drawn at random. Each changes its slope on
+    one of the spec's drift features (the one it depends on most; alternating when it depends on
+    none): a slope of at least MIN_SLOPE per sd flips sign (even positions) or doubles (odd); a
+    smaller one becomes +-RESPONSE_SLOPE. The slopes are on standardised features, centred on
+    the world's customers, and the changed offers' intercepts are calibrated again to their base
+    rates (as `World.create` does), so their mean response stays: what changes is who responds,
+    which a per-offer level offset cannot represent. The model stays stale."""
+    spec = world.spec
+    features = [spec.slope_features.index(f) for f in spec.drift_features]
+    if not features:
+        raise ValueError(f"world {spec.name!r} declares no drift features")
+    rng = np.random.default_rng([world.seed, seed, 37])
+    order = np.argsort(-world.base_rate * world.offer_value)
+    top = order[: n_changed // 2]
+    others = rng.choice(order[n_changed // 2 :], size=n_changed - n_changed // 2, replace=False)
+    slopes = world.slopes.copy()
+    for i, j in enumerate(np.concatenate([top, others])):
+        current = np.abs(slopes[j, features])
+        f = features[int(current.argmax())] if current.max() >= MIN_SLOPE else features[i % len(features)]
+        if abs(slopes[j, f]) >= MIN_SLOPE:
+            slopes[j, f] *= -1.0 if i % 2 == 0 else 2.0
+        else:
+            slopes[j, f] = RESPONSE_SLOPE if i % 2 == 0 else -RESPONSE_SLOPE
+    steeper = dataclasses.replace(world, slopes=slopes)
+    # on the same reference sample as World.create, so the unchanged offers would keep theirs exactly
+    calibrated = steeper._calibrate(np.random.default_rng([world.seed, 2]))
+    changed = np.any(slopes != world.slopes, axis=1)
+    return dataclasses.replace(steeper, intercept=np.where(changed, calibrated, world.intercept))
+
+
 def changed_offers(before: World, after: World) -> list[str]:
-    return [o for o, a, b in zip(before.offer_ids, before.intercept, after.intercept, strict=True) if a != b]
+    """Offers whose level (intercept) or response to features (slopes) differ between the two."""
+    return [
+        o
+        for j, o in enumerate(before.offer_ids)
+        if before.intercept[j] != after.intercept[j] or not np.array_equal(before.slopes[j], after.slopes[j])
+    ]
 
 
 def with_new_offer(
@@ -69,6 +109,7 @@ def with_new_offer(
         strength=np.append(world.strength, 1.2),
         intercept=np.append(world.intercept, 0.0),
         on_channel=on_channel,
+        slopes=np.vstack([world.slopes, np.zeros((1, world.slopes.shape[1]))]),
     )
     # calibrate only the new offer: the others keep the intercepts the model was trained on
     calibrated = extended._calibrate(np.random.default_rng([world.seed, 2, k]))

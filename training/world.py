@@ -39,7 +39,15 @@ below ~1 %. Trigger events are not simulated: each decision counts as carrying i
 events. The log (training.dataset schema) never contains the oracle; `World.oracle_for_log`
 recomputes it for evaluation.
 
-CLI: `python -m training.world --out DIR --customers N --decisions M --seed S`.
+This module is the machinery; what a world contains (the offers' campaigns and kinds, the
+customers, the response above, eligibility and catalog text) is a `WorldSpec`:
+training/world_default.py describes the world above (`DEFAULT`), training/world_alt.py a second
+one (`ALT`, `nbo simulate --world alt`: 24 offers, other customers and another response). A spec
+may add linear slopes on standardised customer features (`World.slopes`, z = (x - mean) / sd over
+the world's customers); the default world has none until a response drift adds some
+(training/scenarios.py).
+
+CLI: `python -m training.world --out DIR [--world default|alt] --customers N --decisions M --seed S`.
 """
 
 from __future__ import annotations
@@ -48,107 +56,31 @@ import argparse
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import yaml
 
 from training.dataset import CONTEXT_PREFIX, write_dataset
-from training.population import CATEGORICAL, CHANNEL_LEVELS, Population, make_population
+from training.population import CATEGORICAL, CHANNEL_LEVELS, Population
+from training.world_alt import ALT
+from training.world_catalog import catalog_yaml
+from training.world_default import CAMPAIGNS, DEFAULT, KINDS
+from training.world_spec import CONTEXT_KEYS, F64, I64, B, CampaignDef, WorldSpec
 
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-B = npt.NDArray[np.bool_]
+__all__ = ["CAMPAIGNS", "CONTEXT_KEYS", "KINDS", "WORLDS", "CampaignDef", "World", "WorldSpec"]
+WORLDS = {spec.name: spec for spec in (DEFAULT, ALT)}  # `--world` choices
 
 CC, WEB = CHANNEL_LEVELS.index("call_centre"), CHANNEL_LEVELS.index("web")
 TIERS = ("A", "B", "C")
-KINDS = ("discount", "upgrade", "cart", "billing", "loyalty", "digital", "gift")
-CONTEXT_KEYS = ("cart_value", "call_reason_billing")
 DEFAULT_START_TS = 1767225600.0  # 2026-01-01T00:00:00Z
 WEB_SHARE = 0.6
 BILLING_SHARE = 0.3
 POLICY_RATIO = 4.0  # the most likely offer is at most this many times likelier than the least
-BASE_RATE_RANGE = (0.01, 0.30)
-
-
-@dataclass(frozen=True)
-class CampaignDef:
-    id: str
-    name: str
-    type: str
-    priority: int
-    channels: tuple[str, ...]
-    events: tuple[str, ...] = ()
-
-
-CAMPAIGNS = (
-    CampaignDef("winter_retention", "Winter retention push", "ad_hoc", 90, ("call_centre", "web")),
-    CampaignDef("spring_sale", "Spring sale", "ad_hoc", 70, ("web", "call_centre")),
-    CampaignDef("cart_rescue", "Cart rescue", "trigger", 30, ("web",), ("cart_view",)),
-    CampaignDef("billing_help", "Billing question follow-up", "trigger", 60, ("call_centre",), ("billing_call",)),
-    CampaignDef("win_back", "Welcome back", "trigger", 40, ("web", "call_centre"), ("login_after_absence",)),
-    CampaignDef("lifecycle_onboarding", "Onboarding journey", "lifecycle", 50, ("web", "call_centre", "email")),
-    CampaignDef("lifecycle_loyalty", "Loyalty journey", "lifecycle", 50, ("call_centre", "web", "email")),
-)
-
-# offer j follows template j % len: (campaign, kind, channels)
-TEMPLATES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("winter_retention", "discount", ("call_centre", "web")),
-    ("winter_retention", "upgrade", ("call_centre",)),
-    ("cart_rescue", "cart", ("web",)),
-    ("billing_help", "billing", ("call_centre",)),
-    ("lifecycle_loyalty", "loyalty", ("call_centre", "web")),
-    ("lifecycle_onboarding", "digital", ("web",)),
-    ("win_back", "discount", ("web", "call_centre")),
-    ("lifecycle_loyalty", "gift", ("call_centre", "web")),
-    ("spring_sale", "upgrade", ("web", "call_centre")),
-    ("lifecycle_onboarding", "digital", ("web", "call_centre")),
-)
-
-# eligibility rules: catalog text and the same rule in numpy (see World.eligible)
-ELIGIBILITY = {
-    "upgrade": 'tier in ["A", "B"]',
-    "cart": "context.cart_value >= 20",
-    "loyalty": "tenure_months >= 6",
-}
-
-SEGMENTS = {
-    "high_value": ('tier == "A"', "High-value customer"),
-    "loyal": ("tenure_months >= 36 and frequency_12m >= 4", "Loyal customer (3+ years, frequent buyer)"),
-    "churn_risk": ("churn_risk >= 0.3 or recency_days > 120", "At risk of leaving"),
-    "new_customer": ("days_since_signup <= 90", "New customer (first 90 days)"),
-    "price_sensitive": ("price_sensitivity >= 0.55", "Responds to discounts"),
-    "digital": ('digital_score >= 55 or preferred_channel in ["web", "mobile_app"]', "Prefers digital channels"),
-    "everyone": ("true", "All customers"),
-}
-
-TITLES = {
-    "discount": "{pct}% off your next 3 months",
-    "upgrade": "Free Premium upgrade for {months} months",
-    "cart": "{pct}% off this order",
-    "billing": "Interest-free payment plan over {months} months",
-    "loyalty": "{points} bonus loyalty points",
-    "digital": "Get the app - {points} bonus points",
-    "gift": "A birthday gift from us",
-}
-
-# agent talking points per offer kind
-SCRIPTS = {
-    "discount": "Thank them for staying with us; the discount applies automatically to the next three bills.",
-    "upgrade": "Offer the Premium upgrade at no cost; mention the extra data and priority support.",
-    "cart": "The discount applies at checkout to everything in the cart.",
-    "billing": "Offer to spread the bill interest-free; no credit check is needed.",
-    "loyalty": "The bonus points are added to their account today.",
-    "digital": "Suggest the app; the bonus points arrive after the first login.",
-    "gift": "Wish them a happy birthday month; a gift voucher is waiting in their account.",
-}
-# serving-side targeting (the simulator's logging policy ignores it: it only narrows candidates)
-TARGETS = {"winter_retention": ["churn_risk", "high_value", "price_sensitive"], "lifecycle_onboarding": ["everyone"]}
-HOLDOUTS = {"winter_retention": 0.1}
+BASE_RATE_RANGE = DEFAULT.base_rate_range
 
 
 def _sigmoid(x: F64) -> F64:
@@ -174,13 +106,6 @@ def _channel_codes(channel: Any, n: int) -> I64:
     return codes
 
 
-def _context_array(context: Mapping[str, Any], key: str, n: int) -> F64:
-    if key not in context:
-        return np.full(n, np.nan)
-    out: F64 = np.broadcast_to(np.asarray(context[key], dtype=np.float64), (n,))
-    return out
-
-
 def _months(timestamps: Any, n: int) -> I64:
     """UTC calendar month (1-12) of epoch-second timestamps; 0 (no month) when None."""
     if timestamps is None:
@@ -188,6 +113,53 @@ def _months(timestamps: Any, n: int) -> I64:
     ts = np.broadcast_to(np.asarray(timestamps, dtype=np.float64), (n,))
     months: I64 = ts.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64) % 12 + 1
     return months
+
+
+def _draw_offers(spec: WorldSpec, n_offers: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Offer ids, campaigns, channels, value, cost, base rate, prior, strength and the logging
+    policy's temperature (the draws, in this order, are the default world's since its start)."""
+    templates = [spec.templates[j % len(spec.templates)] for j in range(n_offers)]
+    kinds = tuple(t[1] for t in templates)
+    lo, hi = _logit(spec.base_rate_range[0]), _logit(spec.base_rate_range[1])
+    grid = np.linspace(lo, hi, n_offers) if n_offers > 1 else np.array([(lo + hi) / 2])
+    base_rate = np.round(_sigmoid(rng.permutation(grid)), 4)
+    median, sigma = spec.value_lognormal
+    value = np.clip(np.round(rng.lognormal(math.log(median), sigma, n_offers)), *spec.value_clip)
+    cost = np.round(value * rng.uniform(*spec.cost_share, n_offers), 1)
+    prior = np.clip(np.round(base_rate * np.exp(rng.normal(scale=0.5, size=n_offers)), 3), 0.005, 0.6)
+    strength = np.round(rng.uniform(0.6, 1.4, n_offers), 3)
+    on_channel = np.zeros((len(CHANNEL_LEVELS), n_offers), dtype=bool)
+    for j, (_, _, chans) in enumerate(templates):
+        for c in chans:
+            on_channel[CHANNEL_LEVELS.index(c), j] = True
+    score = prior * value
+    spread = float(score.max() - score.min())
+    return {
+        "offer_ids": tuple(f"{kind}_{j + 1:02d}" for j, kind in enumerate(kinds)),
+        "offer_campaign": tuple(t[0] for t in templates),
+        "offer_kind": kinds,
+        "offer_channels": tuple(t[2] for t in templates),
+        "offer_value": value,
+        "offer_cost": cost,
+        "prior_propensity": prior,
+        "base_rate": base_rate,
+        "strength": strength,
+        "on_channel": on_channel,
+        "temperature": spread / math.log(POLICY_RATIO) if spread > 0 else 1.0,
+    }
+
+
+def _standardise(pop: Population, features: Sequence[str]) -> tuple[F64, F64, F64]:
+    """Mean, sd and the standardised values (n_customers, len(features)) of customer features;
+    a missing value counts as the mean."""
+    if not features:
+        return np.zeros(0), np.ones(0), np.zeros((len(pop.customer_ids), 0))
+    x = np.column_stack([np.asarray(pop.columns[f], dtype=np.float64) for f in features])
+    center = np.nanmean(x, axis=0)
+    scale = np.nanstd(x, axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    z: F64 = np.nan_to_num((x - center) / scale, nan=0.0)
+    return center, scale, z
 
 
 @dataclass(frozen=True)
@@ -214,13 +186,25 @@ class World:
     intercept: F64
     on_channel: B  # (len(CHANNEL_LEVELS), n_offers)
     temperature: float
+    spec: WorldSpec = DEFAULT
+    # linear response to standardised customer features (spec.slope_features): z = (x - center) / scale
+    # over this world's customers (missing = 0); slopes (n_offers, n_features) are zero unless the spec
+    # or a response drift sets them
+    slope_center: F64 = field(default_factory=lambda: np.zeros(0))
+    slope_scale: F64 = field(default_factory=lambda: np.ones(0))
+    slope_z: F64 = field(default_factory=lambda: np.zeros((0, 0)))
+    slopes: F64 = field(default_factory=lambda: np.zeros((0, 0)))
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def create(cls, n_customers: int = 20000, n_offers: int = 30, seed: int = 7) -> World:
+    def create(
+        cls, n_customers: int = 20000, n_offers: int | None = None, seed: int = 7, spec: WorldSpec = DEFAULT
+    ) -> World:
+        """The world `spec` describes, drawn under `seed` (`n_offers` defaults to the spec's)."""
+        n_offers = spec.n_offers if n_offers is None else n_offers
         if n_customers < 1 or n_offers < 1:
             raise ValueError("n_customers and n_offers must be >= 1")
-        pop = make_population(n_customers, seed)
+        pop = spec.make_population(n_customers, seed)
         rng = np.random.default_rng([seed, 1])
         cols = pop.columns
         tier_code = np.array([TIERS.index(t) for t in cols["tier"]], dtype=np.int64)
@@ -229,26 +213,13 @@ class World:
         consent[:, CC] = cols["consent_call"]
         consent[:, WEB] = cols["consent_web"]
         consent[:, CHANNEL_LEVELS.index("email")] = cols["consent_email"]
-        random_effect = rng.normal(scale=0.3, size=n_customers)
-
-        templates = [TEMPLATES[j % len(TEMPLATES)] for j in range(n_offers)]
-        kinds = tuple(t[1] for t in templates)
-        ids = tuple(f"{kind}_{j + 1:02d}" for j, kind in enumerate(kinds))
-        lo, hi = _logit(BASE_RATE_RANGE[0]), _logit(BASE_RATE_RANGE[1])
-        grid = np.linspace(lo, hi, n_offers) if n_offers > 1 else np.array([(lo + hi) / 2])
-        base_rate = np.round(_sigmoid(rng.permutation(grid)), 4)
-        value = np.clip(np.round(rng.lognormal(math.log(40), 0.6, n_offers)), 5, 250)
-        cost = np.round(value * rng.uniform(0.05, 0.25, n_offers), 1)
-        prior = np.clip(np.round(base_rate * np.exp(rng.normal(scale=0.5, size=n_offers)), 3), 0.005, 0.6)
-        strength = np.round(rng.uniform(0.6, 1.4, n_offers), 3)
-        on_channel = np.zeros((len(CHANNEL_LEVELS), n_offers), dtype=bool)
-        for j, (_, _, chans) in enumerate(templates):
-            for c in chans:
-                on_channel[CHANNEL_LEVELS.index(c), j] = True
-        score = prior * value
-        spread = float(score.max() - score.min())
-        temperature = spread / math.log(POLICY_RATIO) if spread > 0 else 1.0
-
+        random_effect = rng.normal(scale=spec.random_effect_sd, size=n_customers)
+        offers = _draw_offers(spec, n_offers, rng)
+        center, scale, z = _standardise(pop, spec.slope_features)
+        # each offer's slopes are its kind's, scaled by its strength like the kind's other effects
+        none = (0.0,) * len(spec.slope_features)
+        kind_slopes = np.array([spec.kind_slopes.get(k, none) for k in offers["offer_kind"]]).reshape(n_offers, -1)
+        slopes = kind_slopes * offers["strength"][:, None]
         world = cls(
             seed=seed,
             population=pop,
@@ -256,18 +227,13 @@ class World:
             preferred_code=preferred,
             consent=consent,
             random_effect=random_effect,
-            offer_ids=ids,
-            offer_campaign=tuple(t[0] for t in templates),
-            offer_kind=kinds,
-            offer_channels=tuple(t[2] for t in templates),
-            offer_value=value,
-            offer_cost=cost,
-            prior_propensity=prior,
-            base_rate=base_rate,
-            strength=strength,
+            **offers,
             intercept=np.zeros(n_offers),
-            on_channel=on_channel,
-            temperature=temperature,
+            spec=spec,
+            slope_center=center,
+            slope_scale=scale,
+            slope_z=z,
+            slopes=slopes,
         )
         object.__setattr__(world, "intercept", world._calibrate(np.random.default_rng([seed, 2])))
         return world
@@ -280,7 +246,13 @@ class World:
     def n_offers(self) -> int:
         return len(self.offer_ids)
 
-    def _col(self, name: str) -> F64:
+    def feature_stats(self, name: str) -> tuple[float, float]:
+        """Mean and sd of a numeric customer feature over this world's customers (missing
+        values left out): the center and scale of a standardised input."""
+        x = self.customer_column(name)
+        return float(np.nanmean(x)), float(np.nanstd(x))
+
+    def customer_column(self, name: str) -> F64:
         return np.asarray(self.population.columns[name], dtype=np.float64)
 
     def _draw_context(self, rng: np.random.Generator, channel: I64) -> dict[str, F64]:
@@ -319,45 +291,12 @@ class World:
 
     # -- the hidden response model -----------------------------------------------------------
     def _effects(self, customer: I64, offer: I64, channel: I64, context: Mapping[str, Any], month: I64) -> F64:
-        """Log-odds of acceptance without the per-offer intercept (see the module docstring)."""
-        n = len(customer)
-        cols = self.population.columns
-        tier = self.tier_code[customer]
-        tier_a, tier_b = (tier == 0).astype(float), (tier == 1).astype(float)
-        ps = np.asarray(cols["price_sensitivity"], dtype=np.float64)[customer]
-        churn = np.asarray(cols["churn_risk"], dtype=np.float64)[customer]
-        tenure = np.asarray(cols["tenure_months"], dtype=np.float64)[customer]
-        freq = np.asarray(cols["frequency_12m"], dtype=np.float64)[customer]
-        recency = np.asarray(cols["recency_days"], dtype=np.float64)[customer]
-        digital = np.asarray(cols["digital_score"], dtype=np.float64)[customer]
-        birthday = np.asarray(cols["birthday_month"], dtype=np.float64)[customer]
-        pref = self.preferred_code[customer]
-        web, cc = (channel == WEB).astype(float), (channel == CC).astype(float)
-        cart = np.nan_to_num(_context_array(context, "cart_value", n), nan=0.0)
-        billing = np.nan_to_num(_context_array(context, "call_reason_billing", n), nan=0.0)
-        kind = np.array([KINDS.index(k) for k in self.offer_kind], dtype=np.int64)[offer]
-
-        def f(cond: B) -> F64:
-            return cond.astype(np.float64)
-
-        per_kind = np.select(
-            [kind == KINDS.index(k) for k in KINDS],
-            [
-                1.8 * f(ps > 0.55) + 1.0 * f(churn > 0.3) - 0.9 * tier_a + 0.4 * web,
-                1.6 * tier_a + 0.5 * tier_b + 0.8 * tier_a * f(tenure >= 24) - 1.4 * f(ps > 0.6) + 0.8 * cc - 0.4 * web,
-                web
-                * (1.6 * f((cart >= 30) & (cart <= 150)) - 1.0 * f(cart > 300) + 0.8 * f((ps > 0.5) & (cart >= 80))),
-                cc * (2.2 * billing * f(ps >= 0.4) - 1.2 * (1 - billing)),
-                1.5 * f((tenure >= 36) & (freq >= 4)) - 0.8 * f(tenure < 12) + 0.4 * f(recency < 30),
-                1.2 * f(digital > 60)
-                - 0.8 * f(digital < 35)
-                + 0.7 * web * f((pref == WEB) | (pref == CHANNEL_LEVELS.index("mobile_app")))
-                - 0.6 * cc,
-                2.5 * f(birthday == month) + 0.3 * tier_a,
-            ],
-        )
-        common = 0.5 * f(pref == channel) - 0.7 * f(recency > 180) + self.random_effect[customer]
-        out: F64 = self.strength[offer] * per_kind + common
+        """Log-odds of acceptance without the per-offer intercept: the spec's effects, plus the
+        linear slopes on standardised features (none in the default world until response drift)."""
+        z = self.spec.effects(self, customer, offer, channel, context, month)
+        if not self.slopes.any():
+            return z
+        out: F64 = z + np.einsum("ij,ij->i", self.slopes[offer], self.slope_z[customer])
         return out
 
     def oracle(
@@ -383,19 +322,13 @@ class World:
 
     # -- the logging policy ------------------------------------------------------------------
     def eligible(self, customer_idx: npt.ArrayLike, channel: Any, context: Mapping[str, Any]) -> B:
-        """(n, n_offers) mask: offer on the channel and its eligibility rule (ELIGIBILITY) holds."""
+        """(n, n_offers) mask: offer on the channel and its eligibility rule (the spec's) holds."""
         customer = np.asarray(customer_idx, dtype=np.int64)
         n = len(customer)
         ch = _channel_codes(channel, n)
         mask: B = self.on_channel[ch].copy()
         kinds = np.array(self.offer_kind)
-        cart = _context_array(context, "cart_value", n)
-        with np.errstate(invalid="ignore"):
-            rules: dict[str, B] = {
-                "upgrade": self.tier_code[customer] <= 1,
-                "cart": cart >= 20,
-                "loyalty": self._col("tenure_months")[customer] >= 6,
-            }
+        rules = self.spec.rules(self, customer, context)
         for kind, ok in rules.items():
             cols = np.flatnonzero(kinds == kind)
             if cols.size:
@@ -485,68 +418,15 @@ class World:
 
     def catalog_yaml(self) -> str:
         """A catalog for this world's offers, valid against its feature schema."""
-        used = {c for c in self.offer_campaign}
-        campaigns = []
-        for c in CAMPAIGNS:
-            if c.id not in used:
-                continue
-            spec: dict[str, Any] = {"id": c.id, "name": c.name, "type": c.type, "priority": c.priority}
-            spec["channels"] = list(c.channels)
-            if c.events:
-                spec["events"] = list(c.events)
-            if c.id in TARGETS:
-                spec["target"] = TARGETS[c.id]
-            if c.id in HOLDOUTS:
-                spec["holdout"] = HOLDOUTS[c.id]
-            campaigns.append(spec)
-        offers = []
-        for j, oid in enumerate(self.offer_ids):
-            kind = self.offer_kind[j]
-            title = TITLES[kind].format(pct=10 + 5 * (j % 5), months=3 + 3 * (j % 2), points=250 * (1 + j % 4))
-            offer: dict[str, Any] = {
-                "id": oid,
-                "campaign": self.offer_campaign[j],
-                "title": title,
-                "script": SCRIPTS[kind],
-                "value": float(self.offer_value[j]),
-                "cost": float(self.offer_cost[j]),
-                "channels": list(self.offer_channels[j]),
-            }
-            if kind in ELIGIBILITY:
-                offer["eligibility"] = ELIGIBILITY[kind]
-            offer["prior_propensity"] = float(self.prior_propensity[j])
-            offers.append(offer)
-        doc: dict[str, Any] = {
-            "name": f"synthetic-world-{self.seed}",
-            "timezone": "UTC",
-            "context_keys": list(CONTEXT_KEYS),
-            "consent": {"call_centre": "consent_call", "web": "consent_web", "email": "consent_email"},
-            "consent_missing": "deny",
-            "min_expected_value": 0.1,
-            "contact_policy": {
-                "window_hours": 24,
-                "max_per_window": {"call_centre": 3, "web": 6, "email": 1},
-                "decline_cooldown_days": 30,
-                "max_presented_without_response": 3,
-                "suppression_days": 14,
-            },
-            "control_group": {"fraction": 0.05, "salt": f"world-{self.seed}"},
-            "segments": {name: {"rule": rule, "description": desc} for name, (rule, desc) in SEGMENTS.items()},
-            "campaigns": campaigns,
-            "offers": offers,
-        }
-        header = (
-            f"# Synthetic world catalog (training.world, seed {self.seed}): {self.n_offers} offers.\n"
-            "# Generated; see training/world.py for the hidden response model behind it.\n"
-        )
-        return header + yaml.safe_dump(doc, sort_keys=False, width=120, default_flow_style=None)
+        return catalog_yaml(self)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.world", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--customers", type=int, default=20000)
-    parser.add_argument("--offers", type=int, default=30)
+    parser.add_argument("--world", choices=sorted(WORLDS), default="default")
+    parser.add_argument("--offers", type=int, default=None, help="offers (default: the world's, 30 or 24)")
     parser.add_argument("--decisions", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=7, help="world seed (the log uses --log-seed)")
     parser.add_argument("--log-seed", type=int, default=11)
@@ -555,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    world = World.create(args.customers, args.offers, args.seed)
+    world = World.create(args.customers, args.offers, args.seed, spec=WORLDS[args.world])
     features, catalog, log = out / "customers.csv", out / "catalog.yaml", out / "log.parquet"
     world.write_features(features)
     catalog.write_text(world.catalog_yaml())

@@ -13,7 +13,6 @@ from server.catalog.compiler import parse_catalog
 from server.features.file import merged_schema
 from server.state.feature_store import read_feature_file
 from training.closed_loop import (
-    POLICIES,
     SimulationConfig,
     _draw_requests,
     build_scenario,
@@ -21,7 +20,7 @@ from training.closed_loop import (
     main,
     run,
 )
-from training.closed_loop_scoring import PICKING
+from training.closed_loop_scoring import PICKING, POLICIES
 from training.dataset import read_dataset
 from training.population import CATEGORICAL
 from training.scenarios import NEW_OFFER_ID, changed_offers, drifted, with_new_offer
@@ -71,15 +70,21 @@ def _read_decisions(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize(
-    ("scenario", "bandit", "concurrency"),
+    ("scenario", "bandit", "concurrency", "world"),
     # the stationary run is the greedy server alone, one call at a time (no contact-policy races),
     # so the model-greedy baseline must reproduce it decision for decision
-    [("stationary", False, 1), ("drift", True, 4), ("new-offer", True, 4)],
+    [
+        ("stationary", False, 1, "default"),
+        ("drift", True, 4, "default"),
+        ("new-offer", True, 4, "default"),
+        ("response-drift", True, 4, "alt"),
+    ],
 )
 def test_a_short_closed_loop_run_scores_every_policy_on_the_same_decisions(
-    tmp_path: Path, scenario: str, bandit: bool, concurrency: int
+    tmp_path: Path, scenario: str, bandit: bool, concurrency: int, world: str
 ) -> None:
     cfg = SimulationConfig(
+        world=world,
         scenario=scenario,
         decisions=DECISIONS,
         customers=2000,
@@ -109,7 +114,14 @@ def test_a_short_closed_loop_run_scores_every_policy_on_the_same_decisions(
     # the server may go below the best tier only through the bandit's epsilon floor
     assert (ev["oracle"][in_top] >= ev["server"][in_top] - 1e-12).all()
     assert result.outside_top_tier == int((~in_top).sum())
+    assert result.tier_violations == result.outside_top_tier
+    assert result.tier_violation_share == pytest.approx(result.tier_violations / result.evaluated)
     assert result.share_of_oracle["oracle"] == pytest.approx(1.0)
+    # the price of exploring: (model-greedy - server) / oracle in points, with its paired interval
+    price = result.price_of_exploring
+    gap = 100 * (ev["model_greedy"].sum() - ev["server"].sum()) / ev["oracle"].sum()
+    assert price["mean"] == pytest.approx(gap) and price["n"] == result.evaluated
+    assert price["low"] <= price["mean"] <= price["high"]
     empty = np.array([r["candidates"] == "0" for r in rows])
     for k in PICKING:
         assert all((r[f"pick_{k}"] == "") == e for r, e in zip(rows, empty, strict=True)), k
@@ -128,17 +140,33 @@ def test_a_short_closed_loop_run_scores_every_policy_on_the_same_decisions(
         assert result.outside_top_tier == 0
         assert [r["pick_server"] for r in rows] == [r["pick_model_greedy"] for r in rows]
         assert result.vs_model_greedy["mean"] == 0.0
+        assert price["mean"] == 0.0 and price["low"] == price["high"] == 0.0
+        assert result.tier_violations == 0
     saved = json.loads((cfg.out / "summary.json").read_text())
     assert saved["evaluated"] == result.evaluated and saved["bandit"] == bandit
+    assert saved["world"] == world and saved["price_of_exploring"] == price
+    assert saved["tier_violations"] == result.tier_violations
+    settings = saved["bandit_settings"]
+    assert (settings["seed"] == cfg.seed and "web" in settings["channels"]) if bandit else settings == {}
+    assert "price of exploring" in (cfg.out / "summary.md").read_text()
     assert (cfg.out / "reward.png").stat().st_size > 10_000
     assert "| server |" in (cfg.out / "summary.md").read_text()
     if scenario == "stationary":
         assert result.vs_model_greedy_after_change == {} and result.reward_after_change == {}
+        assert result.vs_model_greedy_after_change_halves == []
         assert result.new_offer == {}
         return
-    change_at = DECISIONS // 2 if scenario == "drift" else DECISIONS // 5
-    after = np.array([int(r["index"]) >= change_at for r in rows])
+    change_at = DECISIONS // 5 if scenario == "new-offer" else DECISIONS // 2
+    index = np.array([int(r["index"]) for r in rows])
+    after = index >= change_at
     assert result.vs_model_greedy_after_change["n"] == after.sum()
+    # server - model-greedy in the first and the second half of the decisions after the change
+    middle = change_at + (DECISIONS - change_at) // 2
+    first, second = result.vs_model_greedy_after_change_halves
+    for half, rows_in in ((first, after & (index < middle)), (second, index >= middle)):
+        assert half["n"] == rows_in.sum() > 0
+        assert half["mean"] == pytest.approx((ev["server"] - ev["model_greedy"])[rows_in].mean())
+        assert half["low"] < half["high"] or half["low"] == half["high"] == half["mean"]
     for k in POLICIES:
         assert result.reward_after_change[k] == pytest.approx(ev[k][after].mean())
     assert result.share_of_oracle_after_change["oracle"] == pytest.approx(1.0)
@@ -162,6 +190,13 @@ def test_the_world_is_drawn_the_same_way_for_the_same_seed() -> None:
     assert _draw_requests(a.world, 100, cfg.seed) == _draw_requests(b.world, 100, cfg.seed)
     with pytest.raises(ValueError, match="unknown scenario"):
         build_scenario(SimulationConfig(scenario="storm"))
+    alt = SimulationConfig(world="alt", scenario="response-drift", decisions=100, customers=300, seed=3)
+    a, b = build_scenario(alt), build_scenario(alt)
+    assert a.world.n_offers == 24 and a.change_at == 50
+    assert np.array_equal(a.truths[1].slopes, b.truths[1].slopes)
+    assert not np.array_equal(a.truths[0].slopes, a.truths[1].slopes)
+    with pytest.raises(ValueError, match="unknown world"):
+        build_scenario(SimulationConfig(world="mars"))
 
 
 def test_main_parses_the_cli_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -176,3 +211,25 @@ def test_main_parses_the_cli_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         main(["--scenario", "new-offer", "--decisions", "700", "--no-bandit", "--out", str(tmp_path)])
     assert seen[0].scenario == "new-offer" and seen[0].decisions == 700 and not seen[0].bandit
     assert seen[0].out == tmp_path / "new-offer"
+    assert seen[0].world == "default" and seen[0].arm_inputs == ()
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "--world",
+                "alt",
+                "--scenario",
+                "response-drift",
+                "--arm-inputs",
+                "age, satisfaction",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+    assert seen[1].world == "alt" and seen[1].scenario == "response-drift"
+    assert seen[1].arm_inputs == ("age", "satisfaction") and seen[1].bandit
+    assert seen[1].out == tmp_path / "alt-response-drift" and seen[1].bandit_yaml is None
+    settings = tmp_path / "bandit.yaml"
+    settings.write_text("bandit:\n  seed: 7\n")
+    with pytest.raises(SystemExit):
+        main(["--bandit-file", str(settings), "--out", str(tmp_path)])
+    assert seen[2].bandit_yaml == "bandit:\n  seed: 7\n"
