@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 import redis
 import yaml
@@ -215,7 +216,7 @@ async def _drive(
             p = float(world.oracle(np.array([r.customer]), np.array([j]), r.channel, ctx, np.array([s.ts]))[0])
             accepted = bool(draws[r.index] < p)
             value = float(world.offer_value[j]) if accepted else 0.0
-            await client.report(s.decision_id, s.offer, "accepted" if accepted else "declined", value)
+            await _report(client, s, "accepted" if accepted else "declined", value)
 
     # one connection per client, so SO_REUSEPORT spreads the load over the workers
     clients = [AsyncNboClient(target, own_connection=True) for _ in range(cfg.concurrency)]
@@ -225,6 +226,19 @@ async def _drive(
         for c in clients:
             await c.close()
     return sent
+
+
+async def _report(client: AsyncNboClient, s: Sent, outcome: str, value: float, attempts: int = 6) -> None:
+    """Report as a live caller would: UNAVAILABLE (Redis slow or away, e.g. on a loaded machine)
+    means retry; the outcome's default event id makes a repeat a duplicate, never a second count."""
+    for attempt in range(attempts):
+        try:
+            await client.report(s.decision_id, s.offer, outcome, value)
+            return
+        except grpc.aio.AioRpcError as err:
+            if err.code() is not grpc.StatusCode.UNAVAILABLE or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.05 * 2**attempt)
 
 
 def _read_log(url: str, keys: Keys) -> dict[str, DecisionRecord]:
