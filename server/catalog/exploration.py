@@ -58,7 +58,7 @@ class BanditPolicy:
     channels: Mapping[Channel, ChannelExploration] = field(default_factory=dict)
     default: ChannelExploration = ChannelExploration()
     inputs: tuple[ArmInput, ...] = ()
-    input_prior_sd: float = 0.25  # sd of each input's weight before any outcome
+    input_prior_sd: float = 0.1  # sd of each input weight before any outcome (measured: docs/learning.md)
     signature: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
