@@ -82,11 +82,14 @@ def _list(opts: argparse.Namespace) -> int:
     for m in models:
         metrics = m.metadata.get("metrics", {})
         auc = metrics.get("auc")
-        mark, note = ("*", "  live") if m.live else ("c", "") if m.challenger_share is not None else (" ", "")
-        if m.challenger_share is not None:
-            note = f"  challenger for {m.challenger_share:.4g} of customers"
-        if m.rolled_back:
+        if m.live:
+            mark, note = "*", "  live"
+        elif m.challenger_share is not None:
+            mark, note = "c", f"  challenger for {m.challenger_share:.4g} of customers"
+        elif m.rolled_back:
             mark, note = "r", "  rolled back"
+        else:
+            mark, note = " ", ""
         shown = auc if auc is None else round(auc, 4)
         lines.append(f"{mark} {m.version}  auc={shown}  ece={metrics.get('ece')}{note}")
     print_lines(lines)
