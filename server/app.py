@@ -34,6 +34,7 @@ from server.ids import DecisionIds
 from server.learning.arms import ArmsReloader
 from server.learning.posterior import NO_ARMS, Arms
 from server.metrics import Metrics
+from server.models.champion import Challenger
 from server.models.loader import ModelReloader
 from server.models.scorers import ModelScorer, PriorScorer
 from server.pipeline.service import Clock, DecisionService, LiveConfig
@@ -95,7 +96,7 @@ class Worker:
             self.keys,
             self.metrics,
             lambda: self.service.live.schema if self.service.live else None,
-            self._swap_scorer,
+            self._swap_models,
             poll_seconds=settings.catalog_poll_seconds,
             cache_dir=settings.model_cache_dir,
         )
@@ -131,7 +132,8 @@ class Worker:
         old = self.service.live
         scorer = old.scorer if old is not None else PriorScorer()
         arms = old.arms if old is not None else self._arms
-        self.service.live = LiveConfig(snap.catalog, snap.schema, snap.readable_versions, scorer, arms)
+        challenger = old.challenger if old is not None else None
+        self.service.live = LiveConfig(snap.catalog, snap.schema, snap.readable_versions, scorer, arms, challenger)
 
     def _swap_arms(self, arms: Arms) -> None:
         self._arms = arms
@@ -142,11 +144,11 @@ class Worker:
     def _swap_ids(self, ids: DecisionIds) -> None:
         self.service.ids = ids
 
-    def _swap_scorer(self, scorer: ModelScorer) -> None:
+    def _swap_models(self, scorer: ModelScorer, challenger: Challenger | None) -> None:
         # the model reloader only runs once a catalog (and so a schema) is live
         old = self.service.live
         if old is not None:
-            self.service.live = dataclasses.replace(old, scorer=scorer)
+            self.service.live = dataclasses.replace(old, scorer=scorer, challenger=challenger)
 
     async def start(self) -> int:
         self.writer.start()

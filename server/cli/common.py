@@ -7,7 +7,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 import redis
@@ -104,6 +104,14 @@ def parse_at(text: str | None, tz: tzinfo) -> float:
         return time.time()
     at = datetime.fromisoformat(text)
     return (at if at.tzinfo is not None else at.replace(tzinfo=tz)).timestamp()
+
+
+def iso_epoch(text: str) -> float:
+    """An argparse type: epoch seconds of an ISO 8601 time (naive = UTC)."""
+    try:
+        return parse_at(text, UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from None
 
 
 def names(text: str) -> list[str]:

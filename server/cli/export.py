@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from datetime import UTC
 from pathlib import Path
 
-from server.cli.common import console, err_console, open_redis, parse_at, redis_flags, settings
+from server.cli.common import console, err_console, iso_epoch, open_redis, redis_flags, settings
 
 NAME = "export"
 HELP = "decisions joined with their outcomes, as a training dataset (CSV/Parquet)"
@@ -16,8 +15,8 @@ HELP = "decisions joined with their outcomes, as a training dataset (CSV/Parquet
 def add_arguments(p: argparse.ArgumentParser) -> None:
     redis_flags(p)
     p.add_argument("out", type=Path, help="output file: .csv, .parquet or .pq")
-    p.add_argument("--since", type=_epoch, help="decisions at or after this time (ISO 8601; naive = UTC)")
-    p.add_argument("--until", type=_epoch, help="decisions before this time (ISO 8601; naive = UTC)")
+    p.add_argument("--since", type=iso_epoch, help="decisions at or after this time (ISO 8601; naive = UTC)")
+    p.add_argument("--until", type=iso_epoch, help="decisions before this time (ISO 8601; naive = UTC)")
     p.add_argument(
         "--window-days",
         type=_positive,
@@ -34,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--as-of",
-        type=_epoch,
+        type=iso_epoch,
         help="judge windows at this time and ignore outcomes logged after it (default: now); repeatable exports",
     )
 
@@ -66,13 +65,6 @@ def run(opts: argparse.Namespace) -> int:
         err_console.print("error: no decision to export; nothing written", highlight=False, soft_wrap=True)
         return 1
     return 0
-
-
-def _epoch(text: str) -> float:
-    try:
-        return parse_at(text, UTC)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from None
 
 
 def _positive(text: str) -> float:

@@ -1,9 +1,10 @@
-"""Loading a published model in every worker: compile, verify, warm up, then swap by reference.
+"""Loading the published models in every worker: compile, verify, warm up, then swap by reference.
 
-The reloader polls `model:current`; a new version is built off the event loop (compiling with
-lleaves where possible, the object file cached beside the artifact so restarts and sibling
-workers do not recompile), checked against its reference scores, warmed up, and only then
-handed to the worker. Anything that fails is logged and the old model keeps serving.
+The reloader polls `model:current` and the challenger setting (server.models.champion); a new
+version is built off the event loop (compiling with lleaves where possible, the object file
+cached beside the artifact so restarts and sibling workers do not recompile), checked against
+its reference scores, warmed up, and only then handed to the worker. Anything that fails is
+logged and the models already loaded keep serving.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import redis.asyncio as aioredis
 
 from server.features.schema import FeatureSchema
 from server.metrics import Metrics
+from server.models.champion import Challenger
 from server.models.forest import CompiledForest
 from server.models.registry import (
     Artifact,
     ModelRejected,
+    Split,
     artifact_from_record,
     booster_predict,
     schema_problem,
+    text,
     verify_scores,
 )
 from server.models.scorers import ModelScorer, Predict
@@ -87,13 +91,17 @@ def build_scorer(artifact: Artifact, schema: FeatureSchema, cache_dir: Path | No
 
 
 class ModelReloader(Poller):
+    """Polls the live model and the challenger setting; hands `on_change` the champion's scorer
+    and the challenger (None when no split is on) whenever either changes. Scorers are kept by
+    version while in use, so a promotion or a split switched off and on reuses the built one."""
+
     def __init__(
         self,
         client: aioredis.Redis,
         keys: Keys,
         metrics: Metrics,
         current_schema: Callable[[], FeatureSchema | None],
-        on_change: Callable[[ModelScorer], None],
+        on_change: Callable[[ModelScorer, Challenger | None], None],
         poll_seconds: float,
         cache_dir: Path | None,
     ) -> None:
@@ -104,31 +112,59 @@ class ModelReloader(Poller):
         self.on_change = on_change
         self.poll_seconds = poll_seconds
         self.cache_dir = cache_dir
-        self._seen: str | None = None
+        self._seen: tuple[str, Split | None] | None = None
+        self._built: dict[str, ModelScorer] = {}
 
     async def check(self) -> bool:
-        raw = await self.client.get(self.keys.model_current)
+        raw, split_raw = await self.client.mget([self.keys.model_current, self.keys.model_challenger])
         schema = self.current_schema()
         if raw is None or schema is None:
             return False
-        version = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if version == self._seen:
+        version = text(raw)
+        try:
+            split = None if split_raw is None else Split.from_json(split_raw)
+        except (ValueError, KeyError, TypeError) as err:
+            log.error("unreadable challenger setting, serving the live model alone: %s", err)
+            split = None
+        if split is not None and split.version == version:
+            split = None  # a model cannot challenge itself (set so only by a race with promote)
+        if (version, split) == self._seen:
             return False
-        self._seen = version
+        self._seen = (version, split)
+        champion = await self._scorer(version, schema)
+        if champion is None:
+            return False
+        challenger = None
+        if split is not None and (scorer := await self._scorer(split.version, schema)) is not None:
+            challenger = Challenger(scorer, split.share, split.salt)
+        kept = {version, split.version} if challenger is not None and split is not None else {version}
+        self._built = {v: s for v, s in self._built.items() if v in kept}
+        self.on_change(champion, challenger)
+        if challenger is not None:
+            log.info(
+                "serving model %s, and %s to %.4g of customers", version, challenger.scorer.version, challenger.share
+            )
+        return True
+
+    async def _scorer(self, version: str, schema: FeatureSchema) -> ModelScorer | None:
+        """The built scorer of `version`, building it if needed; None (logged) if it is rejected."""
+        built = self._built.get(version)
+        if built is not None and built.schema is schema:
+            return built
         record_raw = await self.client.get(self.keys.model(version))
         if record_raw is None:
-            log.error("model %s is live but its record is missing", version)
+            log.error("model %s is named live or challenger but its record is missing", version)
             self.metrics.model_loads.labels("failed").inc()
-            return False
+            return None
         try:
             record: dict[str, Any] = json.loads(record_raw)
             artifact = artifact_from_record(record)
             scorer = await asyncio.to_thread(build_scorer, artifact, schema, self.cache_dir)
         except (ModelRejected, ValueError, KeyError) as err:
-            log.error("model %s rejected; the previous model keeps serving: %s", version, err)
+            log.error("model %s rejected; the previous models keep serving: %s", version, err)
             self.metrics.model_loads.labels("failed").inc()
-            return False
-        self.on_change(scorer)
+            return None
+        self._built[version] = scorer
         self.metrics.model_loads.labels("ok").inc()
-        log.info("serving model %s (%s)", version, "compiled" if scorer.compiled else "Booster.predict")
-        return True
+        log.info("loaded model %s (%s)", version, "compiled" if scorer.compiled else "Booster.predict")
+        return scorer

@@ -196,20 +196,54 @@ def publish(client: redis.Redis, keys: Keys, directory: Path, schema: FeatureSch
     pipe.set(keys.model(artifact.version), json.dumps(record))
     pipe.lrem(keys.model_history, 0, artifact.version)
     pipe.rpush(keys.model_history, artifact.version)
+    pipe.hdel(keys.model_retired, artifact.version)
     pipe.set(keys.model_current, artifact.version)
+    _end_split_if(client, pipe, keys, artifact.version)
     pipe.execute()
     return artifact.version
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+@dataclass(frozen=True, slots=True)
+class Split:
+    """The challenger setting as stored: which version, the share of customers, the salt."""
+
+    version: str
+    share: float
+    salt: str
+
+    def to_json(self) -> str:
+        return json.dumps({"version": self.version, "share": self.share, "salt": self.salt})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Split:
+        data = json.loads(raw)
+        return cls(str(data["version"]), float(data["share"]), str(data["salt"]))
+
+
+def read_split(client: redis.Redis, keys: Keys) -> Split | None:
+    raw = client.get(keys.model_challenger)
+    return None if raw is None else Split.from_json(raw)
+
+
+def _end_split_if(client: redis.Redis, pipe: Any, keys: Keys, live: str) -> None:
+    """Queue the end of the split when its challenger is becoming the live model: a model
+    cannot challenge itself."""
+    split = read_split(client, keys)
+    if split is not None and split.version == live:
+        pipe.delete(keys.model_challenger)
+
+
 def rollback(client: redis.Redis, keys: Keys) -> str:
-    """Point the servers at the model published before the live one; return its version."""
+    """Point the servers at the model published before the live one; return its version. The
+    rolled-back version leaves the history (a second rollback goes further back) but stays
+    stored and listed, marked."""
     raw = client.get(keys.model_current)
-    live = None if raw is None else _text(raw)
-    history = [_text(v) for v in client.lrange(keys.model_history, 0, -1)]
+    live = None if raw is None else text(raw)
+    history = [text(v) for v in client.lrange(keys.model_history, 0, -1)]
     if live is None or live not in history:
         raise ModelRejected("no live model to roll back from")
     i = history.index(live)
@@ -218,21 +252,54 @@ def rollback(client: redis.Redis, keys: Keys) -> str:
     previous = history[i - 1]
     pipe = client.pipeline(transaction=True)
     pipe.lrem(keys.model_history, 0, live)
+    pipe.hset(keys.model_retired, live, str(time.time()))
     pipe.set(keys.model_current, previous)
+    _end_split_if(client, pipe, keys, previous)
     pipe.execute()
     return previous
 
 
-def list_models(client: redis.Redis, keys: Keys) -> list[tuple[str, bool, dict[str, Any]]]:
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One stored model as `nbo model list` shows it."""
+
+    version: str
+    live: bool
+    challenger_share: float | None  # its share of customers while it is the challenger
+    rolled_back: bool
+    published_at: float
+    metadata: dict[str, Any]
+
+
+def list_models(client: redis.Redis, keys: Keys) -> list[Listed]:
+    """The published models (the history, then rolled-back ones), oldest published first."""
     raw = client.get(keys.model_current)
-    live = None if raw is None else _text(raw)
+    live = None if raw is None else text(raw)
+    split = read_split(client, keys)
+    history = [text(v) for v in client.lrange(keys.model_history, 0, -1)]
+    retired = {text(v) for v in client.hkeys(keys.model_retired)} - set(history)
     out = []
-    for item in client.lrange(keys.model_history, 0, -1):
-        version = _text(item)
+    for version in [*history, *sorted(retired)]:
         rec = client.get(keys.model(version))
-        meta = json.loads(_text(rec))["metadata"] if rec else {}
-        out.append((version, live == version, meta))
-    return out
+        record = json.loads(text(rec)) if rec else {}
+        share = split.share if split is not None and split.version == version else None
+        out.append(
+            Listed(
+                version,
+                live == version,
+                share,
+                version in retired,
+                float(record.get("published_at", 0.0)),
+                record.get("metadata", {}),
+            )
+        )
+    return sorted(out, key=lambda m: m.published_at)
+
+
+def validation_sets(models: list[Listed]) -> set[tuple[str | None, Any]]:
+    """The distinct validation sets the listed models' metrics come from: training data (by hash)
+    and the size of its validation split."""
+    return {(m.metadata.get("training_data_sha256"), m.metadata.get("metrics", {}).get("n_valid")) for m in models}
 
 
 def artifact_from_record(record: dict[str, Any]) -> Artifact:

@@ -23,12 +23,14 @@ from server.domain import DecideRequest, NoOfferReason
 from server.features.schema import FeatureSchema
 from server.learning.posterior import NO_ARMS, Arms
 from server.metrics import Metrics
+from server.models.champion import Challenger
 from server.models.scorers import PriorScorer, Scorer
 from server.pipeline.delivery import DELIVERED, Delivery
 from server.pipeline.guard import CircuitBreaker
 from server.state.store import CustomerState, LogSink, StateStore
 
 F64 = npt.NDArray[np.float64]
+PRIOR: Final[Scorer] = PriorScorer()  # stateless: one for every context built before its model is chosen
 Positions = npt.NDArray[np.intp]
 
 
@@ -39,8 +41,9 @@ class LiveConfig:
     catalog: Catalog
     schema: FeatureSchema
     readable_versions: frozenset[int]  # vector schema versions this catalog's indices apply to
-    scorer: Scorer = field(default_factory=PriorScorer)
+    scorer: Scorer = field(default_factory=PriorScorer)  # the champion: the live model
     arms: Arms = NO_ARMS
+    challenger: Challenger | None = None  # a second model for a share of customers, when on
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +214,10 @@ class RequestContext:
     deadline: float = math.inf  # event-loop time: the caller's deadline, capped by the server's
     redis_until: float = math.inf  # event-loop time: the end of the decision's Redis time budget
     delivery: Delivery = DELIVERED
+    # the model that scores this decision (live.scorer, or the challenger for its customers) and
+    # its role: "" while no challenger is on, else "champion" or "challenger"
+    scorer: Scorer = PRIOR
+    model_role: str = ""
 
     def short_of_time(self, margin: float) -> bool:
         """Less than `margin` left before the deadline: start no Redis call and no award."""

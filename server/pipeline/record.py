@@ -60,6 +60,7 @@ def log_decision(ctx: RequestContext, svc: Services, decision: Decision, candida
         degraded=decision.degraded,
         control_group=ctx.control_group,
         would_offer=ctx.would_offer,
+        model_role=ctx.model_role,
     )
     # a degraded or out-of-time answer is not remembered: a retry with the same request id
     # deserves a real decision

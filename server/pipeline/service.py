@@ -40,7 +40,7 @@ from server.pipeline.guard import CircuitBreaker, ServiceUnavailable, bounded
 from server.pipeline.idempotency import check_request_repeat, request_fingerprint
 from server.pipeline.outcome import report_outcome
 from server.pipeline.record import candidate_records, log_decision
-from server.pipeline.scoring import score
+from server.pipeline.scoring import choose_model, score
 from server.pipeline.validate import validate_request
 from server.state.records import NO_CANDIDATES, decode_decision
 from server.state.store import CustomerState, LogSink, StateStore, StateUnavailable
@@ -101,6 +101,7 @@ class DecisionService:
             cap = loop_now + self.settings.decision_timeout_seconds
             catalog = live.catalog
             ctx = RequestContext(req, live, catalog, catalog.views[req.channel], now, decision_id, k, caller=caller)
+            ctx.scorer, ctx.model_role = choose_model(live, req.customer_id)
             ctx.deadline = cap if deadline is None else min(deadline, cap)
             ctx.redis_until = loop_now + self.settings.redis_timeout_seconds
             ctx.delivery = delivery
@@ -179,7 +180,7 @@ class DecisionService:
             decision_id=ctx.decision_id,
             offers=ranked_offers(ctx, awarded, scores, taken),
             no_offer_reason=no_offer_reason(ctx, status, awarded),
-            model_version=ctx.live.scorer.version,
+            model_version=ctx.scorer.version,
             catalog_version=catalog.version,
             suppressed=suppressed(ctx, status) if req.explain else (),
         )
@@ -262,7 +263,7 @@ class DecisionService:
             decision_id=ctx.decision_id,
             offers=(),
             no_offer_reason=reason,
-            model_version=ctx.live.scorer.version,
+            model_version=ctx.scorer.version,
             catalog_version=ctx.catalog.version,
             degraded=degraded,
         )

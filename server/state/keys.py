@@ -75,6 +75,16 @@ class Keys:
         """List of published versions, oldest first; rollback pops the live one."""
         return f"{self.prefix}{{g}}:model:history"
 
+    @property
+    def model_challenger(self) -> str:
+        """JSON {version, share, salt} of the model serving a share of customers, when one does."""
+        return f"{self.prefix}{{g}}:model:challenger"
+
+    @property
+    def model_retired(self) -> str:
+        """Hash: version -> when it was rolled back (still listed, no longer in the history)."""
+        return f"{self.prefix}{{g}}:model:retired"
+
     # -- budgets: one tag for all, so one script can walk candidates of several campaigns --------
     @property
     def budget_total(self) -> str:

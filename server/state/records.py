@@ -89,6 +89,9 @@ class DecisionRecord:
     # the caller was gone when the answer was ready (deadline passed, call cancelled): its awards
     # were spent, but nobody saw them, so training and the bandit leave it out
     undelivered: bool = False
+    # while a challenger model serves a share of customers: "champion" or "challenger", the role
+    # of model_version in this decision; "" (and not written) otherwise
+    model_role: str = ""
 
     def to_fields(self) -> dict[Any, Any]:
         packed = Packer()  # the features first, then the candidates' columns
@@ -115,6 +118,8 @@ class DecisionRecord:
         }
         if self.undelivered:
             data["undelivered"] = True  # only when set: delivered records stay byte-identical
+        if self.model_role:
+            data["model_role"] = self.model_role  # likewise: records without a split are unchanged
         return {"v": DECISION_RECORD_VERSION, "r": zlib.compress(_dumps(data).encode(), 1), "n": packed.bytes()}
 
 
@@ -180,6 +185,7 @@ def decode_decision_record(fields: Fields) -> DecisionRecord:
             control_group=bool(d.get("control_group", False)),
             would_offer=[str(o) for o in d.get("would_offer") or ()],
             undelivered=bool(d.get("undelivered", False)),
+            model_role=str(d.get("model_role") or ""),
         )
     except KeyError as err:
         raise RecordError(f"decision record without {err.args[0]!r}") from None
