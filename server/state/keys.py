@@ -75,6 +75,11 @@ class Keys:
         """List of published versions, oldest first; rollback pops the live one."""
         return f"{self.prefix}{{g}}:model:history"
 
+    @property
+    def retrain_comparisons(self) -> str:
+        """List of `nbo retrain` comparisons (JSON), oldest first; appended to, never rewritten."""
+        return f"{self.prefix}{{g}}:retrain:comparisons"
+
     # -- budgets: one tag for all, so one script can walk candidates of several campaigns --------
     @property
     def budget_total(self) -> str:
