@@ -41,7 +41,7 @@ from server.models.registry import ModelRejected, artifact_from_record, publish,
 from server.state.catalog_store import list_versions, stored_catalog
 from server.state.keys import Keys
 from training.dataset import read_dataset
-from training.export import ExportOptions, export_log
+from training.export import ExportError, ExportOptions, export_log
 from training.ope_data import LoggedData, ScoringModel
 from training.ope_data import Rules as LiveRules
 from training.retrain_compare import Figures, Gate, PriorScorer, compare
@@ -130,8 +130,8 @@ def _run(
     schema = _schema(client, keys)
     catalog_path = work / "catalog.yaml"
     catalog_path.write_text(_live_catalog_text(client, keys))
-    train_path, holdout_path, counts = _export_and_split(client, keys, options, work, since, until, now)
-    record["counts"] = counts
+    counts: dict[str, int] = record.setdefault("counts", {})
+    train_path, holdout_path = _export_and_split(client, keys, options, work, (since, until, now), counts)
     try:
         result = trainer(
             train_path,
@@ -189,17 +189,23 @@ def _decide(
 
 # -- the data ----------------------------------------------------------------------------------
 def _export_and_split(
-    client: redis.Redis, keys: Keys, options: RetrainOptions, work: Path, since: float, until: float, now: float
-) -> tuple[Path, Path, dict[str, int]]:
-    """The window's closed decisions, older part and held-out recent part as Parquet files."""
+    client: redis.Redis,
+    keys: Keys,
+    options: RetrainOptions,
+    work: Path,
+    times: tuple[float, float, float],
+    counts: dict[str, int],
+) -> tuple[Path, Path]:
+    """The window's closed decisions, older part and held-out recent part as Parquet files;
+    `counts` (stored with the record, refusals included) says how many rows went where."""
+    since, until, now = times
     exported = work / "recent.parquet"
-    summary = export_log(
-        client,
-        keys,
-        exported,
-        ExportOptions(window_seconds=options.reward_window_days * DAY, since=since, until=until, as_of=now),
-    )
-    counts = {"decisions": summary.decisions, "rows": summary.rows, "accepted": summary.accepted, "open": summary.open}
+    window = ExportOptions(window_seconds=options.reward_window_days * DAY, since=since, until=until, as_of=now)
+    try:
+        summary = export_log(client, keys, exported, window)
+    except ExportError as err:
+        raise Refused(f"the log cannot be exported: {err}") from None
+    counts.update(decisions=summary.decisions, rows=summary.rows, accepted=summary.accepted, open=summary.open)
     if not summary.rows:
         raise Refused(
             f"no closed decision to learn from in the window ({summary.open:,} still open, "
@@ -229,7 +235,7 @@ def _export_and_split(
     paths = (work / "train.parquet", work / "holdout.parquet")
     for path, mask in zip(paths, (~held, held), strict=True):
         pq.write_table(table.filter(pa.array(mask)), str(path))
-    return paths[0], paths[1], counts
+    return paths[0], paths[1]
 
 
 # -- the live state ----------------------------------------------------------------------------
@@ -262,5 +268,8 @@ def _champion(client: redis.Redis, keys: Keys) -> ScoringModel | PriorScorer:
         return PriorScorer()
     artifact = artifact_from_record(json.loads(raw))
     booster = lgb.Booster(model_str=artifact.model_text)
-    verify_scores(artifact, lambda rows: booster.predict(rows, num_threads=1))
+    try:
+        verify_scores(artifact, lambda rows: booster.predict(rows, num_threads=1))
+    except ModelRejected as err:
+        raise Refused(f"the live model {version} cannot be compared: {err}") from None
     return ScoringModel(f"live model {artifact.version}", artifact.version, artifact.spec, booster)

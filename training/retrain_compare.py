@@ -162,7 +162,7 @@ class Gate:
 
     auc_tolerance: float = 0.005
     log_loss_tolerance: float = 0.002
-    value_tolerance: float = 0.05
+    value_tolerance: float = 0.2
 
     def checks(self, f: Figures) -> list[Check]:
         auc, loss, value = f.difference["auc"], f.difference["log_loss"], f.dr_difference["value"]

@@ -8,11 +8,17 @@ as the server's own records: the feature vector as the feature store encodes it,
 offer with its logged selection probability, and an ACCEPTED outcome a minute later for every
 accepted row. `training.scenarios.drifted` gives a world whose offers respond differently, so a
 history can drift halfway.
+
+CLI (the measured example of docs/learning.md): `python -m training.retrain_world --redis-url URL
+--out DIR` loads a world, 30 days of its history, a model trained on that history (published:
+the champion), then 30 more days in which 8 offers respond differently (`drifted`).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +27,17 @@ import pyarrow as pa
 import redis
 
 from server.features.schema import FeatureSchema
+from server.models.registry import publish as publish_model
 from server.state.catalog_store import current_schema, publish
 from server.state.feature_store import FeatureStore, read_feature_file
 from server.state.keys import Keys
 from server.state.records import Candidates, DecisionRecord, OutcomeRecord
-from training.dataset import CONTEXT_PREFIX
+from training.dataset import CONTEXT_PREFIX, write_dataset
 from training.ope_data import LoggedData
 from training.population import CATEGORICAL
-from training.world import CONTEXT_KEYS, World
+from training.scenarios import changed_offers, drifted
+from training.train import train
+from training.world import CONTEXT_KEYS, DEFAULT_START_TS, World
 
 RESPONSE_DELAY = 60.0  # seconds from a decision to its customer's answer
 BATCH = 2_000
@@ -121,3 +130,52 @@ def _records(
         prior_sd=math.nan,
     )
     return decision, outcome
+
+
+def drift_history(client: redis.Redis, keys: Keys, out: Path, opts: argparse.Namespace) -> list[str]:
+    """Before: `days` of the world's history and a model trained on it, live. After: `days` more
+    of the drifted world's. The offers whose response changed."""
+    world = World.create(n_customers=opts.customers, n_offers=opts.offers, seed=opts.seed)
+    after = drifted(world, opts.drift_seed)
+    version = setup_world(client, keys, world, out)
+    before_log = world.simulate_log(opts.before_decisions, seed=11, days=opts.days)
+    log_history(client, keys, before_log, version)
+    write_dataset(out / "before.parquet", before_log)
+    (out / "catalog.yaml").write_text(world.catalog_yaml())
+    schema = current_schema(client, keys)
+    train(out / "before.parquet", out / "champion", catalog=out / "catalog.yaml", progress=False, live_schema=schema)
+    publish_model(client, keys, out / "champion", schema)
+    after_log = after.simulate_log(
+        opts.decisions, seed=12, start_ts=DEFAULT_START_TS + opts.days * 86_400.0, days=opts.days
+    )
+    # the two simulated logs number their decisions alike; the log keeps one record per id
+    after_log["decision_id"] = np.char.add("after-", after_log["decision_id"])
+    log_history(client, keys, after_log, version)
+    return changed_offers(world, after)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.retrain_world", description=__doc__.split("\n")[0])
+    p.add_argument("--redis-url", required=True)
+    p.add_argument("--out", type=Path, required=True, help="directory for the features, catalog and champion")
+    p.add_argument("--customers", type=int, default=10_000)
+    p.add_argument("--offers", type=int, default=30)
+    p.add_argument("--seed", type=int, default=7, help="world seed")
+    p.add_argument("--drift-seed", type=int, default=1)
+    p.add_argument("--decisions", type=int, default=60_000, help="decisions after the drift")
+    p.add_argument("--before-decisions", type=int, default=15_000, help="decisions before the drift")
+    p.add_argument("--days", type=float, default=30.0, help="days before and again after the drift")
+    opts = p.parse_args(argv)
+    with redis.Redis.from_url(opts.redis_url) as client:
+        changed = drift_history(client, Keys(), opts.out, opts)
+    end = DEFAULT_START_TS + 2 * opts.days * 86_400.0
+    print(
+        f"logged {opts.decisions + opts.before_decisions:,} decisions; "
+        f"drift at day {opts.days:g} changed {', '.join(changed)}"
+    )
+    print(f"history ends at {end:.0f} (epoch seconds)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -53,8 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--value-tolerance",
         type=float,
-        default=0.05,
-        help="DR value diff lower bound must exceed -this x the champion's DR value (default 0.05)",
+        default=0.2,
+        help="DR value diff lower bound must exceed -this x the champion's DR value (default 0.2)",
     )
     p.add_argument("--dry-run", action="store_true", help="compare and record, never publish")
     p.add_argument("--work-dir", type=Path, help="keep the export and the challenger here (default: a temp dir)")

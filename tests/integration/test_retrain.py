@@ -22,6 +22,7 @@ from server.cli.main import main as nbo
 from server.models.registry import publish
 from server.state.catalog_store import current_schema
 from server.state.keys import Keys
+from server.state.records import decode_decision_record
 from training.dataset import write_dataset
 from training.retrain import RetrainOptions, retrain
 from training.retrain_store import list_records
@@ -181,11 +182,36 @@ def test_too_little_data_is_refused_with_the_counts(
         f"verdict: refused: too little data: {held} held-out rows ({accepted} accepted) of {rows:,} exported; "
         "the comparison needs at least 500, with accepted and not-accepted rows"
     ) in out
+    # --holdout-days: the last days of the window are held out, whatever their share
+    ts = np.asarray(columns["timestamp"])
+    until = DEFAULT_START_TS + 30 * DAY
+    refused = retrain(redis_client, KEYS, _options(holdout_days=6, min_holdout_rows=10**6))
+    assert refused.verdict == "refused"
+    assert refused.record["counts"]["holdout"] == int((ts >= until - 6 * DAY).sum())
+    assert refused.record["counts"]["train"] == int((ts < until - 6 * DAY).sum())
+    assert refused.reason.startswith(f"too little data: {refused.record['counts']['holdout']} held-out rows")
     # a window whose rewards are all still open
     open_window = ["--as-of", "2026-01-20T00:00:00", "--reward-window-days", "30"]
     assert nbo(["retrain", "--redis-url", redis_url, *open_window]) == 1
     assert "verdict: refused: no closed decision to learn from in the window (" in capsys.readouterr().out
     records = list_records(redis_client, KEYS)
-    assert [r["verdict"] for r in records] == ["refused", "refused"]
+    assert [r["verdict"] for r in records] == ["refused", "refused", "refused"]
     assert all(r["champion"] == "prior" and r["challenger"] is None for r in records)
     assert redis_client.get(KEYS.model_current) is None
+
+
+def test_the_drift_history_of_the_documented_example_is_logged_with_a_live_champion(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.retrain_world import main as retrain_world
+
+    argv = ["--redis-url", redis_url, "--out", str(tmp_path), "--customers", "1000", "--offers", "10"]
+    assert retrain_world([*argv, "--decisions", "1500", "--before-decisions", "1200"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("logged 2,700 decisions; drift at day 30 changed ")
+    assert len(out.splitlines()[0].split("changed ")[1].split(", ")) == 8
+    # every decision once (the two periods' ids differ), the champion trained before the drift is live
+    assert redis_client.xlen(KEYS.decision_stream) == 2_700
+    ids = {decode_decision_record(f).decision_id for _, f in redis_client.xrange(KEYS.decision_stream)}
+    assert len(ids) == 2_700
+    assert _live(redis_client) is not None
