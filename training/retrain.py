@@ -149,7 +149,7 @@ def _run(
     record["challenger"] = challenger.version
     log = LoggedData.from_table(read_dataset(holdout_path), source=str(holdout_path), csv=False)
     rules = LiveRules.load(log, catalog_path, schema)
-    champion = _champion(client, keys)
+    champion = _champion(client, keys, None if record["champion"] == "prior" else record["champion"])
     figures = compare(
         log,
         rules,
@@ -180,6 +180,9 @@ def _decide(
     passed = "every criterion holds: " + "; ".join(c.detail for c in checks)
     if options.dry_run:
         return Outcome("passed (dry run)", passed + "; dry run, nothing published", record)
+    if (_live_version(client, keys) or "prior") != record["champion"]:
+        # someone published meanwhile: the challenger was never compared with that model
+        return Outcome("kept", f"the live model changed during the run (was {record['champion']}); run again", record)
     try:
         version = publish(client, keys, directory, _schema(client, keys))
     except ModelRejected as err:
@@ -260,9 +263,8 @@ def _live_version(client: redis.Redis, keys: Keys) -> str | None:
     return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-def _champion(client: redis.Redis, keys: Keys) -> ScoringModel | PriorScorer:
+def _champion(client: redis.Redis, keys: Keys, version: str | None) -> ScoringModel | PriorScorer:
     """The live model as the servers load it from Redis; the catalog priors when none is live."""
-    version = _live_version(client, keys)
     raw = None if version is None else client.get(keys.model(version))
     if raw is None:
         return PriorScorer()

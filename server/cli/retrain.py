@@ -41,13 +41,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", type=_epoch, help="use decisions from this time (ISO 8601; overrides --window-days)")
     p.add_argument("--until", type=_epoch, help="use decisions before this time (default: now - reward window)")
     p.add_argument("--as-of", type=_epoch, help="judge windows at this time, ignore later outcomes (repeatable runs)")
-    p.add_argument("--holdout-fraction", type=float, default=0.2, help="newest share of rows held out (default 0.2)")
+    p.add_argument(
+        "--holdout-fraction", type=_fraction, default=0.2, help="newest share of rows held out (default 0.2)"
+    )
     p.add_argument("--holdout-days", type=_positive, help="hold out the last N days of the window instead")
-    p.add_argument("--min-holdout-rows", type=int, default=500, help="refuse below this many held-out rows (500)")
+    p.add_argument("--min-holdout-rows", type=_count, default=500, help="refuse below this many held-out rows (500)")
     p.add_argument("--seed", type=int, default=7, help="seed of training, the bootstrap and the reward model")
-    p.add_argument("--rounds", type=int, default=2000, help="maximum boosting rounds (as nbo train)")
-    p.add_argument("--valid-fraction", type=float, default=0.2, help="of the training part, for early stopping")
-    p.add_argument("--bootstrap", type=int, default=400, help="paired bootstrap resamples (default 400)")
+    p.add_argument("--rounds", type=_count, default=2000, help="maximum boosting rounds (as nbo train)")
+    p.add_argument("--valid-fraction", type=_fraction, default=0.2, help="of the training part, for early stopping")
+    p.add_argument("--bootstrap", type=_count, default=400, help="paired bootstrap resamples (default 400)")
     p.add_argument("--auc-tolerance", type=float, default=0.005, help="AUC diff lower bound must exceed -this")
     p.add_argument("--log-loss-tolerance", type=float, default=0.002, help="log-loss diff upper bound must be below")
     p.add_argument(
@@ -133,3 +135,17 @@ def _duration(text: str) -> float:
     if not m or float(m.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"not a positive duration like 6h, 30m or 90s: {text!r}")
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value

@@ -41,6 +41,7 @@ WINDOW = ["--window-days", "30", "--reward-window-days", "1", "--as-of", "2026-0
 class Logged:
     columns: dict[str, Any]
     weak: str  # the live model: 3 boosting rounds on the first 1,500 decisions
+    weak_dir: Path
 
 
 def _options(**kw: Any) -> RetrainOptions:
@@ -69,7 +70,7 @@ def logged(redis_client: redis.Redis, tmp_path: Path) -> Iterator[Logged]:
         progress=False,
         live_schema=schema,
     )
-    yield Logged(columns, publish(redis_client, KEYS, tmp_path / "weak", schema))
+    yield Logged(columns, publish(redis_client, KEYS, tmp_path / "weak", schema), tmp_path / "weak")
 
 
 def corrupted_trainer(data: Path, out: Path, **kw: Any) -> TrainResult:
@@ -120,13 +121,24 @@ def test_a_better_challenger_is_published_then_a_corrupted_one_is_refused(
     assert second.reason.startswith("the champion stays: auc failed: AUC difference -")
     assert second.record["figures"]["difference"]["auc"]["high"] < -0.05
 
-    # both runs are stored, oldest first, and listed
-    assert [r["verdict"] for r in list_records(redis_client, KEYS)] == ["published", "kept"]
+    # someone publishes another model while a run trains: the run does not replace what it never compared
+    def racing_trainer(data: Path, out: Path, **kw: Any) -> TrainResult:
+        result = train(data, out, **kw)
+        publish(redis_client, KEYS, logged.weak_dir, current_schema(redis_client, KEYS))
+        return result
+
+    third = retrain(redis_client, KEYS, _options(), trainer=racing_trainer)
+    assert third.verdict == "kept" and _live(redis_client) == logged.weak
+    assert third.reason == f"the live model changed during the run (was {record['challenger']}); run again"
+
+    # every run is stored, oldest first, and listed
+    assert [r["verdict"] for r in list_records(redis_client, KEYS)] == ["published", "kept", "kept"]
     assert nbo(["retrain", "list", "--redis-url", redis_url]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and lines[0].split()[:3] == ["#", "run", "at"]
+    assert len(lines) == 4 and lines[0].split()[:3] == ["#", "run", "at"]
     assert lines[1].split()[0] == "1" and lines[1].endswith("published")
     assert lines[2].split()[0] == "2" and lines[2].endswith("kept")
+    assert lines[3].split()[0] == "3" and lines[3].endswith("kept")
     assert logged.weak in lines[1] and record["challenger"] in lines[2]
     assert nbo(["retrain", "list", "--json", "--redis-url", redis_url]) == 0
     assert json.loads(capsys.readouterr().out) == list_records(redis_client, KEYS)
