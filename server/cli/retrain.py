@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import redis
+
 from server.cli.common import console, err_console, open_redis, print_lines, redis_flags, settings
 from server.cli.export import _epoch, _positive
 
@@ -71,10 +73,14 @@ def run(opts: argparse.Namespace) -> int:
         err_console.print("error: --every moves the window with the clock; drop --as-of, --since and --until")
         return 2
     options = _options(opts)
+    if opts.every is None:
+        return _once(opts, options)
     while True:
-        code = _once(opts, options)
-        if opts.every is None:
-            return code
+        try:
+            _once(opts, options)
+        except redis.exceptions.ConnectionError as err:
+            # a loop that runs for days outlives a Redis restart: report it and try next time
+            err_console.print(f"error: cannot reach Redis: {err}", highlight=False)
         console.print(f"next run in {opts.every:g} s", highlight=False)
         time.sleep(opts.every)
 

@@ -227,3 +227,32 @@ def test_the_drift_history_of_the_documented_example_is_logged_with_a_live_champ
     ids = {decode_decision_record(f).decision_id for _, f in redis_client.xrange(KEYS.decision_stream)}
     assert len(ids) == 2_700
     assert _live(redis_client) is not None
+
+
+def test_every_repeats_and_outlives_an_unreachable_redis() -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "retrain",
+        "--every",
+        "0.2s",
+        "--redis-url",
+        f"redis://127.0.0.1:{port}",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(2)]
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    assert lines == ["next run in 0.2 s\n"] * 2
+    assert err.count("error: cannot reach Redis:") >= 2
