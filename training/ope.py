@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from server.learning.posterior import NO_ARMS
-from training.ope_data import F64, LoggedData, OpeInputError, Rules, ScoringModel, feature_schema, read_log
+from training.ope_data import F64, I64, LoggedData, OpeInputError, Rules, ScoringModel, feature_schema, read_log
 from training.ope_policies import (
     BanditPolicy,
     CsvPolicy,
@@ -100,6 +100,38 @@ def snips(w: F64, r: F64, mass: float = 1.0) -> Interval:
 
 def doubly_robust(direct: F64, w: F64, r: F64, q_logged: F64) -> Interval:
     return normal_interval(direct + w * (r - q_logged))
+
+
+def _direct_parts(
+    log: LoggedData, dist: PolicyDistribution, reward_model: RewardModel, idx: np.ndarray
+) -> dict[str, tuple[F64, F64]]:
+    """Per used row (`idx`), for each reward: DR's direct part sum_b pi(b|x) q(x,b) and q(x, a)."""
+    n = len(log)
+    used = np.zeros(n, dtype=np.bool_)
+    used[idx] = True
+    in_use = used[dist.row]
+    e_row, e_offer, e_prob = dist.row[in_use], dist.offer_id[in_use], dist.prob[in_use]
+    # one call for the policy's entries and the logged offers
+    rows = np.concatenate([e_row, idx])
+    offers = np.concatenate([e_offer, log.offer_id[idx]]) if e_offer.size else log.offer_id[idx]
+    q_out, q_val = reward_model.predict(log, rows, offers)
+    q: dict[str, tuple[F64, F64]] = {}
+    for name, qq in (("outcome", q_out), ("value", q_val)):
+        direct = np.bincount(e_row, weights=e_prob * qq[: e_row.size], minlength=n)[idx].astype(np.float64)
+        q[name] = (direct, qq[e_row.size :])
+    return q
+
+
+def dr_terms(log: LoggedData, dist: PolicyDistribution, reward_model: RewardModel) -> tuple[I64, dict[str, F64]]:
+    """The rows DR uses (a logged probability > 0) and, per reward, DR's term for each of them.
+
+    Their mean is the DR estimate; two policies' terms on the same rows with the same reward
+    model give the paired difference of their values (training/retrain.py).
+    """
+    idx = np.flatnonzero(np.isfinite(log.mu) & (log.mu > 0))
+    w = dist.of_logged(log)[idx] / log.mu[idx]
+    parts = _direct_parts(log, dist, reward_model, idx)
+    return idx, {name: direct + w * (getattr(log, name)[idx] - q) for name, (direct, q) in parts.items()}
 
 
 def effective_sample_size(w: F64) -> float:
@@ -176,7 +208,6 @@ def evaluate(
     min_probability: float = MIN_PROBABILITY,
 ) -> Report:
     """IPS, SNIPS and DR (when `reward_model` is given and the distribution complete) of `dist`."""
-    n = len(log)
     used = np.isfinite(log.mu) & (log.mu > 0)
     idx = np.flatnonzero(used)
     if idx.size == 0:
@@ -184,18 +215,7 @@ def evaluate(
     mu = log.mu[idx]
     pi_logged = dist.of_logged(log)[idx]
     w = pi_logged / mu
-    in_use = used[dist.row]
-    e_row, e_offer, e_prob = dist.row[in_use], dist.offer_id[in_use], dist.prob[in_use]
-
-    q: dict[str, tuple[F64, F64]] = {}
-    if reward_model is not None and dist.complete:
-        # one call for the policy's entries and the logged offers
-        rows = np.concatenate([e_row, idx])
-        offers = np.concatenate([e_offer, log.offer_id[idx]]) if e_offer.size else log.offer_id[idx]
-        q_out, q_val = reward_model.predict(log, rows, offers)
-        for name, qq in (("outcome", q_out), ("value", q_val)):
-            direct = np.bincount(e_row, weights=e_prob * qq[: e_row.size], minlength=n)[idx].astype(np.float64)
-            q[name] = (direct, qq[e_row.size :])
+    q = _direct_parts(log, dist, reward_model, idx) if reward_model is not None and dist.complete else {}
 
     # the policy's mass on offers per row (the rest sends nothing); unknown for the logging policy
     mass = float(dist.total()[idx].mean()) if dist.complete else 1.0

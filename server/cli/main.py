@@ -25,6 +25,7 @@ from server.cli import (
     learner,
     model,
     ope,
+    retrain,
     serve,
     simulate,
     tokens,
@@ -56,6 +57,7 @@ COMMANDS: tuple[Command, ...] = (
     ope,
     simulate,
     train,
+    retrain,
     decide,
     tokens,
 )

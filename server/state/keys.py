@@ -85,6 +85,11 @@ class Keys:
         """Hash: version -> when it was rolled back (still listed, no longer in the history)."""
         return f"{self.prefix}{{g}}:model:retired"
 
+    @property
+    def retrain_comparisons(self) -> str:
+        """List of `nbo retrain` comparisons (JSON), oldest first; appended to, never rewritten."""
+        return f"{self.prefix}{{g}}:retrain:comparisons"
+
     # -- budgets: one tag for all, so one script can walk candidates of several campaigns --------
     @property
     def budget_total(self) -> str:
