@@ -76,6 +76,7 @@ from training.world import CC, WEB, WEB_SHARE, WORLDS, World
 
 log = logging.getLogger(__name__)
 SCENARIOS = ("stationary", "drift", "response-drift", "new-offer")
+REPORT_ATTEMPTS = 8
 NEW_OFFER_TEMPLATE = {"default": ("spring_sale", "loyalty"), "alt": ("device_refresh", "streaming")}
 
 
@@ -216,7 +217,7 @@ async def _drive(
             p = float(world.oracle(np.array([r.customer]), np.array([j]), r.channel, ctx, np.array([s.ts]))[0])
             accepted = bool(draws[r.index] < p)
             value = float(world.offer_value[j]) if accepted else 0.0
-            await _report(client, s, "accepted" if accepted else "declined", value)
+            s.report_retries = await _report(client, s, "accepted" if accepted else "declined", value)
 
     # one connection per client, so SO_REUSEPORT spreads the load over the workers
     clients = [AsyncNboClient(target, own_connection=True) for _ in range(cfg.concurrency)]
@@ -228,17 +229,19 @@ async def _drive(
     return sent
 
 
-async def _report(client: AsyncNboClient, s: Sent, outcome: str, value: float, attempts: int = 6) -> None:
-    """Report as a live caller would: UNAVAILABLE (Redis slow or away, e.g. on a loaded machine)
-    means retry; the outcome's default event id makes a repeat a duplicate, never a second count."""
-    for attempt in range(attempts):
+async def _report(client: AsyncNboClient, s: Sent, outcome: str, value: float) -> int:
+    """ReportOutcome, retried while the server answers UNAVAILABLE (Redis slower than its time
+    budget, e.g. on an overloaded machine), as docs/api.md advises: a retried report counts
+    once. Returns the number of retries."""
+    for attempt in range(REPORT_ATTEMPTS):
         try:
             await client.report(s.decision_id, s.offer, outcome, value)
-            return
-        except grpc.aio.AioRpcError as err:
-            if err.code() is not grpc.StatusCode.UNAVAILABLE or attempt == attempts - 1:
+            return attempt
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == REPORT_ATTEMPTS - 1:
                 raise
-            await asyncio.sleep(0.05 * 2**attempt)
+            await asyncio.sleep(0.25 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _read_log(url: str, keys: Keys) -> dict[str, DecisionRecord]:
@@ -288,6 +291,7 @@ def run(cfg: SimulationConfig) -> SimulationResult:
     terms = catalog_terms(parse_catalog(final_catalog.catalog_yaml(), schema))
     scores, skipped = score_decisions(sent, records, scenario.truths, terms)
     result = _summarise(cfg, scores, skipped, scenario, time.perf_counter() - started)
+    result.outcome_retries = sum(x.report_retries for x in sent)
     result.decisions_per_second = round(cfg.decisions / loop_seconds, 1)
     result.exported_rows = exported.rows
     (cfg.out / "summary.json").write_text(json.dumps(asdict(result), indent=2, default=str))

@@ -50,6 +50,7 @@ class SimulationResult:
     tier_violation_share: float = 0.0
     arm_inputs: list[dict[str, Any]] = field(default_factory=list)  # the catalog's bandit inputs, if any
     bandit_settings: dict[str, Any] = field(default_factory=dict)  # the catalog's bandit section
+    outcome_retries: int = 0  # ReportOutcome retries after UNAVAILABLE (an overloaded machine)
 
 
 def summarise(
@@ -192,7 +193,9 @@ def summary_markdown(r: SimulationResult) -> str:
         f"{r.decisions:,} decisions ({r.evaluated:,} evaluated; {r.control_or_degraded:,} in the control group "
         f"or degraded, of which {r.degraded:,} degraded; {r.missing_records:,} missing from the log), "
         f"bandit and learner {'on' if r.bandit else 'off'}, {r.seconds:.0f} s "
-        f"({r.decisions_per_second:,.0f} decisions/s in the loop).",
+        f"({r.decisions_per_second:,.0f} decisions/s in the loop"
+        + (f"; {r.outcome_retries:,} outcome reports retried after UNAVAILABLE" if r.outcome_retries else "")
+        + ").",
         "",
         "| policy | expected value / decision | acceptance | % of oracle | regret (total) |",
         "|---|---|---|---|---|",

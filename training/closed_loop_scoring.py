@@ -40,6 +40,7 @@ class Sent:
     offer: str = ""
     world_index: int = 0  # which truth answered: 0 before the change, 1 after (drift / new offer)
     ts: float = 0.0
+    report_retries: int = 0  # ReportOutcome calls retried after UNAVAILABLE
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from server.cli.common import console, err_console, open_redis, print_lines, redis_flags, settings
-from server.cli.export import _epoch, _positive
+from server.cli.common import console, err_console, iso_epoch, open_redis, print_lines, redis_flags, settings
+from server.cli.export import _positive
 
 if TYPE_CHECKING:
     from training.retrain import RetrainOptions
@@ -40,9 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="how long after a decision its reward may arrive; younger decisions are left out "
         "(default: decision_ttl_seconds, 30 days)",
     )
-    p.add_argument("--since", type=_epoch, help="use decisions from this time (ISO 8601; overrides --window-days)")
-    p.add_argument("--until", type=_epoch, help="use decisions before this time (default: now - reward window)")
-    p.add_argument("--as-of", type=_epoch, help="judge windows at this time, ignore later outcomes (repeatable runs)")
+    p.add_argument("--since", type=iso_epoch, help="use decisions from this time (ISO 8601; overrides --window-days)")
+    p.add_argument("--until", type=iso_epoch, help="use decisions before this time (default: now - reward window)")
+    p.add_argument("--as-of", type=iso_epoch, help="judge windows at this time, ignore later outcomes (repeatable)")
     p.add_argument(
         "--holdout-fraction", type=_fraction, default=0.2, help="newest share of rows held out (default 0.2)"
     )
