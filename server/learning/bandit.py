@@ -1,21 +1,23 @@
 """The contextual bandit: Thompson sampling on a learned per-offer, per-channel correction of the
 propensity model's log-odds.
 
-Each arm (offer x channel) has a Gaussian posterior N(mean, 1/precision) over an offset delta
-added to the model's logit: P(accept) = sigmoid(logit(p_model) + delta). The model carries the
-context (customer features, channel, cart...); the arm learns what the model gets wrong for that
-offer now — drift since training, or an offer the model has never seen (then p_model is the
-catalog's prior and the posterior starts wide, so the offer is explored until its worth is
-known). The learner (server/learner.py) updates the posteriors from outcomes with one Laplace
-(Newton) step per observation, as in Chapelle & Li (2011), with a forgetting factor so drift is
-followed.
+Each arm (offer x channel) has a Gaussian posterior over an offset added to the model's logit:
+P(accept) = sigmoid(logit(p_model) + offset). The model carries the context (customer features,
+channel, cart...); the arm learns what the model gets wrong for that offer now — drift since
+training, an offer the model has never seen (then p_model is the catalog's prior and the
+posterior starts wide), or, with the catalog's `bandit.inputs`, how the offer's response to a few
+declared inputs has moved (server.learning.posterior). The learner (server.learning.learner)
+updates the posteriors from outcomes with one Laplace (Newton) step per observation, as in
+Chapelle & Li (2011), with a forgetting factor so drift is followed.
 
-Selection probabilities are computed, not guessed: `samples` posterior draws are ranked like the
-server ranks (tier first, then P x C x V x L) and the policy *is* the resulting distribution
-(mixed with an epsilon floor for support), from which the order is then drawn. So the logged
-probability is exactly the one the offer was drawn with; the Monte Carlo error is only in how
-far that distribution is from ideal Thompson sampling (standard error below 0.5/sqrt(samples)).
-Draws are seeded by the policy seed and the decision id: replicas and replays agree.
+Selection probabilities are computed, not guessed: `samples` posterior draws of the best tier's
+candidates are ranked like the server ranks (P x C x V x L, or the margin) and the policy *is*
+the resulting distribution (mixed with an epsilon floor over the same candidates, for support),
+from which the order is then drawn; lower tiers follow, never first (unless the catalog sets
+`cross_tier`). So the logged probability is exactly the one the offer was drawn with; the Monte
+Carlo error is only in how far that distribution is from ideal Thompson sampling (standard error
+below 0.5/sqrt(samples)). Draws are seeded by the policy seed and the decision id: replicas and
+replays agree.
 """
 
 from __future__ import annotations
