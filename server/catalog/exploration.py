@@ -58,7 +58,7 @@ class BanditPolicy:
     channels: Mapping[Channel, ChannelExploration] = field(default_factory=dict)
     default: ChannelExploration = ChannelExploration()
     inputs: tuple[ArmInput, ...] = ()
-    input_prior_sd: float = 0.1  # sd of each input weight before any outcome (measured: docs/learning.md)
+    input_prior_sd: float = 0.05  # sd of each input weight before any outcome (measured: docs/learning.md)
     signature: str = field(init=False, default="")
 
     def __post_init__(self) -> None:

@@ -85,7 +85,7 @@ class BanditSpec(_Spec):
     cross_tier: bool = False
     channels: dict[str, ExplorationSpec] = {}
     inputs: list[ArmInputSpec] = Field([], max_length=8)
-    input_prior_sd: float = Field(0.1, gt=0.0, le=10.0)
+    input_prior_sd: float = Field(0.05, gt=0.0, le=10.0)
 
 
 class ChannelSpec(_Spec):
