@@ -2,8 +2,8 @@
 
 The walk order is drawn from the policy (seeded by the decision id, so a decision is
 reproducible); every candidate's first-slot probability is kept, so the logged selection
-probabilities are exact. Tiers still rank first: exploration stays inside the best tier present unless the catalog's
-`bandit.cross_tier` asks otherwise.
+probabilities are exact. Tiers still rank first: exploration stays inside the best tier present
+unless the catalog's `bandit.cross_tier` asks otherwise.
 """
 
 from __future__ import annotations
