@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server.catalog.exploration import INPUT_CLIP, BanditPolicy
+from server.learning.bandit import logit
 
 F64 = npt.NDArray[np.float64]
 
@@ -23,8 +24,7 @@ def input_rows(
     out = np.zeros((base_p.size, len(policy.inputs)))
     for j, spec in enumerate(policy.inputs):
         if spec.kind == "model":
-            q = np.minimum(np.maximum(base_p, 1e-6), 1 - 1e-6)
-            out[:, j] = np.log(q / (1 - q))
+            out[:, j] = logit(base_p)
         elif spec.kind == "feature":
             ok = vector is not None and 0 <= spec.index < vector.size
             out[:, j] = float(vector[spec.index]) if ok and vector is not None else math.nan
