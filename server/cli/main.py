@@ -18,6 +18,7 @@ import redis
 from server.cli import (
     budgets,
     catalog,
+    conversions,
     decide,
     demo,
     export,
@@ -53,6 +54,7 @@ COMMANDS: tuple[Command, ...] = (
     catalog,
     model,
     budgets,
+    conversions,
     export,
     ope,
     simulate,
