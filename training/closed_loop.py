@@ -286,7 +286,10 @@ def run(cfg: SimulationConfig) -> SimulationResult:
     scenario = build_scenario(cfg)
     requests = _draw_requests(scenario.world, cfg.decisions, cfg.seed)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    with EmbeddedRedis(cfg.out / "redis", persist=False) as redis_server:
+    # a fresh Redis each run, kept (saved on shutdown): `nbo report --data-dir OUT` reads the
+    # run's logs afterwards
+    (cfg.out / "redis" / "dump.rdb").unlink(missing_ok=True)
+    with EmbeddedRedis(cfg.out / "redis") as redis_server:
         settings = Settings(
             redis_url=redis_server.url,
             port=0,

@@ -50,7 +50,9 @@ def test_true_lift_counts_awards_for_the_treated_and_would_offer_for_the_control
     def p(c: int, j: int, channel: str) -> float:
         return float(world.oracle(np.array([c]), np.array([j]), channel, {}, np.array([BASE.ts]))[0])
 
-    lift = true_lift(records, dict.fromkeys("d1 d2 d3 d4 d5".split(), world), p0, {c: i for i, c in enumerate(ids)})
+    lift = true_lift(
+        records, dict.fromkeys([r.decision_id for r in records], world), p0, {c: i for i, c in enumerate(ids)}
+    )
     p1, p2, p3 = p(0, 0, "web"), p(0, 1, "call_centre"), p(1, 1, "web")
     treated = [1 - (1 - p0[0]) * (1 - p1) * (1 - p2), 1 - (1 - p0[1]) * (1 - p3), p0[2], p0[3]]
     base = p0[[0, 1, 2, 3]]
