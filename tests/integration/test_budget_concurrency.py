@@ -104,19 +104,21 @@ class Call:
     error: str = ""
 
 
-def _two_free_ports() -> int:
-    """A port P such that P and P + 1 are free (worker i serves metrics on P + i)."""
+def _three_free_ports() -> int:
+    """A port P such that P, P + 1 and P + 2 are free (the supervisor serves the combined metrics
+    on P, worker i its own on P + 1 + i)."""
     for _ in range(50):
         port = free_port()
-        if port >= 65535:
+        if port >= 65534:
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        try:
+            for q in (port + 1, port + 2):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", q))
+        except OSError:
+            continue
         return port
-    raise RuntimeError("no two consecutive free ports")
+    raise RuntimeError("no three consecutive free ports")
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +141,7 @@ def served(module_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     load_customers(module_redis_url, rows, tmp)
     catalog = tmp / "catalog.yaml"
     catalog.write_text(CATALOG)
-    metrics = _two_free_ports()
+    metrics = _three_free_ports()
     # exact budgets under 200 concurrent callers is what this tests, not shedding (which has tests
     # of its own): bounds above the callers, so that a loaded machine cannot turn calls away
     env = {
@@ -164,7 +166,7 @@ def served(module_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
         banner = proc.stdout.readline()
         match = re.search(r"serving on (\S+) with 2 worker", banner)
         assert match, f"banner {banner!r}; stderr: {stderr_path.read_text()[-2000:]}"
-        served = Served(match.group(1), (metrics, metrics + 1), module_redis_url)
+        served = Served(match.group(1), (metrics + 1, metrics + 2), module_redis_url)
         _wait_ready(served, proc, stderr_path)
         yield served
     finally:
