@@ -20,7 +20,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,9 +34,10 @@ import grpc
 import pytest
 import redis
 
+from loadtest.faults.env import consecutive_free_ports
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
-from server.state.embedded_redis import EmbeddedRedis, free_port
+from server.state.embedded_redis import EmbeddedRedis
 from server.state.keys import Keys
 from server.state.records import record_data
 from tests.integration.harness import load_customers
@@ -104,23 +104,6 @@ class Call:
     error: str = ""
 
 
-def _three_free_ports() -> int:
-    """A port P such that P, P + 1 and P + 2 are free (the supervisor serves the combined metrics
-    on P, worker i its own on P + 1 + i)."""
-    for _ in range(50):
-        port = free_port()
-        if port >= 65534:
-            continue
-        try:
-            for q in (port + 1, port + 2):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                    s.bind(("127.0.0.1", q))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no three consecutive free ports")
-
-
 @pytest.fixture(scope="module")
 def module_redis_url(redis_server: EmbeddedRedis) -> str:
     """The test Redis, emptied once for this module (the function-scoped `redis_url` flushes
@@ -141,7 +124,7 @@ def served(module_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     load_customers(module_redis_url, rows, tmp)
     catalog = tmp / "catalog.yaml"
     catalog.write_text(CATALOG)
-    metrics = _three_free_ports()
+    metrics = consecutive_free_ports(3)  # the supervisor serves the combined metrics on it, worker i on +1+i
     # exact budgets under 200 concurrent callers is what this tests, not shedding (which has tests
     # of its own): bounds above the callers, so that a loaded machine cannot turn calls away
     env = {

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,51 +26,34 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest.faults.env import consecutive_free_ports
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 from server.state.budget_counters import build_report
 from server.state.catalog_store import live_catalog, publish
-from server.state.embedded_redis import EmbeddedRedis, free_port
+from server.state.embedded_redis import EmbeddedRedis
 from server.state.keys import Keys
 from tests.deploy_files import family, grouping_labels, metric_names, queries, selector_labels
+from tests.integration import test_budget_concurrency as budget_test
 from tests.integration.harness import load_customers
 
 NBO = [sys.executable, "-m", "server.cli"]
 KEYS = Keys()
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
 WORKER_LINE = re.compile(r"worker (\d+) \(pid (\d+)\) serving")
-CATALOG = """\
-name: metrics-{name}
-timezone: UTC
-channels:
-  web: {{capacity_per_hour: 100000000}}
-contact_policy:
-  window_hours: 24
-campaigns:
-  - id: promo
-    type: ad_hoc
-    priority: 90
-    channels: [web]
-    start: 2020-01-01
-    end: 2099-01-01
-    budget: {{total_spend: 1000000, pacing: {{over: window, slack: 0.05}}}}
-  - id: base
-    type: lifecycle
-    channels: [web]
-offers:
-  - id: o_budget
-    campaign: promo
-    title: Budgeted
-    value: 100
-    cost: 2.5
-    prior_propensity: 0.2
-    budget: {{total_awards: 100000, daily_awards: 50000, per_customer: 1, pacing: {{over: day, slack: 0.5}}}}
-  - id: o_free
-    campaign: base
-    title: Free
-    value: 10
-    prior_propensity: 0.2
-"""
+# the budget test's catalog, with pacing on both budgets, a daily cap and a campaign window
+CATALOG = (
+    budget_test.CATALOG.replace("name: budget-concurrency", "name: metrics-{name}")
+    .replace(
+        "    budget: {total_spend: 1000000, daily_awards: 1000000}",
+        "    start: 2020-01-01\n    end: 2099-01-01\n"
+        "    budget: {total_spend: 1000000, pacing: {over: window, slack: 0.05}}",
+    )
+    .replace(
+        "    budget: {total_awards: 1000, per_customer: 1, total_spend: 100000}",
+        "    budget: {total_awards: 1000, daily_awards: 50000, per_customer: 1, pacing: {over: day, slack: 0.5}}",
+    )
+)
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
@@ -86,19 +68,6 @@ class Served:
     stderr: Path
 
 
-def _three_free_ports() -> int:
-    for _ in range(50):
-        port = free_port()
-        try:
-            for q in (port + 1, port + 2):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", q))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no three consecutive free ports")
-
-
 @pytest.fixture(scope="module")
 def served(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     url = redis_server.url
@@ -109,8 +78,8 @@ def served(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
     rows = {f"m{i:03d}": {"tier": "ABC"[i % 3], "tenure_months": i % 60, "churn_risk": 0.5} for i in range(400)}
     load_customers(url, rows, tmp)
     catalog = tmp / "catalog.yaml"
-    catalog.write_text(CATALOG.format(name="one"))
-    port = _three_free_ports()
+    catalog.write_text(CATALOG.replace("{name}", "one"))
+    port = consecutive_free_ports(3)
     env = {**os.environ, "REDIS_URL": url, "NBO_LOG_LEVEL": "INFO"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     args = ["serve", "--workers", "2", "--learner", "--port", "0", "--http-port", "0", "--catalog", str(catalog)]
@@ -294,7 +263,7 @@ def test_after_a_reload_only_the_new_catalog_version_is_shown(ready: Served) -> 
     assert _info(old, "nbo_model_info") == {(("role", "champion"), ("version", "prior")): 1.0}
     client = redis.Redis.from_url(ready.redis_url)
     try:
-        published = publish(client, KEYS, CATALOG.format(name="two"), source="test")
+        published = publish(client, KEYS, CATALOG.replace("{name}", "two"), source="test")
         seq = int(client.get(KEYS.catalog_current) or 0)
     finally:
         client.close()
