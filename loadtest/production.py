@@ -46,6 +46,7 @@ from loadtest import h2mix  # noqa: E402
 from loadtest.check import _children, cpu_snapshot, snapshot  # noqa: E402
 from loadtest.faults.env import consecutive_free_ports as free_port  # noqa: E402
 from loadtest.production_report import clean_counts, write_report  # noqa: E402
+from server.app import worker_metrics_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 LT = ROOT / "loadtest"
@@ -242,8 +243,10 @@ def measure_size(
     opts: argparse.Namespace, size: int, catalog: Path, ctx: dict[str, Any], procs: Procs
 ) -> dict[str, Any]:
     runs = opts.results / "runs"
-    port, mport = free_port(1), free_port(opts.workers)
-    urls = [f"http://127.0.0.1:{mport + i}/" for i in range(opts.workers)]
+    # the supervisor's endpoint on mport, worker i's own on mport + 1 + i
+    port, mport = free_port(1), free_port(opts.workers + 1)
+    own = [worker_metrics_port(mport, i) for i in range(opts.workers)]
+    urls = [f"http://127.0.0.1:{p}/" for p in own]
     serve = f"serve --workers {opts.workers} --port {port} --metrics-port {mport} --learner --log-level WARNING"
     server = procs.start(
         [str(BIN / "nbo"), *serve.split(), "--catalog", str(catalog)],
@@ -287,10 +290,10 @@ def measure_size(
     out.update(load_steps(opts, bodies, nbo_run, echo_run))
     procs.stop(reporter)
     if opts.profile:
-        profile_workers(opts, size, server.pid, [mport + i for i in range(opts.workers)], nbo_run)
+        profile_workers(opts, size, server.pid, own, nbo_run)
     out["outcomes"] = json.loads(stats.read_text())
     out["server_total"] = clean_counts(m_all, snapshot(urls)["total"])  # type: ignore[arg-type]
-    out["rss_mb"] = rss_mb(server.pid, [mport + i for i in range(opts.workers)])
+    out["rss_mb"] = rss_mb(server.pid, own)
     out["redis"] = redis_memory(ctx["env"]["REDIS_URL"])
     procs.stop(server)
     return out

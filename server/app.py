@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
-from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
+from multiprocessing.sharedctypes import SynchronizedArray
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +134,14 @@ class Worker:
         arms = old.arms if old is not None else self._arms
         challenger = old.challenger if old is not None else None
         self.service.live = LiveConfig(snap.catalog, snap.schema, snap.readable_versions, scorer, arms, challenger)
+        self._show_versions()
 
     def _swap_arms(self, arms: Arms) -> None:
         self._arms = arms
         old = self.service.live
         if old is not None:
             self.service.live = dataclasses.replace(old, arms=arms)
+            self._show_versions()
 
     def _swap_ids(self, ids: DecisionIds) -> None:
         self.service.ids = ids
@@ -149,6 +151,17 @@ class Worker:
         old = self.service.live
         if old is not None:
             self.service.live = dataclasses.replace(old, scorer=scorer, challenger=challenger)
+            self._show_versions()
+
+    def _show_versions(self) -> None:
+        live = self.service.live
+        if live is None:
+            return
+        models = [(live.scorer.version, "champion")]
+        if live.challenger is not None:
+            models.append((live.challenger.scorer.version, "challenger"))
+        bandit = live.arms.version if live.catalog.bandit.enabled else 0
+        self.metrics.show_versions(live.catalog.version, models, bandit)
 
     async def start(self) -> int:
         self.writer.start()
@@ -237,16 +250,23 @@ async def _watch_siblings(
         await asyncio.sleep(0.5)
 
 
+def worker_metrics_port(metrics_port: int, index: int) -> int:
+    """Where worker `index` serves its own process's numbers (to see one worker alone)."""
+    return metrics_port + 1 + index
+
+
 async def _serve_worker(
     settings: Settings,
     redis_url: str,
     port: int,
     index: int,
     ready: SynchronizedArray[int] | None = None,
-    restarts: Synchronized[int] | None = None,
 ) -> None:
     if settings.metrics_port is not None:
-        settings = settings.model_copy(update={"metrics_port": settings.metrics_port + index})
+        # metrics_port itself is the supervisor's endpoint, which adds up every process; with 0
+        # (any free port) a worker's own port could not be found, so it serves none
+        own = worker_metrics_port(settings.metrics_port, index) if settings.metrics_port else None
+        settings = settings.model_copy(update={"metrics_port": own})
     worker = Worker(settings, redis_url, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -255,10 +275,8 @@ async def _serve_worker(
     await worker.start()
     log.info("worker %d (pid %d) serving on %s:%d", index, os.getpid(), settings.host, worker.port)
     watch = None
-    if ready is not None and restarts is not None:
+    if ready is not None:
         ready[index] = 1
-        worker.metrics.workers_alive.set_function(lambda: sum(ready[:]))
-        worker.metrics.worker_restarts.set_function(lambda: restarts.value)
         watch = asyncio.create_task(_watch_siblings(worker, settings, ready, stop))
     await stop.wait()
     if watch is not None:
@@ -273,7 +291,6 @@ def worker_main(
     port: int,
     index: int,
     ready: SynchronizedArray[int] | None = None,
-    restarts: Synchronized[int] | None = None,
 ) -> None:
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level, log_customer_ids=settings.log_customer_ids)
@@ -283,7 +300,7 @@ def worker_main(
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve_worker(settings, redis_url, port, index, ready, restarts))
+    asyncio.run(_serve_worker(settings, redis_url, port, index, ready))
 
 
 @contextlib.contextmanager

@@ -155,7 +155,9 @@ class Settings(BaseSettings):
     written once it is back; unset = keep them in memory only (100,000 per worker, then dropped)."""
 
     metrics_port: int | None = Field(None, ge=0, le=65535)
-    """If set, worker i serves Prometheus metrics on metrics_port + i."""
+    """If set, `nbo serve` serves ONE Prometheus endpoint here with the metrics of all its
+    processes added up (workers and --learner); worker i also serves its own alone on
+    metrics_port + 1 + i. `nbo learner` on its own serves its metrics here."""
 
     log_level: str = "INFO"
     """Python logging level of the server."""

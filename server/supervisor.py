@@ -17,22 +17,29 @@ import errno
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
-from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
+from multiprocessing.sharedctypes import SynchronizedArray
+
+from prometheus_client import multiprocess
+from prometheus_client.metrics_core import Metric
 
 from server.api.tokens import TokenFileError, read_tokens
 from server.app import publish_catalog, redis_for, worker_main
 from server.catalog.spec import CatalogInvalid
 from server.config import Settings, configure_logging
+from server.metrics import MULTIPROC_ENV, MetricsEndpoint, supervisor_families
 from server.state import catalog_store
+from server.state.budget_metrics import BudgetGauges
 from server.state.redis_client import RedisAccessError, check_access, redacted
 
 log = logging.getLogger("nbo.supervisor")
@@ -96,9 +103,14 @@ class ServerGroup:
             settings = self.settings = settings.model_copy(update={"http_port": http_port})
         self._ctx = multiprocessing.get_context("spawn")
         # shared with the workers: which are serving (each sets its slot once its port answers, the
-        # supervisor clears it when the process dies) and how often one was replaced
+        # supervisor clears it when the process dies)
         self.ready: SynchronizedArray[int] = self._ctx.Array("i", settings.workers)
-        self.restarts: Synchronized[int] = self._ctx.Value("i", 0)
+        self.restarts = 0
+        self.metrics_dir: str | None = None
+        self.metrics: MetricsEndpoint | None = None
+        self.metrics_port: int | None = None
+        if settings.metrics_port is not None:
+            self._metrics_dir()
         self.restart_delay = restart_delay
         self.max_restarts = max_restarts
         self.restart_window = restart_window
@@ -120,10 +132,24 @@ class ServerGroup:
             )
         return self._ctx.Process(
             target=worker_main,
-            args=(self.settings.model_dump_json(), self.redis_url, self.port, index, self.ready, self.restarts),
+            args=(self.settings.model_dump_json(), self.redis_url, self.port, index, self.ready),
             name=f"nbo-worker-{index}",
             daemon=False,
         )
+
+    def _metrics_dir(self) -> None:
+        """A fresh private directory for the processes' metric files, set in this process's
+        environment before any child starts: spawned children inherit it and so import
+        prometheus_client in multiprocess mode. (This process imported it before, so its own
+        values stay in memory; it only reads the files.) /dev/shm keeps the files off disk."""
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        self.metrics_dir = tempfile.mkdtemp(prefix="nbo-metrics-", dir=shm)
+        os.environ[MULTIPROC_ENV] = self.metrics_dir
+        self._budgets = BudgetGauges(self.redis_url, self.settings)
+        self.metrics = MetricsEndpoint(self.metrics_dir, (self._own_families, self._budgets.families))
+
+    def _own_families(self) -> list[Metric]:
+        return supervisor_families(sum(self.ready[:]), self.restarts)
 
     @property
     def failed(self) -> bool:
@@ -139,6 +165,14 @@ class ServerGroup:
         if self.settings.learner:
             self.procs.append(self._spawn(self.settings.workers))
             self._crashes.append(deque())
+        if self.metrics is not None and self.settings.metrics_port is not None:
+            try:
+                self.metrics_port = self.metrics.start(self.settings.metrics_port)
+            except OSError as err:
+                self._release()
+                raise PortTaken(
+                    f"metrics port {self.settings.metrics_port}: {err}; choose another (--metrics-port)"
+                ) from None
         for p in self.procs:
             p.start()
         self._thread.start()
@@ -154,6 +188,7 @@ class ServerGroup:
 
     def _replace(self, index: int, dead: BaseProcess) -> None:
         dead.join()
+        self._forget(dead)
         if index < self.settings.workers:
             self.ready[index] = 0
         now = time.monotonic()
@@ -179,8 +214,12 @@ class ServerGroup:
         fresh = self._spawn(index)
         fresh.start()
         self.procs[index] = fresh
-        with self.restarts.get_lock():
-            self.restarts.value += 1
+        self.restarts += 1
+
+    def _forget(self, dead: BaseProcess) -> None:
+        """Its counters stay counted; its live gauges (versions, circuit breaker) leave the sums."""
+        if self.metrics_dir is not None and dead.pid is not None:
+            multiprocess.mark_process_dead(dead.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until every worker serves its port (or raise).
@@ -217,10 +256,18 @@ class ServerGroup:
             p.join()
             if p.exitcode not in (0, None, -signal.SIGTERM):
                 code = 1
+        self._release()
+        return code
+
+    def _release(self) -> None:
         self._held.close()
         if self._held_http is not None:
             self._held_http.close()
-        return code
+        if self.metrics is not None:
+            self.metrics.stop()
+            self._budgets.close()
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def stop(self) -> int:
         self.signal()
@@ -275,7 +322,11 @@ def run_server(settings: Settings) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         on_signals(group.signal)
-        group.start()
+        try:
+            group.start()
+        except PortTaken as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         try:
             # a model compile can take seconds: only say "serving" once the port answers
             group.wait_ready(timeout=120)
@@ -290,4 +341,9 @@ def run_server(settings: Settings) -> int:
         if group.settings.http_port is not None:
             scheme = "https" if settings.tls_enabled else "http"
             print(f"HTTP/JSON on {scheme}://{group.target.rpartition(':')[0]}:{group.settings.http_port}", flush=True)
+        if group.metrics_port is not None:
+            print(
+                f"Prometheus metrics on http://{group.target.rpartition(':')[0]}:{group.metrics_port}/metrics",
+                flush=True,
+            )
         return group.join()

@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 import redis
 
+from server.app import worker_metrics_port
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 from server.state.embedded_redis import find_redis_server, free_port
@@ -139,7 +140,7 @@ def load_customers(redis_url: str, n: int, tmp: Path, seed: int = 7) -> list[str
 
 
 def consecutive_free_ports(n: int) -> int:
-    """A port P with P .. P+n-1 all free (worker i serves metrics on P + i)."""
+    """A port P with P .. P+n-1 all free (for `--metrics-port P`: n = workers + 1)."""
     import socket
 
     for _ in range(100):
@@ -174,7 +175,7 @@ class Server:
     def start(self, timeout: float = 120.0) -> None:
         catalog = self.tmp / "catalog.yaml"
         catalog.write_text(CATALOG)
-        self.metrics_port = consecutive_free_ports(self.workers)
+        self.metrics_port = consecutive_free_ports(self.workers + 1)
         env = {**os.environ, "REDIS_URL": self.redis_url, "NBO_LOG_LEVEL": "INFO", **self.extra_env}
         args = [*NBO, "serve", "--workers", str(self.workers), "--port", "0", "--catalog", str(catalog)]
         args += ["--metrics-port", str(self.metrics_port)]
@@ -229,7 +230,9 @@ class Server:
     def metrics(self, index: int) -> dict[str, float]:
         """One worker's Prometheus samples (name{labels} -> value); empty if it does not answer."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port + index}/metrics", timeout=2) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{worker_metrics_port(self.metrics_port, index)}/metrics", timeout=2
+            ) as r:
                 text = r.read().decode()
         except OSError:
             return {}

@@ -57,7 +57,11 @@ def serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-port", type=int, help="also serve HTTP/JSON on this port (default off; 0 = any free port)")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
-    p.add_argument("--metrics-port", type=int, help="Prometheus port of worker 0 (worker i: +i)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="the one Prometheus endpoint, every process added up (worker i alone: +1+i; 0 = any free port)",
+    )
     p.add_argument(
         "--insecure",
         action="store_true",

@@ -13,6 +13,7 @@ HELP = "run the bandit's online learner (consumes the outcome stream)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     redis_flags(p)
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    p.add_argument("--metrics-port", type=int, help="serve the learner's Prometheus metrics on this port")
 
 
 def run(opts: argparse.Namespace) -> int:
@@ -31,5 +32,5 @@ def run(opts: argparse.Namespace) -> int:
         except RedisAccessError as err:
             err_console.print(f"error: {err}")
             return 2
-        asyncio.run(run_learner(chosen, url))
+        asyncio.run(run_learner(chosen, url, serve_metrics=True))
     return 0

@@ -39,6 +39,8 @@ from server.state.streams import StreamConsumer
 
 log = logging.getLogger(__name__)
 GROUP = "learner"
+LAG_EVERY_SECONDS = 1.0  # how often the lag gauges are refreshed (two XINFO calls)
+UNREAD_CAP = 1000  # unread outcomes counted one by one where Redis does not report the group's lag
 REWARD = {"accepted": 1, "converted": 1, "declined": 0}
 
 
@@ -61,6 +63,8 @@ class Learner:
         )
         self._learn = client.register_script(resources.files("server.state").joinpath("lua", "learn.lua").read_text())
         self._catalog_seq: bytes | str | None = None
+        self._applied_ms: int | None = None  # time part of the newest entry id this learner applied
+        self._lag_at = -math.inf
 
     async def _refresh_policy(self) -> None:
         """Follow the live catalog's `bandit` section (decay, priors); only that section is read,
@@ -86,6 +90,7 @@ class Learner:
         await self._refresh_policy()
         entries = await self.consumer.read()
         if not entries:
+            await self._observe_lag()
             return 0
         pipe = self.client.pipeline(transaction=False)
         queued = 0
@@ -103,7 +108,33 @@ class Learner:
         self.metrics.bandit_updates.labels("skipped").inc(len(entries) - queued)
         # acknowledged only now: a crash before this line redelivers, and the script dedupes
         await self.consumer.ack([entry_id for entry_id, _ in entries])
+        self._applied_ms = max(self._applied_ms or 0, *(_id_ms(entry_id) for entry_id, _ in entries))
+        await self._observe_lag()
         return learned
+
+    async def _observe_lag(self) -> None:
+        """How far behind the outcome stream the learners are: entries not yet acknowledged by the
+        group (read or not), and the time from the newest entry back to the newest applied here."""
+        now = asyncio.get_running_loop().time()
+        if now - self._lag_at < LAG_EVERY_SECONDS:
+            return
+        self._lag_at = now
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xinfo_stream(self.keys.outcome_stream)
+        pipe.xinfo_groups(self.keys.outcome_stream)
+        stream, groups = await pipe.execute()
+        group = next(g for g in groups if _text(g["name"]) == GROUP)
+        newest, delivered = stream["last-generated-id"], group["last-delivered-id"]
+        caught_up = int(group["pending"]) == 0 and _text(newest) == _text(delivered)
+        unread = 0 if _text(newest) == _text(delivered) else group.get("lag")
+        if unread is None:  # Redis < 7 (or after some trims) does not say: count, up to a cap
+            after = await self.client.xrange(self.keys.outcome_stream, f"({_text(delivered)}", "+", count=UNREAD_CAP)
+            unread = len(after or [])
+        self.metrics.learner_pending.set(int(group["pending"]) + int(unread))
+        applied = self._applied_ms if self._applied_ms is not None else _id_ms(delivered)
+        if applied == 0 and stream.get("first-entry"):  # nothing read yet: the whole stream is behind
+            applied = _id_ms(stream["first-entry"][0])
+        self.metrics.learner_lag.set(0.0 if caught_up else max(0, _id_ms(newest) - applied) / 1000)
 
     def _update_args(
         self, entry_id: bytes, fields: dict[bytes, bytes]
@@ -155,10 +186,27 @@ class Learner:
             await self.stop()
 
 
-async def run_learner(settings: Settings, redis_url: str, stop: asyncio.Event | None = None) -> None:
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_ms(entry_id: bytes | str) -> int:
+    """The time part (ms since the epoch) of a stream entry id `<ms>-<seq>`."""
+    return int(_text(entry_id).split("-", 1)[0])
+
+
+async def run_learner(
+    settings: Settings, redis_url: str, stop: asyncio.Event | None = None, *, serve_metrics: bool = False
+) -> None:
+    """`serve_metrics`: on its own (`nbo learner`), serve them on metrics_port; under `nbo serve`
+    the supervisor's endpoint adds them to the workers'."""
     # not the hot path's client: its short socket timeout would cut the blocking stream reads
     client = async_client(redis_url, settings)
     learner = Learner(client, Keys(settings.key_prefix), Metrics(), settings)
+    if serve_metrics and settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, registry=learner.metrics.registry)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -77,6 +77,7 @@ async def report_outcome(
     recorded = result.status == RECORDED
     metrics.outcomes.labels(kind, "recorded" if recorded else "duplicate").inc()
     if recorded:
+        metrics.campaign_outcome(_campaign_of(live, report.offer_id), kind)
         svc.writer.outcome(
             OutcomeRecord(
                 event_id=event_id,
@@ -93,6 +94,13 @@ async def report_outcome(
             )
         )
     return OutcomeResult(recorded=recorded, duplicate=not recorded)
+
+
+def _campaign_of(live: LiveConfig | None, offer_id: str) -> str:
+    """The offer's campaign in the live catalog; "unknown" for an offer a newer catalog dropped."""
+    if live is None or (index := live.catalog.offer_index.get(offer_id)) is None:
+        return "unknown"
+    return live.catalog.offers[index].campaign_id
 
 
 def validate_report(report: OutcomeReport) -> None:

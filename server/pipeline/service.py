@@ -108,6 +108,9 @@ class DecisionService:
             ctx.delivery = delivery
             decision = await self._decide(ctx)
         self.metrics.decisions.labels(req.channel.value, decision.no_offer_reason.value).inc()
+        if not decision.replayed:
+            for offer in decision.offers:
+                self.metrics.award(offer.campaign_id, req.channel.value)
         self.metrics.decision_latency.labels(req.channel.value).observe(time.perf_counter() - started)
         return decision
 

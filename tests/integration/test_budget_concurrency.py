@@ -20,7 +20,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,9 +34,10 @@ import grpc
 import pytest
 import redis
 
+from loadtest.faults.env import consecutive_free_ports
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
-from server.state.embedded_redis import EmbeddedRedis, free_port
+from server.state.embedded_redis import EmbeddedRedis
 from server.state.keys import Keys
 from server.state.records import record_data
 from tests.integration.harness import load_customers
@@ -104,21 +104,6 @@ class Call:
     error: str = ""
 
 
-def _two_free_ports() -> int:
-    """A port P such that P and P + 1 are free (worker i serves metrics on P + i)."""
-    for _ in range(50):
-        port = free_port()
-        if port >= 65535:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
-
-
 @pytest.fixture(scope="module")
 def module_redis_url(redis_server: EmbeddedRedis) -> str:
     """The test Redis, emptied once for this module (the function-scoped `redis_url` flushes
@@ -139,7 +124,7 @@ def served(module_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     load_customers(module_redis_url, rows, tmp)
     catalog = tmp / "catalog.yaml"
     catalog.write_text(CATALOG)
-    metrics = _two_free_ports()
+    metrics = consecutive_free_ports(3)  # the supervisor serves the combined metrics on it, worker i on +1+i
     # exact budgets under 200 concurrent callers is what this tests, not shedding (which has tests
     # of its own): bounds above the callers, so that a loaded machine cannot turn calls away
     env = {
@@ -164,7 +149,7 @@ def served(module_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
         banner = proc.stdout.readline()
         match = re.search(r"serving on (\S+) with 2 worker", banner)
         assert match, f"banner {banner!r}; stderr: {stderr_path.read_text()[-2000:]}"
-        served = Served(match.group(1), (metrics, metrics + 1), module_redis_url)
+        served = Served(match.group(1), (metrics + 1, metrics + 2), module_redis_url)
         _wait_ready(served, proc, stderr_path)
         yield served
     finally:
