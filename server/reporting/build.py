@@ -1,0 +1,152 @@
+"""`build_report`: the logs of one deployment read once, oldest first, into a Report.
+
+Order of reading, so that memory stays bounded by what must be remembered (one entry per award
+with an outcome, one per customer and lift scope) rather than by the log: outcomes are indexed
+first, decisions then stream through the KPI and lift aggregators, conversions last (they need
+each customer's first decision of the period).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis
+
+from server.catalog.compiled import Catalog
+from server.reporting.budget import burn_rows
+from server.reporting.kpis import KpiAggregator, bucket_of, index_outcomes
+from server.reporting.lift import Conversion, LiftAggregator, Thresholds
+from server.reporting.model import Coverage, Report
+from server.reporting.period import Period, iso
+from server.state.budget_log import CatalogVersions
+from server.state.catalog_store import NoCatalog, live_catalog
+from server.state.keys import Keys
+from server.state.log_reader import LogReader
+
+WEEK = 7 * 86_400.0
+TITLE = "NBO campaign report"
+
+
+@dataclass(slots=True)
+class _Costs:
+    """Offer costs under the catalog version of each decision (compiled once per version)."""
+
+    versions: CatalogVersions | None
+    unknown: set[str] = field(default_factory=set)  # "offer (catalog version)" not found
+
+    def __call__(self, catalog_version: str, offer_id: str) -> float | None:
+        if self.versions is None:
+            return None
+        catalog = self.versions.get(catalog_version)
+        index = catalog.offer_index.get(offer_id)
+        if index is None:
+            self.unknown.add(f"{offer_id} ({catalog_version or 'no version'})")
+            return None
+        return catalog.offers[index].cost
+
+
+@dataclass(slots=True)
+class _Span:
+    first: float | None = None
+    last: float | None = None
+
+    def add(self, ts: float) -> None:
+        self.first = ts if self.first is None else min(self.first, ts)
+        self.last = ts if self.last is None else max(self.last, ts)
+
+
+def build_report(
+    client: redis.Redis,
+    keys: Keys,
+    since: float | None = None,
+    until: float | None = None,
+    window: float = WEEK,
+    *,
+    kinds: Iterable[str] = (),
+    thresholds: Thresholds | None = None,
+    conversions: Iterable[Conversion] | None = None,
+    now: float | None = None,
+    title: str = TITLE,
+) -> Report:
+    """The report of decisions with since <= ts < until (epoch seconds; None: unbounded).
+
+    `conversions`: the customers' conversions, oldest first; None reads the conversion stream.
+    `now`: the time budgets are read at and attribution windows are judged open against.
+    Raises PeriodError for an empty period or a window <= 0.
+    """
+    period = Period(since, until, window, frozenset(kinds))
+    now = time.time() if now is None else now
+    notes: list[str] = []
+    try:
+        live: Catalog | None = live_catalog(client, keys)
+    except NoCatalog as err:
+        live = None
+        notes.append(f"no catalog: costs, ROI and budgets are not shown ({err})")
+    costs = _Costs(None if live is None else CatalogVersions(client, keys, live))
+    reader = LogReader(client, keys)
+    outcomes = index_outcomes(reader.outcomes(), since)
+    kpis, lift = KpiAggregator(outcomes, costs), LiftAggregator(period)
+    whole, covered = _Span(), _Span()
+    in_period = 0
+    for record in reader.decisions():
+        whole.add(record.ts)
+        if not period.covers(record.ts):
+            continue
+        covered.add(record.ts)
+        in_period += 1
+        kpis.add(record)
+        lift.add_decision(record)
+    conversions_read = lift.add_conversions(read_conversions(client, keys) if conversions is None else conversions)
+    holdouts = [] if live is None else [c.id for c in live.campaigns if c.holdout > 0]
+    budget_at, budgets = ("", []) if live is None else burn_rows(client, keys, live, now)
+    bucket_name, bucket_seconds = bucket_of(covered.first, covered.last)
+    notes += _reading_notes(reader, costs)
+    return Report(
+        title=title,
+        generated_at=iso(now),
+        since=iso(since),
+        until=iso(until),
+        window_seconds=window,
+        kinds=tuple(sorted(period.kinds)),
+        coverage=Coverage(
+            first_decision=iso(covered.first),
+            last_decision=iso(covered.last),
+            log_first=iso(whole.first),
+            log_last=iso(whole.last),
+            decisions_read=reader.decision_stats.entries - reader.decision_stats.duplicates,
+            decisions_in_period=in_period,
+            outcomes_read=reader.outcome_stats.entries - reader.outcome_stats.duplicates,
+            conversions_read=conversions_read,
+            conversions_counted=lift.conversions_counted,
+            duplicates=reader.decision_stats.duplicates + reader.outcome_stats.duplicates,
+            unreadable=reader.decision_stats.unreadable + reader.outcome_stats.unreadable,
+        ),
+        kpis=tuple(kpis.rows()),
+        no_offer_reasons=tuple(kpis.reason_counts()),
+        timeline_bucket=bucket_name,
+        timeline=tuple(kpis.timeline(bucket_seconds)),
+        lift=tuple(lift.results(holdouts, thresholds or Thresholds(), now)),
+        budget_at=budget_at,
+        budgets=tuple(budgets),
+        notes=tuple(notes),
+    )
+
+
+def _reading_notes(reader: LogReader, costs: _Costs) -> list[str]:
+    notes = []
+    for name, stats in (("decision", reader.decision_stats), ("outcome", reader.outcome_stats)):
+        if stats.unreadable:
+            notes.append(f"{stats.unreadable} unreadable {name} log entries skipped; first: {stats.first_unreadable}")
+    if costs.versions is not None:
+        for version, why in sorted(costs.versions.fallbacks.items()):
+            notes.append(f"catalog {version} cannot be loaded ({why}): its costs are the live catalog's")
+    if costs.unknown:
+        notes.append("offers without a cost in their catalog (cost left blank): " + ", ".join(sorted(costs.unknown)))
+    return notes
+
+
+def read_conversions(client: redis.Redis, keys: Keys) -> Iterable[Conversion]:
+    """The conversion stream, once it exists (server.state.conversions)."""
+    return ()
