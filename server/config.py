@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     outcome_event_ttl_seconds: int = Field(35 * 86_400, ge=60)
     """How long an outcome event id is remembered for de-duplication."""
 
+    conversion_window_seconds: int = Field(35 * 86_400, ge=60)
+    """How far back a conversion may have happened (RecordConversion, `nbo conversions import`):
+    its event id is remembered until this long after it happened, so any repeat of an accepted
+    conversion is recognised; an older one is refused, as its repeat could not be."""
+
     contact_history_ttl_seconds: int = Field(180 * 86_400, ge=60)
     """Idle time after which a customer's contact history expires."""
 

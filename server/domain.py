@@ -137,3 +137,14 @@ class OutcomeReport:
 class OutcomeResult:
     recorded: bool
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionReport:
+    """A business result of a customer not tied to a decision (server.pipeline.conversion)."""
+
+    customer_id: str
+    kind: str
+    value: float
+    event_id: str
+    occurred_at: float = 0.0  # Unix seconds; 0: when the server records it

@@ -42,6 +42,12 @@ class Metrics:
             registry=r,
         )
         self.outcomes = Counter("nbo_outcomes", "Outcomes reported", ["outcome", "result"], registry=r)
+        self.conversions = Counter(
+            "nbo_conversions",
+            "Conversions reported (RecordConversion), by result: recorded, duplicate, conflict or invalid",
+            ["result"],
+            registry=r,
+        )
         self.invalid_requests = Counter(
             "nbo_invalid_requests",
             "Calls refused for what they asked (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS), by the field at fault",

@@ -58,5 +58,11 @@ class AsyncNboClient:
         )
         return await self.stub.ReportOutcome(request, timeout=self.timeout, metadata=self.metadata)
 
+    async def convert(self, customer_id: str, kind: str, value: float, event_id: str, occurred_at: float = 0.0) -> Any:
+        request = pb.RecordConversionRequest(
+            customer_id=customer_id, kind=kind, value=value, event_id=event_id, occurred_at=occurred_at
+        )
+        return await self.stub.RecordConversion(request, timeout=self.timeout, metadata=self.metadata)
+
     async def close(self) -> None:
         await self.channel.close()

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from server.api.tokens import ROLES, TokenEntry
 
 # the role each method needs; `admin` may call everything
-METHOD_ROLES = {"Decide": "decide", "ReportOutcome": "report", "ServerReflectionInfo": "admin"}
+METHOD_ROLES = {
+    "Decide": "decide",
+    "ReportOutcome": "report",
+    "RecordConversion": "report",
+    "ServerReflectionInfo": "admin",
+}
 ADMIN = "admin"
 SCHEME = "bearer"
 HOW = "send 'authorization: Bearer <token>' (gRPC metadata or HTTP header)"

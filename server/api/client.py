@@ -70,6 +70,15 @@ class NboClient:
             metadata=self.metadata,
         )
 
+    def convert(self, customer_id: str, kind: str, value: float, event_id: str, occurred_at: float = 0.0) -> Any:
+        return self.stub.RecordConversion(
+            pb.RecordConversionRequest(
+                customer_id=customer_id, kind=kind, value=value, event_id=event_id, occurred_at=occurred_at
+            ),
+            timeout=self.timeout,
+            metadata=self.metadata,
+        )
+
     def close(self) -> None:
         self.channel.close()
 

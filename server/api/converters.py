@@ -42,6 +42,8 @@ DecideRequest = pb.DecideRequest
 DecideResponse = pb.DecideResponse
 ReportOutcomeRequest = pb.ReportOutcomeRequest
 ReportOutcomeResponse = pb.ReportOutcomeResponse
+RecordConversionRequest = pb.RecordConversionRequest
+RecordConversionResponse = pb.RecordConversionResponse
 
 
 def decide_request_from_pb(msg: Any) -> domain.DecideRequest:
@@ -110,3 +112,18 @@ def outcome_from_pb(msg: Any) -> domain.OutcomeReport:
 
 def outcome_result_to_pb(result: domain.OutcomeResult) -> Any:
     return pb.ReportOutcomeResponse(recorded=result.recorded, duplicate=result.duplicate)
+
+
+def conversion_from_pb(msg: Any) -> domain.ConversionReport:
+    """Field checks are the service's (server.pipeline.conversion), shared with the CSV import."""
+    return domain.ConversionReport(
+        customer_id=msg.customer_id,
+        kind=msg.kind,
+        value=msg.value,
+        event_id=msg.event_id,
+        occurred_at=msg.occurred_at,
+    )
+
+
+def conversion_result_to_pb(result: domain.OutcomeResult) -> Any:
+    return pb.RecordConversionResponse(recorded=result.recorded, duplicate=result.duplicate)

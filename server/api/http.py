@@ -27,8 +27,9 @@ from server.pipeline.service import DecisionService
 
 DECIDE_PATH = "/v1/decide"
 OUTCOMES_PATH = "/v1/outcomes"
+CONVERSIONS_PATH = "/v1/conversions"
 # the Decisioning RPC each path serves (scripts/gen_openapi.py documents them from this table)
-RPC_PATHS = {"Decide": DECIDE_PATH, "ReportOutcome": OUTCOMES_PATH}
+RPC_PATHS = {"Decide": DECIDE_PATH, "ReportOutcome": OUTCOMES_PATH, "RecordConversion": CONVERSIONS_PATH}
 # the same limit as gRPC's max_receive_message_length
 MAX_BODY_BYTES = 1 << 20
 JSON_TYPE = "application/json"
@@ -83,7 +84,7 @@ class HttpFront:
         self.gate = gate
         self._rpcs = {path: rpc for rpc, path in RPC_PATHS.items()}
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors])
-        handlers = {"Decide": self._decide, "ReportOutcome": self._outcomes}
+        handlers = {"Decide": self._decide, "ReportOutcome": self._outcomes, "RecordConversion": self._conversions}
         for rpc, path in RPC_PATHS.items():
             app.router.add_post(path, handlers[rpc])
         # no access log: one line per decision would cost more than the decision's JSON. Handlers
@@ -167,6 +168,11 @@ class HttpFront:
             converters.outcome_from_pb(msg), caller=caller.name, admin=caller.admin
         )
         return _json(converters.outcome_result_to_pb(result))
+
+    async def _conversions(self, request: web.Request) -> web.Response:
+        msg = await self._body(request, converters.RecordConversionRequest)
+        result = await self.service.record_conversion(converters.conversion_from_pb(msg), source="http")
+        return _json(converters.conversion_result_to_pb(result))
 
 
 class _UnsupportedMediaType(web.HTTPUnsupportedMediaType):

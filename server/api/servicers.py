@@ -112,6 +112,7 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
         self._report_undecodable = _EveryTenSeconds()
         self._decide_rpc = _RpcMetrics(service.metrics, "Decide")
         self._outcome_rpc = _RpcMetrics(service.metrics, "ReportOutcome")
+        self._conversion_rpc = _RpcMetrics(service.metrics, "RecordConversion")
 
     def _refuse(self, context: grpc.aio.ServicerContext[Any, Any], err: Exception) -> None:
         status = status_of(err)
@@ -127,6 +128,11 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
 
     async def ReportOutcome(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         return await self._admitted(self._outcome_rpc, pb.ReportOutcomeResponse, self._report_outcome, request, context)
+
+    async def RecordConversion(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await self._admitted(
+            self._conversion_rpc, pb.RecordConversionResponse, self._record_conversion, request, context
+        )
 
     async def _admitted(
         self,
@@ -215,6 +221,19 @@ class DecisioningServicer(pb_grpc.DecisioningServicer):
             return pb.ReportOutcomeResponse()
         return converters.outcome_result_to_pb(result)
 
+    async def _record_conversion(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any], caller: Caller
+    ) -> Any:
+        if isinstance(request, Undecodable):
+            self._undecodable(request, context)
+            return pb.RecordConversionResponse()
+        try:
+            result = await self.service.record_conversion(converters.conversion_from_pb(request), source="grpc")
+        except Exception as err:
+            self._refuse(context, err)
+            return pb.RecordConversionResponse()
+        return converters.conversion_result_to_pb(result)
+
 
 def authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     for key, value in context.invocation_metadata() or ():
@@ -236,6 +255,11 @@ def add_to_server(service: DecisionService, server: grpc.aio.Server, admission: 
             servicer.ReportOutcome,
             request_deserializer=_decoder(pb.ReportOutcomeRequest),
             response_serializer=pb.ReportOutcomeResponse.SerializeToString,
+        ),
+        "RecordConversion": grpc.unary_unary_rpc_method_handler(
+            servicer.RecordConversion,
+            request_deserializer=_decoder(pb.RecordConversionRequest),
+            response_serializer=pb.RecordConversionResponse.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -18,6 +18,7 @@ import redis
 from server.cli import (
     budgets,
     catalog,
+    conversions,
     decide,
     demo,
     export,
@@ -54,6 +55,7 @@ COMMANDS: tuple[Command, ...] = (
     catalog,
     model,
     budgets,
+    conversions,
     export,
     report,
     ope,

@@ -17,10 +17,12 @@ import hashlib
 import zlib
 from collections.abc import Sequence
 
-from server.domain import ConflictError, DecideRequest, OutcomeReport
+from server.domain import ConflictError, ConversionReport, DecideRequest, OutcomeReport
 
 REQUEST_PARTS = ("channel", "placement", "max_offers", "explain", "context", "events")
 OUTCOME_PARTS = ("decision_id", "offer_id", "outcome", "value")
+# occurred_at as sent (0 for "now"), so that a retry of a "now" conversion is the same call
+CONVERSION_PARTS = ("customer_id", "kind", "value", "occurred_at")
 _WHOLE_HEX = 16
 
 
@@ -83,4 +85,16 @@ def outcome_conflict(report: OutcomeReport, stored: str) -> ConflictError:
     what = _differ(names, "its fields")
     return ConflictError(
         "event_id", f"{report.event_id!r} was already used for a different outcome ({what}); use a new event_id"
+    )
+
+
+def conversion_fingerprint(report: ConversionReport) -> str:
+    return fingerprint([report.customer_id, report.kind, repr(report.value), repr(report.occurred_at)])
+
+
+def conversion_conflict(report: ConversionReport, stored: str) -> ConflictError:
+    """The refusal of a conversion whose event id was recorded for a different conversion."""
+    what = _differ(differing(CONVERSION_PARTS, stored, conversion_fingerprint(report)), "its fields")
+    return ConflictError(
+        "event_id", f"{report.event_id!r} was already used for a different conversion ({what}); use a new event_id"
     )

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from server.config import Settings
-from server.domain import DecideRequest, Decision, NoOfferReason, OutcomeReport, OutcomeResult
+from server.domain import ConversionReport, DecideRequest, Decision, NoOfferReason, OutcomeReport, OutcomeResult
 from server.ids import DecisionIds
 from server.metrics import Metrics
 from server.pipeline.arbitration import arbitrate
@@ -32,6 +32,7 @@ from server.pipeline.context import (
     Stage,
 )
 from server.pipeline.control_groups import in_holdout
+from server.pipeline.conversion import record_conversion
 from server.pipeline.delivery import DELIVERED, Delivery
 from server.pipeline.eligibility import eligibility
 from server.pipeline.explain import no_offer_reason, ranked_offers, suppressed
@@ -291,3 +292,8 @@ class DecisionService:
         return await report_outcome(
             self.services, self.live, self.ids, report, caller=caller, admin=admin, now=self.clock()
         )
+
+    # -- RecordConversion --------------------------------------------------------------------
+    async def record_conversion(self, report: ConversionReport, *, source: str = "grpc") -> OutcomeResult:
+        """Keep a customer's conversion once per event id (server.pipeline.conversion)."""
+        return await record_conversion(self.services, report, now=self.clock(), source=source)

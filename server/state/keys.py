@@ -128,3 +128,12 @@ class Keys:
     @property
     def outcome_stream(self) -> str:
         return f"{self.prefix}log:outcomes"
+
+    # -- conversions: the stream and its event keys share one tag, so that one script records
+    # a conversion and its event id together (exactly once in the log, on a cluster too) --
+    @property
+    def conversion_stream(self) -> str:
+        return f"{self.prefix}{{cv}}:log:conversions"
+
+    def conversion_event(self, event_digest: str) -> str:
+        return f"{self.prefix}{{cv}}:ev:{event_digest}"

@@ -1,4 +1,4 @@
-"""The one reader of the decision and outcome logs, for the offline users of the log.
+"""The one reader of the decision, outcome and conversion logs, for the offline users of the log.
 
 `nbo export`, `nbo budgets reconcile` and `nbo simulate` read a whole stream, oldest first, as
 typed records (server.state.records). The streams are at least once: the log writer appends a
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from server.state.conversions import CONVERSION_RECORD_VERSION, ConversionRecord, decode_conversion_record
 from server.state.keys import Keys
 from server.state.records import (
     DECISION_VERSIONS,
@@ -34,7 +35,7 @@ from server.state.records import (
 
 CHUNK = 5000  # entries per XRANGE: bounded replies however long the stream is
 Entry = tuple[bytes, dict[bytes, bytes]]
-R = TypeVar("R", DecisionRecord, OutcomeRecord)
+R = TypeVar("R", DecisionRecord, OutcomeRecord, ConversionRecord)
 
 
 @dataclass(slots=True)
@@ -90,6 +91,7 @@ class LogReader:
         self.chunk = chunk
         self.decision_stats = ReadStats()
         self.outcome_stats = ReadStats()
+        self.conversion_stats = ReadStats()
 
     def decisions(self) -> Iterator[DecisionRecord]:
         self.decision_stats = ReadStats()
@@ -100,6 +102,13 @@ class LogReader:
         self.outcome_stats = ReadStats()
         read = _version_checked(decode_outcome_record, (RECORD_VERSION,))
         yield from self._read(self.keys.outcome_stream, read, lambda r: r.event_id, self.outcome_stats)
+
+    def conversions(self) -> Iterator[ConversionRecord]:
+        """Recorded once per event id by their script; the check here costs little and keeps the
+        reader's promise the same for every stream."""
+        self.conversion_stats = ReadStats()
+        read = _version_checked(decode_conversion_record, (CONVERSION_RECORD_VERSION,))
+        yield from self._read(self.keys.conversion_stream, read, lambda r: r.event_id, self.conversion_stats)
 
     def _read(
         self, stream: str, decode: Callable[[Fields], R], identity: Callable[[R], str], stats: ReadStats

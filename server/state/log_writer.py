@@ -221,13 +221,13 @@ class LogWriter:
                 log.exception("trimming the decision log failed")
 
     async def trim(self) -> int:
-        """Trim both streams toward `maxlen`, never past what a consumer group still needs.
+        """Trim the three logs toward `maxlen`, never past what a consumer group still needs.
 
         Returns the entries removed. Failures are logged and retried on the next round: an
         untrimmed stream is only longer, never wrong.
         """
         removed = 0
-        for stream in (self.keys.decision_stream, self.keys.outcome_stream):
+        for stream in (self.keys.decision_stream, self.keys.outcome_stream, self.keys.conversion_stream):
             try:
                 n = await safe_trim(self.client, stream, self.maxlen)
             except RedisError as err:

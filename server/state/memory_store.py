@@ -21,6 +21,7 @@ import numpy.typing as npt
 from server.catalog.budgets import Period, Reservation
 from server.ids import ULID_LENGTH
 from server.state.contacts import ContactHistory
+from server.state.conversions import ConversionRecord, event_digest
 from server.state.keys import Keys
 from server.state.log_writer import Replay
 from server.state.records import DecisionRecord, OutcomeRecord
@@ -63,7 +64,8 @@ class InMemoryStateStore:
         self.features: dict[str, tuple[int, npt.NDArray[np.float32]]] = {}  # customer -> (schema, vector)
         self.hashes: dict[str, Hash] = {}  # contacts, decisions and budget counters by key
         self.sent: dict[str, dict[str, float]] = {}  # sent-zset key -> member -> time
-        self.strings: dict[str, str] = {}  # request ids and outcome events
+        self.strings: dict[str, str] = {}  # request ids, outcome and conversion events
+        self.conversions: list[ConversionRecord] = []  # the conversion log
         self.before: dict[str, Callable[[], None]] = {}
 
     @property
@@ -282,6 +284,16 @@ class InMemoryStateStore:
         self._apply_outcome(k.contacts(customer_id), offer_id, outcome, now, max_presented, suppression_seconds)
         p, sd, inputs = split_award_value(decision.get(f"p:{offer_id}", "nan,nan"))
         return Recorded(RECORDED, decision.get("channel", ""), p, sd, inputs=inputs)
+
+    async def record_conversion(self, record: ConversionRecord, fingerprint: str, window: int) -> tuple[int, str]:
+        self._hook("conversion")
+        event_key = self._keys.conversion_event(event_digest(record.event_id))
+        seen = self.strings.get(event_key)
+        if seen is not None:
+            return (DUPLICATE, "") if seen == fingerprint else (CONFLICT, seen)
+        self.strings[event_key] = fingerprint  # no expiry here: the store lives for one test
+        self.conversions.append(record)
+        return RECORDED, ""
 
     def _apply_outcome(
         self, contacts: str, offer_id: str, outcome: str, now: float, max_presented: int, suppression_seconds: float

@@ -21,6 +21,8 @@ from redis.exceptions import RedisError
 from server.catalog.budgets import DAY_KEY_TTL_SECONDS, HOUR_KEY_TTL_SECONDS, Period, Reservation
 from server.features.schema import decode_vector
 from server.state.contacts import ContactHistory
+from server.state.conversions import SCRIPT as _CONVERSION
+from server.state.conversions import ConversionRecord, script_call
 from server.state.keys import Keys
 from server.state.script_client import LuaScript, scripts_for
 from server.state.store import (
@@ -284,3 +286,12 @@ class RedisStateStore:
             return Recorded(status, "", math.nan, math.nan)
         p, sd, inputs = split_award_value(raw[2].decode()) if raw[2] else (math.nan, math.nan, "")
         return Recorded(status, raw[1].decode(), p, sd, inputs=inputs)
+
+    async def record_conversion(self, record: ConversionRecord, fingerprint: str, window: int) -> tuple[int, str]:
+        script_keys, args = script_call(self.keys, record, fingerprint, window)
+        try:
+            raw = await self._scripts.run(_CONVERSION, script_keys, args)
+        except RedisError as err:
+            raise StateUnavailable(str(err)) from err
+        stored = raw[1].decode() if len(raw) > 1 else ""
+        return int(raw[0]), stored

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from server.catalog.budgets import Period, Reservation
 from server.state.contacts import ContactHistory
+from server.state.conversions import ConversionRecord
 from server.state.keys import Keys
 from server.state.log_writer import Replay
 from server.state.records import DecisionRecord, OutcomeRecord
@@ -211,6 +212,12 @@ class StateStore(Protocol):
         refusal changing nothing: the decision exists (UNKNOWN_DECISION), `reporter` may report
         on it (FORBIDDEN), the offer was awarded in it (NOT_OFFERED), the value is within the
         offer's bound (TOO_LARGE, with the bound)."""
+        ...
+
+    async def record_conversion(self, record: ConversionRecord, fingerprint: str, window: int) -> tuple[int, str]:
+        """Append `record` to the conversion log once per event id: (RECORDED, ""), (DUPLICATE, "")
+        when the event id holds the same fingerprint, or (CONFLICT, the stored fingerprint) and
+        nothing written. The event id is remembered until `window` seconds after record.ts."""
         ...
 
 

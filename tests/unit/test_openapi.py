@@ -56,9 +56,9 @@ def test_every_enum_value_is_in_the_document() -> None:
         assert SCHEMAS[name]["enum"] == [v.name for v in enum.values]
 
 
-def test_both_paths_take_and_return_their_rpc_messages_and_name_every_status() -> None:
+def test_every_path_takes_and_returns_its_rpc_messages_and_names_every_status() -> None:
     service = pb.DESCRIPTOR.services_by_name["Decisioning"]
-    assert sorted(DOC["paths"]) == sorted(RPC_PATHS.values()) == ["/v1/decide", "/v1/outcomes"]
+    assert sorted(DOC["paths"]) == sorted(RPC_PATHS.values()) == ["/v1/conversions", "/v1/decide", "/v1/outcomes"]
     for method in service.methods:
         post = DOC["paths"][RPC_PATHS[method.name]]["post"]
         assert _refs(post["requestBody"]["content"]["application/json"]["schema"]) == {method.input_type.name}

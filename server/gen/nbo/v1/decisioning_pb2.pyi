@@ -160,3 +160,25 @@ class ReportOutcomeResponse(_message.Message):
     recorded: bool
     duplicate: bool
     def __init__(self, recorded: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class RecordConversionRequest(_message.Message):
+    __slots__ = ("customer_id", "kind", "value", "event_id", "occurred_at")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    kind: str
+    value: float
+    event_id: str
+    occurred_at: float
+    def __init__(self, customer_id: _Optional[str] = ..., kind: _Optional[str] = ..., value: _Optional[float] = ..., event_id: _Optional[str] = ..., occurred_at: _Optional[float] = ...) -> None: ...
+
+class RecordConversionResponse(_message.Message):
+    __slots__ = ("recorded", "duplicate")
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    recorded: bool
+    duplicate: bool
+    def __init__(self, recorded: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...

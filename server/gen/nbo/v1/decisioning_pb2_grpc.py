@@ -44,6 +44,11 @@ class DecisioningStub:
                 request_serializer=nbo_dot_v1_dot_decisioning__pb2.ReportOutcomeRequest.SerializeToString,
                 response_deserializer=nbo_dot_v1_dot_decisioning__pb2.ReportOutcomeResponse.FromString,
                 _registered_method=True)
+        self.RecordConversion = channel.unary_unary(
+                '/nbo.v1.Decisioning/RecordConversion',
+                request_serializer=nbo_dot_v1_dot_decisioning__pb2.RecordConversionRequest.SerializeToString,
+                response_deserializer=nbo_dot_v1_dot_decisioning__pb2.RecordConversionResponse.FromString,
+                _registered_method=True)
 
 
 class DecisioningServicer:
@@ -63,6 +68,14 @@ class DecisioningServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordConversion(self, request, context):
+        """Records a business result of a customer not tied to one decision (a purchase, a sign-up),
+        so that lift can be measured against customers who were sent nothing (control groups).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisioningServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_DecisioningServicer_to_server(servicer, server):
                     servicer.ReportOutcome,
                     request_deserializer=nbo_dot_v1_dot_decisioning__pb2.ReportOutcomeRequest.FromString,
                     response_serializer=nbo_dot_v1_dot_decisioning__pb2.ReportOutcomeResponse.SerializeToString,
+            ),
+            'RecordConversion': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordConversion,
+                    request_deserializer=nbo_dot_v1_dot_decisioning__pb2.RecordConversionRequest.FromString,
+                    response_serializer=nbo_dot_v1_dot_decisioning__pb2.RecordConversionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +149,33 @@ class Decisioning:
             '/nbo.v1.Decisioning/ReportOutcome',
             nbo_dot_v1_dot_decisioning__pb2.ReportOutcomeRequest.SerializeToString,
             nbo_dot_v1_dot_decisioning__pb2.ReportOutcomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordConversion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nbo.v1.Decisioning/RecordConversion',
+            nbo_dot_v1_dot_decisioning__pb2.RecordConversionRequest.SerializeToString,
+            nbo_dot_v1_dot_decisioning__pb2.RecordConversionResponse.FromString,
             options,
             channel_credentials,
             insecure,
