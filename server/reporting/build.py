@@ -23,7 +23,7 @@ from server.reporting.period import Period, iso
 from server.state.budget_log import CatalogVersions
 from server.state.catalog_store import NoCatalog, live_catalog
 from server.state.keys import Keys
-from server.state.log_reader import LogReader
+from server.state.log_reader import LogReader, ReadStats
 
 WEEK = 7 * 86_400.0
 TITLE = "NBO campaign report"
@@ -72,7 +72,8 @@ def build_report(
 ) -> Report:
     """The report of decisions with since <= ts < until (epoch seconds; None: unbounded).
 
-    `conversions`: the customers' conversions, oldest first; None reads the conversion stream.
+    `conversions`: the customers' conversions; None reads the conversion stream (the usual case;
+    the simulator or a test may pass records of its own).
     `now`: the time budgets are read at and attribution windows are judged open against.
     Raises PeriodError for an empty period or a window <= 0.
     """
@@ -98,7 +99,7 @@ def build_report(
         in_period += 1
         kpis.add(record)
         lift.add_decision(record)
-    conversions_read = lift.add_conversions(read_conversions(client, keys) if conversions is None else conversions)
+    conversions_read = lift.add_conversions(reader.conversions() if conversions is None else conversions)
     holdouts = [] if live is None else [c.id for c in live.campaigns if c.holdout > 0]
     budget_at, budgets = ("", []) if live is None else burn_rows(client, keys, live, now)
     bucket_name, bucket_seconds = bucket_of(covered.first, covered.last)
@@ -120,8 +121,8 @@ def build_report(
             outcomes_read=reader.outcome_stats.entries - reader.outcome_stats.duplicates,
             conversions_read=conversions_read,
             conversions_counted=lift.conversions_counted,
-            duplicates=reader.decision_stats.duplicates + reader.outcome_stats.duplicates,
-            unreadable=reader.decision_stats.unreadable + reader.outcome_stats.unreadable,
+            duplicates=sum(s.duplicates for s in _stats(reader)),
+            unreadable=sum(s.unreadable for s in _stats(reader)),
         ),
         kpis=tuple(kpis.rows()),
         no_offer_reasons=tuple(kpis.reason_counts()),
@@ -134,9 +135,13 @@ def build_report(
     )
 
 
+def _stats(reader: LogReader) -> tuple[ReadStats, ...]:
+    return reader.decision_stats, reader.outcome_stats, reader.conversion_stats
+
+
 def _reading_notes(reader: LogReader, costs: _Costs) -> list[str]:
     notes = []
-    for name, stats in (("decision", reader.decision_stats), ("outcome", reader.outcome_stats)):
+    for name, stats in zip(("decision", "outcome", "conversion"), _stats(reader), strict=True):
         if stats.unreadable:
             notes.append(f"{stats.unreadable} unreadable {name} log entries skipped; first: {stats.first_unreadable}")
     if costs.versions is not None:
@@ -145,8 +150,3 @@ def _reading_notes(reader: LogReader, costs: _Costs) -> list[str]:
     if costs.unknown:
         notes.append("offers without a cost in their catalog (cost left blank): " + ", ".join(sorted(costs.unknown)))
     return notes
-
-
-def read_conversions(client: redis.Redis, keys: Keys) -> Iterable[Conversion]:
-    """The conversion stream, once it exists (server.state.conversions)."""
-    return ()
