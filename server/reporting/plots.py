@@ -72,6 +72,7 @@ def forest(results: tuple[LiftResult, ...]) -> str | None:
             assert r.rate_difference_point is not None  # filtered above
             axes.plot([r.rate_difference_point * 100], [y], "o", mfc="none", color="tab:gray")
     axes.axvline(0, color="black", linewidth=1)
+    axes.set_ylim(-0.6, len(shown) - 0.4)
     axes.set_yticks(range(len(shown)), [_label(r) for r in reversed(shown)])
     axes.set_xlabel("conversion rate difference, treatment - control (percentage points, 95% CI)")
     axes.set_title("Lift with 95% intervals (hollow: not enough data for an interval)")
@@ -96,6 +97,7 @@ def burn(rows: tuple[BurnRow, ...]) -> str | None:
             axes.plot([100 * r.pace_target / r.limit] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
     axes.plot([], [], color="black", linewidth=2, label="pace target now")
     axes.axvline(100, color="tab:red", linestyle="--", linewidth=1, label="limit")
+    axes.set_ylim(-0.6, len(rows) - 0.4)
     axes.set_yticks(range(len(rows)), labels)
     axes.set_xlabel("% of the limit")
     axes.set_title("Budget burn against pace")
