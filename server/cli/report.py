@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from server.cli.common import console, err_console, names, open_redis, redis_flags
+
+if TYPE_CHECKING:  # the report's modules (scipy, matplotlib) load only when the command runs
+    from server.reporting.model import Report
 
 NAME = "report"
 HELP = "campaign KPIs and lift against control groups: terminal tables, CSV, JSON or one HTML file"
@@ -77,13 +81,11 @@ def _flag_of(opts: argparse.Namespace, message: str) -> str:
     return "error"
 
 
-def _write(report: object, form: str, out: Path | None) -> int:
+def _write(report: Report, form: str, out: Path | None) -> int:
     from server.reporting.csv_out import write_csv
     from server.reporting.html import render_html
-    from server.reporting.model import Report
     from server.reporting.table import print_report
 
-    assert isinstance(report, Report)
     if form == "table":
         print_report(report, console)
     elif form == "json":

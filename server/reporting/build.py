@@ -57,6 +57,49 @@ class _Span:
         self.last = ts if self.last is None else max(self.last, ts)
 
 
+class _Scan:
+    """One pass over the logs: outcomes indexed, decisions of the period through the KPI and
+    lift aggregators, then conversions."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, period: Period, costs: _Costs) -> None:
+        self.period = period
+        self.reader = LogReader(client, keys)
+        self.kpis = KpiAggregator(index_outcomes(self.reader.outcomes(), period.since), costs)
+        self.lift = LiftAggregator(period)
+        self.whole, self.covered = _Span(), _Span()
+        self.in_period = 0
+        self.conversions_read = 0
+
+    def read(self, conversions: Iterable[Conversion] | None) -> None:
+        for record in self.reader.decisions():
+            self.whole.add(record.ts)
+            if not self.period.covers(record.ts):
+                continue
+            self.covered.add(record.ts)
+            self.in_period += 1
+            self.kpis.add(record)
+            self.lift.add_decision(record)
+        self.conversions_read = self.lift.add_conversions(
+            self.reader.conversions() if conversions is None else conversions
+        )
+
+    def coverage(self) -> Coverage:
+        decisions, outcomes = self.reader.decision_stats, self.reader.outcome_stats
+        return Coverage(
+            first_decision=iso(self.covered.first),
+            last_decision=iso(self.covered.last),
+            log_first=iso(self.whole.first),
+            log_last=iso(self.whole.last),
+            decisions_read=decisions.entries - decisions.duplicates - decisions.unreadable,
+            decisions_in_period=self.in_period,
+            outcomes_read=outcomes.entries - outcomes.duplicates - outcomes.unreadable,
+            conversions_read=self.conversions_read,
+            conversions_counted=self.lift.conversions_counted,
+            duplicates=sum(s.duplicates for s in _stats(self.reader)),
+            unreadable=sum(s.unreadable for s in _stats(self.reader)),
+        )
+
+
 def build_report(
     client: redis.Redis,
     keys: Keys,
@@ -86,24 +129,11 @@ def build_report(
         live = None
         notes.append(f"no catalog: costs, ROI and budgets are not shown ({err})")
     costs = _Costs(None if live is None else CatalogVersions(client, keys, live))
-    reader = LogReader(client, keys)
-    outcomes = index_outcomes(reader.outcomes(), since)
-    kpis, lift = KpiAggregator(outcomes, costs), LiftAggregator(period)
-    whole, covered = _Span(), _Span()
-    in_period = 0
-    for record in reader.decisions():
-        whole.add(record.ts)
-        if not period.covers(record.ts):
-            continue
-        covered.add(record.ts)
-        in_period += 1
-        kpis.add(record)
-        lift.add_decision(record)
-    conversions_read = lift.add_conversions(reader.conversions() if conversions is None else conversions)
+    scan = _Scan(client, keys, period, costs)
+    scan.read(conversions)
     holdouts = [] if live is None else [c.id for c in live.campaigns if c.holdout > 0]
     budget_at, budgets = ("", []) if live is None else burn_rows(client, keys, live, now)
-    bucket_name, bucket_seconds = bucket_of(covered.first, covered.last)
-    notes += _reading_notes(reader, costs)
+    bucket_name, bucket_seconds = bucket_of(scan.covered.first, scan.covered.last)
     return Report(
         title=title,
         generated_at=iso(now),
@@ -111,27 +141,15 @@ def build_report(
         until=iso(until),
         window_seconds=window,
         kinds=tuple(sorted(period.kinds)),
-        coverage=Coverage(
-            first_decision=iso(covered.first),
-            last_decision=iso(covered.last),
-            log_first=iso(whole.first),
-            log_last=iso(whole.last),
-            decisions_read=reader.decision_stats.entries - reader.decision_stats.duplicates,
-            decisions_in_period=in_period,
-            outcomes_read=reader.outcome_stats.entries - reader.outcome_stats.duplicates,
-            conversions_read=conversions_read,
-            conversions_counted=lift.conversions_counted,
-            duplicates=sum(s.duplicates for s in _stats(reader)),
-            unreadable=sum(s.unreadable for s in _stats(reader)),
-        ),
-        kpis=tuple(kpis.rows()),
-        no_offer_reasons=tuple(kpis.reason_counts()),
+        coverage=scan.coverage(),
+        kpis=tuple(scan.kpis.rows()),
+        no_offer_reasons=tuple(scan.kpis.reason_counts()),
         timeline_bucket=bucket_name,
-        timeline=tuple(kpis.timeline(bucket_seconds)),
-        lift=tuple(lift.results(holdouts, thresholds or Thresholds(), now)),
+        timeline=tuple(scan.kpis.timeline(bucket_seconds)),
+        lift=tuple(scan.lift.results(holdouts, thresholds or Thresholds(), now)),
         budget_at=budget_at,
         budgets=tuple(budgets),
-        notes=tuple(notes),
+        notes=tuple(notes + _reading_notes(scan.reader, costs)),
     )
 
 

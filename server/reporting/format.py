@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.reporting.model import KpiRow, LiftResult
+from server.reporting.model import BurnRow, KpiRow, LiftResult
 from server.reporting.stats import Estimate
 
 BLANK = "-"
@@ -30,6 +30,9 @@ LIFT_HEADERS = (
     "relative lift (95% CI)",
     "revenue per customer difference (95% CI)",
 )
+
+
+BUDGET_HEADERS = ("scope", "limit", "used", "of limit", "pace target now", "pacing")
 
 
 def pct(value: float | None, digits: int = 1) -> str:
@@ -120,4 +123,15 @@ def definitions(window_seconds: float, kinds: tuple[str, ...]) -> list[str]:
         f"conversion ({counted}) happened within the {duration(window_seconds)} attribution window after "
         "that decision. Conversion rate difference: Newcombe's hybrid score interval; relative lift: delta "
         "method on the log ratio; revenue per customer difference: Welch's t interval. All intervals 95%.",
+    ]
+
+
+def budget_cells(b: BurnRow) -> list[str]:
+    return [
+        f"{b.kind} {b.id}: {b.measure}",
+        f"{b.limit:g}",
+        f"{b.used:g}",
+        pct(b.used / b.limit if b.limit else None),
+        BLANK if b.pace_target is None else f"{b.pace_target:g}",
+        b.pacing or BLANK,
     ]

@@ -54,21 +54,11 @@ def _kpis(report: Report) -> list[str]:
 def _budgets(report: Report) -> list[str]:
     if not report.budgets:
         return ["<p class='meta'>No campaign or offer has a budget limit in the live catalog.</p>"]
-    rows = (
-        [
-            f"{b.kind} {b.id}: {b.measure}",
-            f"{b.limit:g}",
-            f"{b.used:g}",
-            fmt.pct(b.used / b.limit if b.limit else None),
-            fmt.BLANK if b.pace_target is None else f"{b.pace_target:g}",
-            b.pacing or fmt.BLANK,
-        ]
-        for b in report.budgets
-    )
+    rows = (fmt.budget_cells(b) for b in report.budgets)
     return [
         f"<p class='meta'>Counters read at {escape(report.budget_at)}.</p>",
         _figure(plots.burn(report.budgets), "Budget burn against pace"),
-        _table(["scope", "limit", "used", "of limit", "pace target now", "pacing"], rows),
+        _table(fmt.BUDGET_HEADERS, rows),
     ]
 
 

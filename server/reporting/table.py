@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from server.reporting import format as fmt
 from server.reporting.kpis import DIMENSIONS
 from server.reporting.model import Report
+
+
+def _plain(cells: list[str]) -> list[Text]:
+    """Cells as plain text: ids and versions come from the log, and "[" would start rich markup."""
+    return [Text(c) for c in cells]
 
 
 def _kpi_table(report: Report, dimension: str) -> Table | None:
@@ -19,7 +25,7 @@ def _kpi_table(report: Report, dimension: str) -> Table | None:
     for header in fmt.KPI_HEADERS:
         table.add_column(header, justify="right")
     for row in rows:
-        table.add_row(row.key, *fmt.kpi_cells(row))
+        table.add_row(*_plain([row.key, *fmt.kpi_cells(row)]))
     return table
 
 
@@ -28,24 +34,16 @@ def _lift_table(report: Report) -> Table:
     for header in fmt.LIFT_HEADERS:
         table.add_column(header)
     for result in report.lift:
-        table.add_row(*fmt.lift_cells(result))
+        table.add_row(*_plain(fmt.lift_cells(result)))
     return table
 
 
 def _budget_table(report: Report) -> Table:
     table = Table(title=f"Budget burn against pace (counters at {report.budget_at})", title_justify="left")
-    for header in ("scope", "limit", "used", "of limit", "pace target now", "pacing"):
+    for header in fmt.BUDGET_HEADERS:
         table.add_column(header, justify="left" if header in ("scope", "pacing") else "right")
     for b in report.budgets:
-        pace = fmt.BLANK if b.pace_target is None else f"{b.pace_target:g}"
-        table.add_row(
-            f"{b.kind} {b.id}: {b.measure}",
-            f"{b.limit:g}",
-            f"{b.used:g}",
-            fmt.pct(b.used / b.limit if b.limit else None),
-            pace,
-            b.pacing or fmt.BLANK,
-        )
+        table.add_row(*_plain(fmt.budget_cells(b)))
     return table
 
 
@@ -54,13 +52,13 @@ def _reason_table(report: Report) -> Table:
     table.add_column("reason")
     table.add_column("decisions", justify="right")
     for r in report.no_offer_reasons:
-        table.add_row(r.reason, str(r.decisions))
+        table.add_row(*_plain([r.reason, str(r.decisions)]))
     return table
 
 
 def print_report(report: Report, console: Console) -> None:
     c = report.coverage
-    console.print(f"[bold]{report.title}[/bold]", highlight=False)
+    console.print(Text(report.title, style="bold"))
     console.print(
         f"period {fmt.period_text(report.since, report.until)}; decisions {c.first_decision or '-'} to "
         f"{c.last_decision or '-'} ({c.decisions_in_period} of {c.decisions_read} in the log, which spans "
