@@ -35,9 +35,11 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -57,6 +59,7 @@ from server.state.log_reader import LogReader
 from server.state.records import DecisionRecord
 from server.supervisor import ServerGroup
 from training.closed_loop_catalog import arm_input_stats, catalog_text
+from training.closed_loop_lift import KIND, Conversion, organic_conversions, organic_propensity, true_lift
 from training.closed_loop_report import SimulationResult, plot, summarise, summary_markdown, write_decisions
 from training.closed_loop_scoring import (
     Request,
@@ -217,7 +220,11 @@ async def _drive(
             p = float(world.oracle(np.array([r.customer]), np.array([j]), r.channel, ctx, np.array([s.ts]))[0])
             accepted = bool(draws[r.index] < p)
             value = float(world.offer_value[j]) if accepted else 0.0
-            s.report_retries = await _report(client, s, "accepted" if accepted else "declined", value)
+            outcome = "accepted" if accepted else "declined"
+            s.report_retries = await _retried(partial(client.report, s.decision_id, s.offer, outcome, value))
+            if accepted:  # the customer buys what they accepted: the shop's order feed says so
+                bought = Conversion(ids[r.customer], value, f"offer-{s.decision_id}", s.ts)
+                s.report_retries += await _retried(partial(_convert, client, bought))
 
     # one connection per client, so SO_REUSEPORT spreads the load over the workers
     clients = [AsyncNboClient(target, own_connection=True) for _ in range(cfg.concurrency)]
@@ -229,13 +236,37 @@ async def _drive(
     return sent
 
 
-async def _report(client: AsyncNboClient, s: Sent, outcome: str, value: float) -> int:
-    """ReportOutcome, retried while the server answers UNAVAILABLE (Redis slower than its time
-    budget, e.g. on an overloaded machine), as docs/api.md advises: a retried report counts
-    once. Returns the number of retries."""
+async def _convert(client: AsyncNboClient, c: Conversion) -> Any:
+    return await client.convert(c.customer_id, KIND, c.value, c.event_id, c.occurred_at)
+
+
+async def _organic(target: str, conversions: list[Conversion], concurrency: int) -> int:
+    """RecordConversion for each organic purchase; the retries it took."""
+    queue = list(reversed(conversions))
+    retries = 0
+
+    async def worker(client: AsyncNboClient) -> None:
+        nonlocal retries
+        while queue:
+            c = queue.pop()
+            retries += await _retried(partial(_convert, client, c))
+
+    clients = [AsyncNboClient(target, own_connection=True) for _ in range(concurrency)]
+    try:
+        await asyncio.gather(*(worker(c) for c in clients))
+    finally:
+        for c in clients:
+            await c.close()
+    return retries
+
+
+async def _retried(call: Callable[[], Awaitable[Any]]) -> int:
+    """ReportOutcome or RecordConversion, retried while the server answers UNAVAILABLE (Redis
+    slower than its time budget, e.g. on an overloaded machine), as docs/api.md advises: a
+    retried report counts once. Returns the number of retries."""
     for attempt in range(REPORT_ATTEMPTS):
         try:
-            await client.report(s.decision_id, s.offer, outcome, value)
+            await call()
             return attempt
         except grpc.aio.AioRpcError as e:
             if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == REPORT_ATTEMPTS - 1:
@@ -255,7 +286,10 @@ def run(cfg: SimulationConfig) -> SimulationResult:
     scenario = build_scenario(cfg)
     requests = _draw_requests(scenario.world, cfg.decisions, cfg.seed)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    with EmbeddedRedis(cfg.out / "redis", persist=False) as redis_server:
+    # a fresh Redis each run, kept (saved on shutdown): `nbo report --data-dir OUT` reads the
+    # run's logs afterwards
+    (cfg.out / "redis" / "dump.rdb").unlink(missing_ok=True)
+    with EmbeddedRedis(cfg.out / "redis") as redis_server:
         settings = Settings(
             redis_url=redis_server.url,
             port=0,
@@ -276,6 +310,9 @@ def run(cfg: SimulationConfig) -> SimulationResult:
             loop_started = time.perf_counter()
             sent = asyncio.run(_drive(cfg, group.target, redis_server.url, keys, scenario, requests))
             loop_seconds = time.perf_counter() - loop_started
+            p0 = organic_propensity(scenario.world, cfg.seed)
+            organic = organic_conversions(scenario.world, _first_seen(sent), p0, cfg.seed)
+            conversion_retries = asyncio.run(_organic(group.target, organic, cfg.concurrency))
             time.sleep(1.0)  # the last log batches (written at most log_flush_seconds late)
         finally:
             group.stop()
@@ -291,7 +328,10 @@ def run(cfg: SimulationConfig) -> SimulationResult:
     terms = catalog_terms(parse_catalog(final_catalog.catalog_yaml(), schema))
     scores, skipped = score_decisions(sent, records, scenario.truths, terms)
     result = _summarise(cfg, scores, skipped, scenario, time.perf_counter() - started)
-    result.outcome_retries = sum(x.report_retries for x in sent)
+    result.outcome_retries = sum(x.report_retries for x in sent) + conversion_retries
+    truths = {x.decision_id: scenario.truths[x.world_index] for x in sent}
+    index = {cid: i for i, cid in enumerate(scenario.world.population.customer_ids)}
+    result.true_lift = asdict(true_lift(records.values(), truths, p0, index))
     result.decisions_per_second = round(cfg.decisions / loop_seconds, 1)
     result.exported_rows = exported.rows
     (cfg.out / "summary.json").write_text(json.dumps(asdict(result), indent=2, default=str))
@@ -299,6 +339,15 @@ def run(cfg: SimulationConfig) -> SimulationResult:
     write_decisions(cfg.out / "decisions.csv", scores)
     plot(cfg.out / "reward.png", scores, result, scenario.change_at)
     return result
+
+
+def _first_seen(sent: list[Sent]) -> dict[int, float]:
+    """Customer index -> the time of their first decision."""
+    first: dict[int, float] = {}
+    for x in sent:
+        c = x.request.customer
+        first[c] = min(first.get(c, x.ts), x.ts)
+    return first
 
 
 def _summarise(

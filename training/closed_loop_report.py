@@ -50,7 +50,9 @@ class SimulationResult:
     tier_violation_share: float = 0.0
     arm_inputs: list[dict[str, Any]] = field(default_factory=list)  # the catalog's bandit inputs, if any
     bandit_settings: dict[str, Any] = field(default_factory=dict)  # the catalog's bandit section
-    outcome_retries: int = 0  # ReportOutcome retries after UNAVAILABLE (an overloaded machine)
+    outcome_retries: int = 0  # ReportOutcome and RecordConversion retries after UNAVAILABLE (an overloaded machine)
+    # the programme's true lift against the universal control group (training/closed_loop_lift.py)
+    true_lift: dict[str, float] = field(default_factory=dict)
 
 
 def summarise(

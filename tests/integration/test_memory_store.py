@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from server.catalog.budgets import DAY, TOTAL, UNLIMITED, Check, Period, Reservation
 from server.features.schema import encode_vector
+from server.state.conversions import ConversionRecord, decode_conversion_record
 from server.state.keys import Keys
 from server.state.memory_store import InMemoryStateStore
 from server.state.redis_store import RedisStateStore
@@ -260,3 +261,25 @@ async def test_a_decision_kept_before_bounds_and_callers_takes_the_fallback_boun
         ]
         nan = repr(math.nan)
         assert comparable(results) == [(TOO_LARGE, "", nan, nan, "", "10.0"), (RECORDED, "web", "0.25", "0.5", "", nan)]
+
+
+async def test_the_in_memory_store_records_conversions_as_the_script_does(
+    redis_store: RedisStateStore, redis_client: redis.Redis
+) -> None:
+    first = ConversionRecord("o-1", "c1", "purchase", 20.0, NOW - 60, NOW, "grpc")
+    other = ConversionRecord("o-2", "c1", "signup", 0.0, NOW, NOW, "grpc")
+
+    async def steps(store: StateStore) -> list[object]:
+        return [
+            await store.record_conversion(first, "fp1", 86_400),
+            await store.record_conversion(first, "fp1", 86_400),  # duplicate
+            await store.record_conversion(first, "fp9", 86_400),  # conflict: nothing written
+            await store.record_conversion(other, "fp2", 86_400),
+        ]
+
+    memory = InMemoryStateStore(KEYS)
+    expected = await steps(redis_store)
+    assert expected == [(RECORDED, ""), (DUPLICATE, ""), (CONFLICT, "fp1"), (RECORDED, "")]
+    assert await steps(memory) == expected
+    logged = [decode_conversion_record(f) for _, f in redis_client.xrange(KEYS.conversion_stream)]
+    assert logged == memory.conversions == [first, other]
