@@ -12,7 +12,8 @@ from server.reporting.kpis import DIMENSIONS
 from server.reporting.model import Report
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
+.wide { overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
@@ -31,7 +32,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric_from: 
             for i, c in enumerate(row)
         )
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def _figure(uri: str | None, alt: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from matplotlib.figure import Figure
 
@@ -40,6 +40,10 @@ def timeline(points: tuple[TimelinePoint, ...], bucket: str) -> str | None:
         rates = [float("nan") if p.acceptance_rate is None else p.acceptance_rate * 100 for p in rows]
         rate_axes.plot(times, rates, marker="o", markersize=3, label=_plain(campaign))
         value_axes.plot(times, [p.revenue for p in rows], marker="o", markersize=3, label=_plain(campaign))
+    # half a bucket either side: one bucket alone would otherwise be drawn across years
+    starts = [datetime.fromisoformat(p.start) for p in points]
+    half = timedelta(hours=0.5 if bucket == "hour" else 12)
+    rate_axes.set_xlim(min(starts) - half, max(starts) + half)
     rate_axes.set_ylabel("acceptance rate (%)")
     rate_axes.set_title(f"Acceptance and value per {bucket}, by campaign (awards decided in the {bucket})")
     value_axes.set_ylabel("revenue")
