@@ -35,13 +35,11 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-import grpc
 import numpy as np
 import redis
 import yaml
@@ -51,6 +49,8 @@ from server.catalog.compiler import parse_catalog
 from server.config import Settings
 from server.features.file import merged_schema
 from server.models.registry import publish as model_publish
+from server.reporting.build import build_report
+from server.reporting.html import render_html
 from server.state.catalog_store import current_schema, publish
 from server.state.embedded_redis import EmbeddedRedis
 from server.state.feature_store import FeatureStore, read_feature_file
@@ -59,7 +59,17 @@ from server.state.log_reader import LogReader
 from server.state.records import DecisionRecord
 from server.supervisor import ServerGroup
 from training.closed_loop_catalog import arm_input_stats, catalog_text
-from training.closed_loop_lift import KIND, Conversion, organic_conversions, organic_propensity, true_lift
+from training.closed_loop_lift import (
+    Conversion,
+    convert,
+    first_seen,
+    organic_conversions,
+    organic_propensity,
+    reported_lift,
+    retried,
+    send_organic,
+    true_lift,
+)
 from training.closed_loop_report import SimulationResult, plot, summarise, summary_markdown, write_decisions
 from training.closed_loop_scoring import (
     Request,
@@ -79,7 +89,6 @@ from training.world import CC, WEB, WEB_SHARE, WORLDS, World
 
 log = logging.getLogger(__name__)
 SCENARIOS = ("stationary", "drift", "response-drift", "new-offer")
-REPORT_ATTEMPTS = 8
 NEW_OFFER_TEMPLATE = {"default": ("spring_sale", "loyalty"), "alt": ("device_refresh", "streaming")}
 
 
@@ -221,10 +230,10 @@ async def _drive(
             accepted = bool(draws[r.index] < p)
             value = float(world.offer_value[j]) if accepted else 0.0
             outcome = "accepted" if accepted else "declined"
-            s.report_retries = await _retried(partial(client.report, s.decision_id, s.offer, outcome, value))
+            s.report_retries = await retried(partial(client.report, s.decision_id, s.offer, outcome, value))
             if accepted:  # the customer buys what they accepted: the shop's order feed says so
                 bought = Conversion(ids[r.customer], value, f"offer-{s.decision_id}", s.ts)
-                s.report_retries += await _retried(partial(_convert, client, bought))
+                s.report_retries += await retried(partial(convert, client, bought))
 
     # one connection per client, so SO_REUSEPORT spreads the load over the workers
     clients = [AsyncNboClient(target, own_connection=True) for _ in range(cfg.concurrency)]
@@ -234,45 +243,6 @@ async def _drive(
         for c in clients:
             await c.close()
     return sent
-
-
-async def _convert(client: AsyncNboClient, c: Conversion) -> Any:
-    return await client.convert(c.customer_id, KIND, c.value, c.event_id, c.occurred_at)
-
-
-async def _organic(target: str, conversions: list[Conversion], concurrency: int) -> int:
-    """RecordConversion for each organic purchase; the retries it took."""
-    queue = list(reversed(conversions))
-    retries = 0
-
-    async def worker(client: AsyncNboClient) -> None:
-        nonlocal retries
-        while queue:
-            c = queue.pop()
-            retries += await _retried(partial(_convert, client, c))
-
-    clients = [AsyncNboClient(target, own_connection=True) for _ in range(concurrency)]
-    try:
-        await asyncio.gather(*(worker(c) for c in clients))
-    finally:
-        for c in clients:
-            await c.close()
-    return retries
-
-
-async def _retried(call: Callable[[], Awaitable[Any]]) -> int:
-    """ReportOutcome or RecordConversion, retried while the server answers UNAVAILABLE (Redis
-    slower than its time budget, e.g. on an overloaded machine), as docs/api.md advises: a
-    retried report counts once. Returns the number of retries."""
-    for attempt in range(REPORT_ATTEMPTS):
-        try:
-            await call()
-            return attempt
-        except grpc.aio.AioRpcError as e:
-            if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == REPORT_ATTEMPTS - 1:
-                raise
-            await asyncio.sleep(0.25 * (attempt + 1))
-    raise AssertionError("unreachable")
 
 
 def _read_log(url: str, keys: Keys) -> dict[str, DecisionRecord]:
@@ -311,12 +281,15 @@ def run(cfg: SimulationConfig) -> SimulationResult:
             sent = asyncio.run(_drive(cfg, group.target, redis_server.url, keys, scenario, requests))
             loop_seconds = time.perf_counter() - loop_started
             p0 = organic_propensity(scenario.world, cfg.seed)
-            organic = organic_conversions(scenario.world, _first_seen(sent), p0, cfg.seed)
-            conversion_retries = asyncio.run(_organic(group.target, organic, cfg.concurrency))
+            organic = organic_conversions(scenario.world, first_seen(sent), p0, cfg.seed)
+            conversion_retries = asyncio.run(send_organic(group.target, organic, cfg.concurrency))
             time.sleep(1.0)  # the last log batches (written at most log_flush_seconds late)
         finally:
             group.stop()
         records = _read_log(redis_server.url, keys)
+        with redis.Redis.from_url(redis_server.url) as client:
+            report = build_report(client, keys, title=f"nbo simulate: {cfg.world} world, {cfg.scenario}")
+        (cfg.out / "report.html").write_text(render_html(report))
         # the run's log in the dataset schema, for `nbo train` / `nbo ope` on what the server did;
         # every outcome is reported at once, so no decision is waiting for its reward
         with redis.Redis.from_url(redis_server.url) as client:
@@ -332,6 +305,7 @@ def run(cfg: SimulationConfig) -> SimulationResult:
     truths = {x.decision_id: scenario.truths[x.world_index] for x in sent}
     index = {cid: i for i, cid in enumerate(scenario.world.population.customer_ids)}
     result.true_lift = asdict(true_lift(records.values(), truths, p0, index))
+    result.reported_lift = reported_lift(report, result.true_lift)
     result.decisions_per_second = round(cfg.decisions / loop_seconds, 1)
     result.exported_rows = exported.rows
     (cfg.out / "summary.json").write_text(json.dumps(asdict(result), indent=2, default=str))
@@ -339,15 +313,6 @@ def run(cfg: SimulationConfig) -> SimulationResult:
     write_decisions(cfg.out / "decisions.csv", scores)
     plot(cfg.out / "reward.png", scores, result, scenario.change_at)
     return result
-
-
-def _first_seen(sent: list[Sent]) -> dict[int, float]:
-    """Customer index -> the time of their first decision."""
-    first: dict[int, float] = {}
-    for x in sent:
-        c = x.request.customer
-        first[c] = min(first.get(c, x.ts), x.ts)
-    return first
 
 
 def _summarise(
@@ -418,8 +383,9 @@ def run_command(opts: argparse.Namespace) -> int:
     print(summary_markdown(result), end="")
     print(
         f"wrote {cfg.out / 'summary.md'}, {cfg.out / 'summary.json'}, {cfg.out / 'reward.png'}, "
-        f"{cfg.out / 'decisions.csv'} and the decision log as a dataset, {cfg.out / 'log.parquet'} "
-        f"({result.exported_rows:,} rows)"
+        f"{cfg.out / 'decisions.csv'}, the campaign report {cfg.out / 'report.html'} and the decision log "
+        f"as a dataset, {cfg.out / 'log.parquet'} ({result.exported_rows:,} rows); the run's Redis is kept: "
+        f"nbo report --data-dir {cfg.out}"
     )
     return 0
 

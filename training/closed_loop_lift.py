@@ -15,19 +15,27 @@ customer decided for, that is what the difference between the groups estimates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
+from server.api.aio_client import AsyncNboClient
+from server.reporting.model import Report
 from server.state.records import DecisionRecord
+from training.closed_loop_scoring import Sent
 from training.world import World
 
 ORGANIC_LOGIT = -2.4  # about 9 % of customers buy on their own within the window
 ORGANIC_SD = 0.6  # customer to customer, in log-odds
 ORGANIC_VALUE = 40.0
 KIND = "purchase"
+ATTEMPTS = 8  # of a report the server answers UNAVAILABLE (an overloaded machine)
 
 
 def organic_propensity(world: World, seed: int) -> npt.NDArray[np.float64]:
@@ -109,3 +117,70 @@ def true_lift(
         conversion_rate_diff=float((treated - base).mean()),
         value_per_customer_diff=float(np.mean([value[c] for c in customers])),
     )
+
+
+def reported_lift(report: Report, truth: Mapping[str, float]) -> dict[str, Any]:
+    """The report's programme lift beside the truth: each interval, and whether it covers it."""
+    row = next((r for r in report.lift if r.scope == "programme"), None)
+    if row is None:
+        return {"enough_data": False, "note": "no programme lift in the report"}
+    out: dict[str, Any] = {"enough_data": row.enough_data, "note": row.note}
+    out["customers"] = row.treatment.customers + row.control.customers
+    out["control_customers"] = row.control.customers
+    pairs = (("conversion_rate_diff", row.rate_difference), ("value_per_customer_diff", row.revenue_difference))
+    for name, estimate in pairs:
+        if estimate is None:
+            continue
+        true = truth[name]
+        out[name] = {"reported": estimate.value, "low": estimate.low, "high": estimate.high, "true": true}
+        out[name]["covered"] = estimate.low <= true <= estimate.high
+    return out
+
+
+# -- sending them (`nbo simulate` drives a real server) ------------------------------------
+async def retried(call: Callable[[], Awaitable[Any]]) -> int:
+    """ReportOutcome or RecordConversion, retried while the server answers UNAVAILABLE (Redis
+    slower than its time budget, e.g. on an overloaded machine), as docs/api.md advises: a
+    retried report counts once. Returns the number of retries."""
+    for attempt in range(ATTEMPTS):
+        try:
+            await call()
+            return attempt
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.25 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+async def convert(client: AsyncNboClient, c: Conversion) -> Any:
+    return await client.convert(c.customer_id, KIND, c.value, c.event_id, c.occurred_at)
+
+
+async def send_organic(target: str, conversions: list[Conversion], concurrency: int) -> int:
+    """RecordConversion for each organic purchase; the retries it took."""
+    queue = list(reversed(conversions))
+    retries = 0
+
+    async def worker(client: AsyncNboClient) -> None:
+        nonlocal retries
+        while queue:
+            c = queue.pop()
+            retries += await retried(partial(convert, client, c))
+
+    clients = [AsyncNboClient(target, own_connection=True) for _ in range(concurrency)]
+    try:
+        await asyncio.gather(*(worker(c) for c in clients))
+    finally:
+        for c in clients:
+            await c.close()
+    return retries
+
+
+def first_seen(sent: Sequence[Sent]) -> dict[int, float]:
+    """Customer index -> the time of their first decision."""
+    first: dict[int, float] = {}
+    for x in sent:
+        c = x.request.customer
+        first[c] = min(first.get(c, x.ts), x.ts)
+    return first

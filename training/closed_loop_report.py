@@ -53,6 +53,9 @@ class SimulationResult:
     outcome_retries: int = 0  # ReportOutcome and RecordConversion retries after UNAVAILABLE (an overloaded machine)
     # the programme's true lift against the universal control group (training/closed_loop_lift.py)
     true_lift: dict[str, float] = field(default_factory=dict)
+    # what `nbo report` measured on the run's log: the programme lift's intervals, and whether
+    # each covers the true lift
+    reported_lift: dict[str, Any] = field(default_factory=dict)
 
 
 def summarise(
@@ -236,6 +239,7 @@ def summary_markdown(r: SimulationResult) -> str:
         )
     if r.changed_offers:
         lines.append(f"offers whose response changed: {', '.join(r.changed_offers)}")
+    lines += _lift_lines(r)
     if r.new_offer:
         no = r.new_offer
         half = no["half_of_oracle_share_from"]
@@ -263,3 +267,25 @@ def summary_markdown(r: SimulationResult) -> str:
                 f"{c['oracle_share']:.1%} | {c['model_greedy_share']:.1%} | {c['n']:,.0f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _lift_lines(r: SimulationResult) -> list[str]:
+    """`nbo report`'s programme lift (report.html) against the run's true lift."""
+    lift = r.reported_lift
+    if not lift:
+        return []
+    if not lift["enough_data"]:
+        return [f"programme lift (report.html): not enough data ({lift['note']})"]
+    out = [
+        f"programme lift against the universal control group ({lift['control_customers']:,} of "
+        f"{lift['customers']:,} customers), nbo report (report.html) vs the truth:"
+    ]
+    for name, unit, scale in (("conversion_rate_diff", "pts", 100.0), ("value_per_customer_diff", "", 1.0)):
+        if name in lift:
+            x = lift[name]
+            out.append(
+                f"- {name}: {x['reported'] * scale:+.2f}{unit} (95% CI {x['low'] * scale:+.2f} to "
+                f"{x['high'] * scale:+.2f}), true {x['true'] * scale:+.2f}{unit}: "
+                + ("covered" if x["covered"] else "NOT covered")
+            )
+    return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from server.catalog.compiler import parse_catalog
 from server.features.file import merged_schema
 from server.state.feature_store import read_feature_file
+from tests.integration.test_cli import NBO
 from training.closed_loop import (
     SimulationConfig,
     _draw_requests,
@@ -142,6 +145,12 @@ def test_a_short_closed_loop_run_scores_every_policy_on_the_same_decisions(
         assert result.vs_model_greedy["mean"] == 0.0
         assert price["mean"] == 0.0 and price["low"] == price["high"] == 0.0
         assert result.tier_violations == 0
+    # conversions: nbo report's programme lift counts the customers the truth counts
+    truth, reported = result.true_lift, result.reported_lift
+    assert 0 < truth["control_customers"] < truth["customers"]
+    assert truth["conversion_rate_diff"] > 0 and truth["value_per_customer_diff"] > 0
+    assert (reported["customers"], reported["control_customers"]) == (truth["customers"], truth["control_customers"])
+    assert "Lift against control groups" in (cfg.out / "report.html").read_text()
     saved = json.loads((cfg.out / "summary.json").read_text())
     assert saved["evaluated"] == result.evaluated and saved["bandit"] == bandit
     assert saved["world"] == world and saved["price_of_exploring"] == price
@@ -233,3 +242,24 @@ def test_main_parses_the_cli_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     with pytest.raises(SystemExit):
         main(["--bandit-file", str(settings), "--out", str(tmp_path)])
     assert seen[2].bandit_yaml == "bandit:\n  seed: 7\n"
+
+
+def test_nbo_report_reads_a_finished_simulation_from_its_kept_redis(tmp_path: Path) -> None:
+    cfg = SimulationConfig(decisions=400, customers=1000, log_decisions=4000, workers=1, out=tmp_path / "run")
+    result = run(cfg)
+    out = tmp_path / "again.json"
+    done = subprocess.run(
+        [*NBO, "report", "--data-dir", str(cfg.out), "--format", "json", "--out", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "REDIS_URL"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    programme = next(r for r in json.loads(out.read_text())["lift"] if r["scope"] == "programme")
+    customers = programme["treatment"]["customers"] + programme["control"]["customers"]
+    assert (customers, programme["control"]["customers"]) == (
+        result.reported_lift["customers"],
+        result.reported_lift["control_customers"],
+    )
