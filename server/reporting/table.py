@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -16,44 +21,55 @@ def _plain(cells: list[str]) -> list[Text]:
     return [Text(c) for c in cells]
 
 
-def _kpi_table(report: Report, dimension: str) -> Table | None:
+@dataclass(frozen=True, slots=True)
+class _Sized:
+    """A table and the width that shows every cell whole: a number cut short ("12…") would be a
+    wrong number, so tables print as wide as they need and a narrow terminal wraps the lines."""
+
+    table: Table
+    width: int
+
+
+def _sized(title: str, headers: Sequence[str], cells: list[list[str]], left: Collection[str]) -> _Sized:
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for i, header in enumerate(headers):
+        justify: Literal["left", "right"] = "left" if header in left else "right"
+        table.add_column(header, justify=justify, no_wrap=True, min_width=widths[i])
+    for row_cells in cells:
+        table.add_row(*_plain(row_cells))
+    return _Sized(table, sum(widths) + 3 * len(widths) + 1)
+
+
+def _kpi_table(report: Report, dimension: str) -> _Sized | None:
     rows = report.kpis_of(dimension)
     if not rows:
         return None
-    table = Table(title=f"KPIs per {dimension.replace('_', ' ')}", title_justify="left")
-    table.add_column(dimension.replace("_", " "))
-    for header in fmt.KPI_HEADERS:
-        table.add_column(header, justify="right")
-    for row in rows:
-        table.add_row(*_plain([row.key, *fmt.kpi_cells(row)]))
-    return table
+    name = dimension.replace("_", " ")
+    cells = [[row.key, *fmt.kpi_cells(row)] for row in rows]
+    return _sized(f"KPIs per {name}", [name, *fmt.KPI_HEADERS], cells, {name})
 
 
-def _lift_table(report: Report) -> Table:
-    table = Table(title="Lift, customer level, intent to treat", title_justify="left")
-    for header in fmt.LIFT_HEADERS:
-        table.add_column(header)
-    for result in report.lift:
-        table.add_row(*_plain(fmt.lift_cells(result)))
-    return table
+def _lift_table(report: Report) -> _Sized | None:
+    if not report.lift:
+        return None
+    cells = [fmt.lift_cells(result) for result in report.lift]
+    return _sized("Lift, customer level, intent to treat", fmt.LIFT_HEADERS, cells, {fmt.LIFT_HEADERS[0]})
 
 
-def _budget_table(report: Report) -> Table:
-    table = Table(title=f"Budget burn against pace (counters at {report.budget_at})", title_justify="left")
-    for header in fmt.BUDGET_HEADERS:
-        table.add_column(header, justify="left" if header in ("scope", "pacing") else "right")
-    for b in report.budgets:
-        table.add_row(*_plain(fmt.budget_cells(b)))
-    return table
+def _budget_table(report: Report) -> _Sized | None:
+    if not report.budgets:
+        return None
+    cells = [fmt.budget_cells(b) for b in report.budgets]
+    title = f"Budget burn against pace (counters at {report.budget_at})"
+    return _sized(title, fmt.BUDGET_HEADERS, cells, {"scope", "pacing"})
 
 
-def _reason_table(report: Report) -> Table:
-    table = Table(title="Decisions without an offer, by reason", title_justify="left")
-    table.add_column("reason")
-    table.add_column("decisions", justify="right")
-    for r in report.no_offer_reasons:
-        table.add_row(*_plain([r.reason, str(r.decisions)]))
-    return table
+def _reason_table(report: Report) -> _Sized | None:
+    if not report.no_offer_reasons:
+        return None
+    cells = [[r.reason, str(r.decisions)] for r in report.no_offer_reasons]
+    return _sized("Decisions without an offer, by reason", ["reason", "decisions"], cells, {"reason"})
 
 
 def print_report(report: Report, console: Console) -> None:
@@ -67,15 +83,12 @@ def print_report(report: Report, console: Console) -> None:
         highlight=False,
         markup=False,
     )
-    for dimension in DIMENSIONS:
-        table = _kpi_table(report, dimension)
-        if table is not None:
-            console.print(table)
-    console.print(_lift_table(report))
-    if report.budgets:
-        console.print(_budget_table(report))
-    if report.no_offer_reasons:
-        console.print(_reason_table(report))
+    tables = [_kpi_table(report, d) for d in DIMENSIONS]
+    tables += [_lift_table(report), _budget_table(report), _reason_table(report)]
+    for made in tables:
+        if made is not None:
+            wide = Console(file=console.file, width=max(console.width, made.width), no_color=console.no_color)
+            wide.print(made.table)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     for line in fmt.definitions(report.window_seconds, report.kinds):
