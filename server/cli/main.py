@@ -18,6 +18,7 @@ import redis
 from server.cli import (
     budgets,
     catalog,
+    dashboard,
     decide,
     demo,
     export,
@@ -53,6 +54,7 @@ COMMANDS: tuple[Command, ...] = (
     catalog,
     model,
     budgets,
+    dashboard,
     export,
     ope,
     simulate,
