@@ -178,17 +178,19 @@ async def make_traffic(nbo: Harness) -> dict[str, Any]:
 
 
 @pytest.fixture
-def dashboard(redis_url: str) -> Iterator[str]:
-    """`nbo dashboard` as a subprocess on a free port; its base URL."""
+def dashboard(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    """`nbo dashboard` as a subprocess on a free port (it prints the URL it serves); that URL."""
     command = [sys.executable, "-m", "server.cli", "dashboard", "--redis", redis_url, "--port", "0", "--window", "600"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "dashboard.log"
+    with log.open("w") as errors:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout is not None else ""
-        assert line.startswith("dashboard on http://127.0.0.1:"), (line, proc.stderr.read() if proc.stderr else "")
+        assert line.startswith("dashboard on http://127.0.0.1:"), (line, log.read_text())
         yield line.split()[2]
     finally:
         proc.terminate()
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=10) == 0, log.read_text()
 
 
 async def get_live(session: aiohttp.ClientSession, url: str, **params: int) -> dict[str, Any]:
