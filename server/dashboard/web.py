@@ -15,9 +15,9 @@ import math
 import time
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from server.dashboard.live import LiveState
 from server.dashboard.snapshot import snapshot_json
@@ -29,6 +29,10 @@ PAGE_POLICY = (
     "default-src 'none'; connect-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
 )
 KEPT_SNAPSHOTS = 8
+
+
+class BadQuery(ValueError):
+    """A query parameter of /api/live that cannot be used; the message names it."""
 
 
 class Dashboard:
@@ -63,14 +67,20 @@ class Dashboard:
         try:
             at = int(raw)
         except ValueError:
-            raise _bad(f"at: {raw!r} is not a whole number of epoch seconds") from None
+            raise BadQuery(f"at: {raw!r} is not a whole number of epoch seconds") from None
         oldest = now - self.tail.window.seconds
         if not oldest < at <= now:
-            raise _bad(f"at: {at} is not within the window held, ({oldest}, {now}]")
+            raise BadQuery(f"at: {at} is not within the window held, ({oldest}, {now}]")
         return at
 
     async def live_json(self, request: web.Request) -> web.Response:
-        body = await self.snapshot(self._at(request))
+        try:
+            body = await self.snapshot(self._at(request))
+        except BadQuery as err:
+            return _error(web.HTTPBadRequest.status_code, "INVALID_ARGUMENT", str(err))
+        except (RedisError, OSError) as err:
+            # the page keeps its last numbers and says why they stopped
+            return _error(web.HTTPServiceUnavailable.status_code, "UNAVAILABLE", f"cannot read Redis: {err}")
         return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "no-store"})
 
     async def page(self, request: web.Request) -> web.Response:
@@ -87,6 +97,6 @@ class Dashboard:
         return app
 
 
-def _bad(message: str) -> web.HTTPBadRequest:
-    body: dict[str, Any] = {"error": {"code": "INVALID_ARGUMENT", "message": message}}
-    return web.HTTPBadRequest(text=json.dumps(body), content_type="application/json")
+def _error(status: int, code: str, message: str) -> web.Response:
+    body = {"error": {"code": code, "message": message}}
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")

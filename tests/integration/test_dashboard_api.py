@@ -152,3 +152,21 @@ def test_dashboard_flags_refused(capsys: pytest.CaptureFixture[str], args: list[
         raise SystemExit(cli.main(["dashboard", "--redis-url", "redis://127.0.0.1:1", *args]))
     assert exited.value.code == 2
     assert message in " ".join(capsys.readouterr().err.split())
+
+
+async def test_redis_away_is_503_and_says_so() -> None:
+    # a port nothing listens on (1 is privileged and unused here)
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=1)
+    blocking = redis.Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=1)
+    live = LiveState(client, blocking, KEYS)
+    board = Dashboard(LogTail(client, KEYS, RollingWindow(600), live.campaign_of), live)
+    try:
+        async with TestClient(TestServer(board.app())) as http:
+            response = await http.get("/api/live")
+            assert response.status == 503
+            error = (await response.json())["error"]
+    finally:
+        await client.aclose()
+        blocking.close()
+    assert error["code"] == "UNAVAILABLE"
+    assert error["message"].startswith("cannot read Redis: ")

@@ -202,7 +202,7 @@ async def get_live(session: aiohttp.ClientSession, url: str, **params: int) -> d
 
 async def wait_until_counted(url: str, truth: dict[str, Any]) -> None:
     async with aiohttp.ClientSession() as session:
-        for _ in range(200):
+        for _ in range(600):  # 30 s: the machine may be busy
             data = await get_live(session, url)
             log = data["log"]
             if (
