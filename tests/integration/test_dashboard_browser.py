@@ -50,7 +50,7 @@ campaigns:
     type: ad_hoc
     priority: 90
     channels: [web]
-    budget: {total_awards: 20, daily_awards: 8, total_spend: 50, pacing: {over: day, slack: 0.5}}
+    budget: {total_awards: 20, daily_awards: 6, total_spend: 50, pacing: {over: day, slack: 0.5}}
   - id: loyalty
     name: Loyalty thanks
     type: lifecycle
@@ -157,7 +157,8 @@ async def make_traffic(nbo: Harness) -> dict[str, Any]:
     no_offer = Counter(pb.NoOfferReason.Name(a.no_offer_reason).lower() for a in answers if not a.offers)
     spring = [a for a in awards if a[2] == "spring"]
     loyalty = [a for a in awards if a[2] == "loyalty"]
-    assert len(spring) >= 2 and len(loyalty) >= 2, awards  # pacing lets at least 4 spring awards through
+    # whatever the time of day, pacing lets 3 to 6 spring awards through, and loyalty gets the rest
+    assert 3 <= len(spring) <= 6 and len(spring) + len(loyalty) == 9, awards
     reports = [
         (spring[0], pb.PRESENTED),
         (spring[0], pb.ACCEPTED),
@@ -328,9 +329,9 @@ def check_api_equals_truth(api: dict[str, Any], truth: dict[str, Any], catalog_v
     awarded = truth["awards"]["spring"]
     period = Period.at(api["at"], ZoneInfo("UTC"))
     assert (spring["used_total"], spring["used_today"], spring["spend_cents"]) == (awarded, awarded, 200 * awarded)
-    assert (spring["total_awards"], spring["daily_awards"], spring["total_spend_cents"]) == (20, 8, 5000)
-    assert spring["paced_awards"] == PACING.allowed(8, period.day_fraction)
-    assert spring["left_now"] == max(0, PACING.allowed(8, period.day_fraction) - awarded)
+    assert (spring["total_awards"], spring["daily_awards"], spring["total_spend_cents"]) == (20, 6, 5000)
+    assert spring["paced_awards"] == PACING.allowed(6, period.day_fraction)
+    assert spring["left_now"] == max(0, PACING.allowed(6, period.day_fraction) - awarded)
     assert api["versions"] == {
         "catalog": catalog_version,
         "schema": 1,
