@@ -25,11 +25,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     redis_flags(p)
     # --redis is accepted for --redis-url: the dashboard's users type it so
-    p.add_argument("--redis", dest="redis_url", default=argparse.SUPPRESS, help="the same as --redis-url")
-    p.add_argument("--host", dest="dashboard_host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", dest="dashboard_port", type=int, default=8050, help="port (default 8050; 0 = any free)")
     p.add_argument(
-        "--window", type=_window, default=3600, help="seconds of log the page counts (default 3600; at least 60)"
+        "--redis", dest="redis_url", metavar="URL", default=argparse.SUPPRESS, help="the same as --redis-url"
+    )
+    p.add_argument(
+        "--host", dest="dashboard_host", metavar="HOST", default="127.0.0.1", help="bind address (default 127.0.0.1)"
+    )
+    p.add_argument(
+        "--port",
+        dest="dashboard_port",
+        metavar="PORT",
+        type=int,
+        default=8050,
+        help="port (default 8050; 0 = any free)",
+    )
+    p.add_argument(
+        "--window",
+        metavar="SECONDS",
+        type=_window,
+        default=3600,
+        help="seconds of log the page counts (default 3600; at least 60)",
     )
     p.add_argument(
         "--insecure",
