@@ -277,7 +277,7 @@ def check_page_equals_api(dom: DomNumbers, api: dict[str, Any]) -> None:
         for name in ("used_total", "total_awards", "used_today", "daily_awards", "paced_awards"):
             expected[key + name] = (s[name], js_int(s[name]))
         for name in ("spend_cents", "total_spend_cents"):
-            expected[key + name] = (s[name], "–" if s[name] is None else f"{s[name] / 100:.2f}")
+            expected[key + name] = (s[name], "–" if s[name] is None else f"{s[name] / 100:,.2f}")
         left = s["left_now"] if s["left_now"] is not None else s["left"]
         expected[key + "left_now"] = (left, js_int(left))
         expected[key + "pacing"] = (s["pacing"], s["pacing"] or "–")
