@@ -2,6 +2,7 @@
 
 The process tails the log streams (server.dashboard.tail) into per-second counts held in memory
 (server.dashboard.window), reads budgets and live versions from Redis when the page asks
-(server.dashboard.live), and serves `GET /api/live` and one self-contained page
-(server.dashboard.web). The servers do nothing for it: it reads what they already write.
+(server.dashboard.live), and serves `GET /api/live` (server.dashboard.snapshot) and one
+self-contained page (server.dashboard.web, page.html); server.dashboard.serve runs them on one
+event loop. The servers do nothing for it: it reads what they already write.
 """
