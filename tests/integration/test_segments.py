@@ -5,6 +5,7 @@ from a real server's decisions, and the bad arguments."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import re
@@ -19,10 +20,14 @@ from server.catalog.rule_base import Now
 from server.catalog.rules import compile_rule
 from server.cli.main import main
 from server.features.schema import FeatureSchema
+from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.segments.load import load_customers
+from server.segments.log_stats import SegmentLog
+from server.segments.suggest import Options, suggest
 from server.state.catalog_store import current_schema
 from server.state.feature_store import FeatureStore, read_feature_file
 from server.state.keys import Keys
+from tests.integration.harness import Harness
 
 N = 600
 KEYS = Keys()
@@ -240,3 +245,52 @@ def test_no_customers(redis_url: str, capsys: pytest.CaptureFixture[str], tmp_pa
     code, _, err = _run(capsys, "--redis-url", redis_url)
     assert code == 1
     assert "error: no customers loaded: `nbo features load FILE` first" in err
+
+
+async def test_log_figures_from_real_decisions(
+    nbo: Harness, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str], redis_url: str
+) -> None:
+    """Decisions and outcomes through a real server: each segment counts the decisions whose logged
+    features satisfy its rule; a reported value counts, else the offer's catalog value."""
+    vip = await nbo.decide("vip", pb.WEB)  # o_adhoc, accepted with a reported value of 120
+    vip2 = await nbo.decide("vip2", pb.WEB)  # o_adhoc, declined
+    regular = await nbo.decide("regular", pb.WEB)  # o_life, converted, no value: its catalog value 10
+    ghost = await nbo.decide("ghost", pb.WEB)  # an unknown customer: no features, counts nowhere
+    assert [r.offers[0].offer_id for r in (vip, vip2, regular)] == ["o_adhoc", "o_adhoc", "o_life"]
+    assert not ghost.offers
+    request = pb.ReportOutcomeRequest(decision_id=vip.decision_id, offer_id="o_adhoc", outcome=pb.ACCEPTED, value=120)
+    assert (await nbo.stub.ReportOutcome(request, timeout=5)).recorded
+    assert (await nbo.report(vip2.decision_id, "o_adhoc", pb.DECLINED)).recorded
+    assert (await nbo.report(regular.decision_id, "o_life", pb.CONVERTED)).recorded
+    for _ in range(300):
+        if redis_client.xlen(KEYS.decision_stream) >= 4 and redis_client.xlen(KEYS.outcome_stream) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    found = suggest(redis_client, KEYS, Options(k=2, seed=0, min_awards=1))
+    assert found.log is not None and found.log.decisions == 3
+    store = FeatureStore(redis_client, KEYS)
+    schema = store.current_schema()
+    assert schema is not None
+    expected = {s.name: SegmentLog() for s in found.segments}
+    for cid, awarded, value in (("vip", 1, 120.0), ("vip2", 1, 0.0), ("regular", 1, 10.0)):
+        features = store.get(cid)
+        assert features is not None
+        vector = [
+            float("nan") if v is None else float(spec.level_index(v) if isinstance(v, str) else v)
+            for spec, v in zip(schema.features, features.values(), strict=True)
+        ]
+        (name,) = [s.name for s in found.segments if compile_rule(s.rule or "false", schema, ()).fn(vector, {}, NOW)]
+        log = expected[name]
+        log.decisions += 1
+        log.awards += awarded
+        log.responses += value > 0
+        log.value += value
+    assert {s.name: s.log for s in found.segments} == expected
+    # under the seed: vip2 and regular (tenure 12 and 5) in one segment, vip (40) in the other
+    assert [s.rule for s in found.segments] == ["tenure_months <= 20", "tenure_months > 20"]
+    assert expected["suggested_2"] == SegmentLog(decisions=1, awards=1, responses=1, value=120.0)
+    code, out, _ = _run(capsys, "--redis-url", redis_url, "--k", "2", "--min-awards", "1")
+    assert code == 0 and "no log" not in out
+    assert "log: 3 decisions (control group and degraded left out)" in out
+    code, out, _ = _run(capsys, "--redis-url", redis_url, "--k", "2")
+    assert code == 0 and "not enough data" in out  # 3 awards, fewer than 30
