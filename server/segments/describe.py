@@ -36,17 +36,25 @@ class _Path:
     order: list[int] = field(default_factory=list)  # features in the order the path meets them
     lower: dict[int, float] = field(default_factory=dict)  # x > lower
     upper: dict[int, float] = field(default_factory=dict)  # x <= upper
-    equal: dict[int, int] = field(default_factory=dict)  # categorical == level
-    excluded: dict[int, set[int]] = field(default_factory=dict)  # categorical != each level
+    # categorical: the levels allowed, and whether a missing level is (the tree's one-hot columns
+    # are all 0 for it, so it takes every "not this level" branch)
+    levels: dict[int, frozenset[int]] = field(default_factory=dict)
+    missing_ok: dict[int, bool] = field(default_factory=dict)
 
     def copy(self) -> _Path:
         return _Path(
             list(self.order),
             dict(self.lower),
             dict(self.upper),
-            dict(self.equal),
-            {k: set(v) for k, v in self.excluded.items()},
+            dict(self.levels),
+            dict(self.missing_ok),
         )
+
+    def key(self, without: int) -> tuple[object, ...]:
+        """Everything but feature `without`'s categorical condition: equal keys differ only there."""
+        levels = {f: v for f, v in self.levels.items() if f != without}
+        missing = {f: v for f, v in self.missing_ok.items() if f != without}
+        return (sorted(self.lower.items()), sorted(self.upper.items()), sorted(levels.items()), sorted(missing.items()))
 
     def meet(self, feature: int) -> None:
         if feature not in self.order:
@@ -114,8 +122,38 @@ class _TreeReader:
         found: dict[int, list[_Path]] = {}
         for label, path in self._paths(0, _Path()):
             found.setdefault(label, []).append(path)
+        found = {label: self._merged(paths) for label, paths in found.items()}
         rules = {label: " or ".join(self._wrap(paths, p) for p in paths) for label, paths in sorted(found.items())}
         return TreeRules(rules, self.depth, self.leaves)
+
+    def _merged(self, paths: list[_Path]) -> list[_Path]:
+        """Paths that differ only in the levels of one categorical feature, as one path allowing
+        both (`tier == "A" and x > 1` or `tier == "B" and x > 1`: `tier in ["A", "B"] and x > 1`)."""
+        paths = list(paths)
+        i = 0
+        while i < len(paths):
+            for j in range(i + 1, len(paths)):
+                both = self._union(paths[i], paths[j])
+                if both is not None:
+                    paths[i] = both
+                    del paths[j]
+                    break
+            else:
+                i += 1
+        return paths
+
+    def _union(self, p: _Path, q: _Path) -> _Path | None:
+        differ = [f for f in p.levels if f in q.levels and p.levels[f] != q.levels[f]]
+        if len(differ) != 1 or set(p.order) != set(q.order) or p.key(differ[0]) != q.key(differ[0]):
+            return None
+        f = differ[0]
+        both = p.copy()
+        both.levels[f] = p.levels[f] | q.levels[f]
+        both.missing_ok[f] = p.missing_ok[f] or q.missing_ok[f]
+        if both.missing_ok[f] and len(both.levels[f]) == len(self.enc.schema.features[f].levels):
+            both.order.remove(f)  # every level and a missing one: no condition left
+            del both.levels[f], both.missing_ok[f]
+        return both
 
     def _wrap(self, paths: list[_Path], path: _Path) -> str:
         text = self._path_text(path)
@@ -142,8 +180,11 @@ class _TreeReader:
         left.meet(f)
         right.meet(f)
         if col.level is not None:  # one-hot: left is "not this level", right "this level"
-            left.excluded.setdefault(f, set()).add(col.level)
-            right.equal[f] = col.level
+            every = frozenset(range(len(self.enc.schema.features[f].levels)))
+            left.levels[f] = left.levels.get(f, every) - {col.level}
+            left.missing_ok.setdefault(f, True)
+            right.levels[f] = right.levels.get(f, every) & {col.level}
+            right.missing_ok[f] = False
             return
         members = self.reach[:, node].indices
         values = self.enc.tree[members, self.enc.columns.index(col)]
@@ -163,14 +204,17 @@ class _TreeReader:
         spec = self.enc.schema.features[f]
         name = spec.name
         if spec.kind == "categorical":
-            if f in path.equal:
-                return f'{name} == "{spec.levels[path.equal[f]]}"'
-            out = sorted(path.excluded[f])
-            kept = [i for i in range(len(spec.levels)) if i not in path.excluded[f]]
-            # "in" is false for a missing level, "not in" true, as the tree's all-zero one-hot is
-            if f not in self.enc.missing and len(kept) <= len(out):
-                return _levels(name, "==", "in", [spec.levels[i] for i in kept])
-            return _levels(name, "!=", "not in", [spec.levels[i] for i in out])
+            kept = sorted(path.levels[f])
+            out = [i for i in range(len(spec.levels)) if i not in path.levels[f]]
+            # "in" is false for a missing level, "not in" true; when no customer misses the
+            # feature both read the customers the same way, so the shorter list is written
+            negate = path.missing_ok[f] if f in self.enc.missing else len(out) < len(kept)
+            if negate:
+                return _levels(name, "!=", "not in", [spec.levels[i] for i in out])
+            return _levels(name, "==", "in", [spec.levels[i] for i in kept])
+            if len(out) < len(kept):
+                return _levels(name, "!=", "not in", [spec.levels[i] for i in out])
+            return _levels(name, "==", "in", [spec.levels[i] for i in kept])
         lower, upper = path.lower.get(f, -math.inf), path.upper.get(f, math.inf)
         flags = [v for v in (0.0, 1.0) if lower < v <= upper]
         if f in self.binary and len(flags) == 1:

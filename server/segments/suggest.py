@@ -73,22 +73,12 @@ class Suggestion:
         out = asdict(self)
         out["options"]["sample"] = self.options.sample
         for seg, raw in zip(self.segments, out["segments"], strict=True):
+            for name in ("precision", "recall"):  # NaN (no rule, or an empty cluster) is not JSON
+                raw[name] = None if math.isnan(raw[name]) else raw[name]
             raw["description"] = seg.description()
             raw["response_rate"] = None if seg.log is None else seg.log.response_rate(self.options.min_awards)
             raw["value_per_decision"] = None if seg.log is None else seg.log.value_per_decision(self.options.min_awards)
-        finite: dict[str, Any] = _finite(out)
-        return finite
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: an undefined precision or recall is null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+        return out
 
 
 def check_options(options: Options) -> None:
