@@ -156,8 +156,10 @@ class _TreeReader:
         return both
 
     def _wrap(self, paths: list[_Path], path: _Path) -> str:
+        # "and" binds tighter than "or", so the parentheses are for the reader only
         text = self._path_text(path)
-        return f"({text})" if len(paths) > 1 and " and " in text and not text.startswith("(") else text
+        alone = len(path.order) == 1 and (text.startswith("(") or " and " not in text)  # one condition
+        return f"({text})" if len(paths) > 1 and not alone else text
 
     def _pure(self, node: int) -> int | None:
         """The label every leaf under `node` predicts, or None when they differ."""
