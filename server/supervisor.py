@@ -334,16 +334,18 @@ def run_server(settings: Settings) -> int:
             print(f"error: {err}", file=sys.stderr)
             group.stop()
             return 1
-        tls = (" with mutual TLS" if settings.tls_client_ca_file else " with TLS") if settings.tls_enabled else ""
-        print(
-            f"nbo serving on {group.target}{tls} with {settings.workers} worker(s); Redis {redacted(url)}", flush=True
-        )
-        if group.settings.http_port is not None:
-            scheme = "https" if settings.tls_enabled else "http"
-            print(f"HTTP/JSON on {scheme}://{group.target.rpartition(':')[0]}:{group.settings.http_port}", flush=True)
-        if group.metrics_port is not None:
-            print(
-                f"Prometheus metrics on http://{group.target.rpartition(':')[0]}:{group.metrics_port}/metrics",
-                flush=True,
-            )
+        _announce(group, url)
         return group.join()
+
+
+def _announce(group: ServerGroup, url: str) -> None:
+    """What is served where, once the port answers."""
+    settings = group.settings
+    tls = (" with mutual TLS" if settings.tls_client_ca_file else " with TLS") if settings.tls_enabled else ""
+    print(f"nbo serving on {group.target}{tls} with {settings.workers} worker(s); Redis {redacted(url)}", flush=True)
+    host = group.target.rpartition(":")[0]
+    if settings.http_port is not None:
+        scheme = "https" if settings.tls_enabled else "http"
+        print(f"HTTP/JSON on {scheme}://{host}:{settings.http_port}", flush=True)
+    if group.metrics_port is not None:
+        print(f"Prometheus metrics on http://{host}:{group.metrics_port}/metrics", flush=True)

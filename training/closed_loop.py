@@ -51,6 +51,7 @@ from server.features.file import merged_schema
 from server.models.registry import publish as model_publish
 from server.reporting.build import build_report
 from server.reporting.html import render_html
+from server.reporting.model import Report
 from server.state.catalog_store import current_schema, publish
 from server.state.embedded_redis import EmbeddedRedis
 from server.state.feature_store import FeatureStore, read_feature_file
@@ -287,9 +288,7 @@ def run(cfg: SimulationConfig) -> SimulationResult:
         finally:
             group.stop()
         records = _read_log(redis_server.url, keys)
-        with redis.Redis.from_url(redis_server.url) as client:
-            report = build_report(client, keys, title=f"nbo simulate: {cfg.world} world, {cfg.scenario}")
-        (cfg.out / "report.html").write_text(render_html(report))
+        report = _campaign_report(cfg, redis_server.url, keys)
         # the run's log in the dataset schema, for `nbo train` / `nbo ope` on what the server did;
         # every outcome is reported at once, so no decision is waiting for its reward
         with redis.Redis.from_url(redis_server.url) as client:
@@ -313,6 +312,14 @@ def run(cfg: SimulationConfig) -> SimulationResult:
     write_decisions(cfg.out / "decisions.csv", scores)
     plot(cfg.out / "reward.png", scores, result, scenario.change_at)
     return result
+
+
+def _campaign_report(cfg: SimulationConfig, url: str, keys: Keys) -> Report:
+    """`nbo report` on the run's log, written as report.html."""
+    with redis.Redis.from_url(url) as client:
+        report = build_report(client, keys, title=f"nbo simulate: {cfg.world} world, {cfg.scenario}")
+    (cfg.out / "report.html").write_text(render_html(report))
+    return report
 
 
 def _summarise(

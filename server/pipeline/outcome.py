@@ -78,22 +78,24 @@ async def report_outcome(
     metrics.outcomes.labels(kind, "recorded" if recorded else "duplicate").inc()
     if recorded:
         metrics.campaign_outcome(_campaign_of(live, report.offer_id), kind)
-        svc.writer.outcome(
-            OutcomeRecord(
-                event_id=event_id,
-                decision_id=report.decision_id,
-                customer_id=customer_id,
-                offer_id=report.offer_id,
-                outcome=kind,
-                value=report.value,
-                ts=now,
-                channel=result.channel,
-                propensity=result.propensity,
-                prior_sd=result.prior_sd,
-                arm_inputs=result.inputs,
-            )
-        )
+        svc.writer.outcome(_record_of(report, event_id, customer_id, result, now))
     return OutcomeResult(recorded=recorded, duplicate=not recorded)
+
+
+def _record_of(report: OutcomeReport, event_id: str, customer_id: str, result: Recorded, now: float) -> OutcomeRecord:
+    return OutcomeRecord(
+        event_id=event_id,
+        decision_id=report.decision_id,
+        customer_id=customer_id,
+        offer_id=report.offer_id,
+        outcome=report.outcome.value,
+        value=report.value,
+        ts=now,
+        channel=result.channel,
+        propensity=result.propensity,
+        prior_sd=result.prior_sd,
+        arm_inputs=result.inputs,
+    )
 
 
 def _campaign_of(live: LiveConfig | None, offer_id: str) -> str:
