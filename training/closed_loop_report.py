@@ -280,7 +280,7 @@ def _lift_lines(r: SimulationResult) -> list[str]:
         f"programme lift against the universal control group ({lift['control_customers']:,} of "
         f"{lift['customers']:,} customers), nbo report (report.html) vs the truth:"
     ]
-    for name, unit, scale in (("conversion_rate_diff", "pts", 100.0), ("value_per_customer_diff", "", 1.0)):
+    for name, unit, scale in (("conversion_rate_diff", " pts", 100.0), ("value_per_customer_diff", "", 1.0)):
         if name in lift:
             x = lift[name]
             out.append(
