@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.console import Console
 from rich.table import Table
 
 from server.cli.common import console, err_console, open_redis, print_lines, redis_flags
@@ -16,7 +17,7 @@ from server.cli.common import console, err_console, open_redis, print_lines, red
 if TYPE_CHECKING:
     import redis
 
-    from server.segments.suggest import Suggestion
+    from server.segments.suggest import Segment, Suggestion
     from server.state.keys import Keys
 
 NAME = "segments"
@@ -124,6 +125,37 @@ def _money(x: float | None) -> str:
     return "not enough data" if x is None else f"{x:,.2f}"
 
 
+COLUMNS = ("segment", "customers", "precision", "recall", "response rate", "value/decision", "stands out by")
+TRAITS_WIDTH = 48  # the descriptive column folds onto more lines; the numbers before it never do
+
+
+def _row(found: Suggestion, s: Segment) -> list[str]:
+    log, o = s.log, found.options
+    return [
+        s.name,
+        f"{s.size:,} ({s.share:.1%})",
+        "-" if math.isnan(s.precision) else f"{s.precision:.2f}",
+        "-" if math.isnan(s.recall) else f"{s.recall:.2f}",
+        "no log" if found.log is None else _rate(log.response_rate(o.min_awards) if log else None),
+        "no log" if found.log is None else _money(log.value_per_decision(o.min_awards) if log else None),
+        "; ".join(t.text() for t in s.traits),
+    ]
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    """Every name and number whole (a number cut to "12…" would be a wrong one): the table is as
+    wide as they need, and a narrow terminal wraps its lines."""
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS[:-1])]
+    needed = sum(widths) + 3 * len(COLUMNS) + 1 + TRAITS_WIDTH
+    table = Table(show_lines=False)
+    for col, width in zip(COLUMNS[:-1], widths, strict=True):
+        table.add_column(col, justify="left" if col == "segment" else "right", no_wrap=True, min_width=width)
+    table.add_column(COLUMNS[-1], overflow="fold", min_width=TRAITS_WIDTH)
+    for row in rows:
+        table.add_row(*row)
+    Console(file=console.file, width=max(console.width, needed), no_color=console.no_color).print(table)
+
+
 def _print(found: Suggestion) -> None:
     o = found.options
     sampled = f" (a seeded sample of {found.total:,})" if o.sample is not None else ""
@@ -134,21 +166,8 @@ def _print(found: Suggestion) -> None:
             f"fidelity: the rules put {found.accuracy:.1%} of the customers in their own cluster",
         ]
     )
-    table = Table(show_lines=False)
-    for col in ("segment", "customers", "precision", "recall", "response rate", "value/decision", "stands out by"):
-        table.add_column(col, justify="right" if col not in ("segment", "stands out by") else "left")
-    for s in found.segments:
-        log = s.log
-        table.add_row(
-            s.name,
-            f"{s.size:,} ({s.share:.1%})",
-            "-" if math.isnan(s.precision) else f"{s.precision:.2f}",
-            "-" if math.isnan(s.recall) else f"{s.recall:.2f}",
-            "no log" if found.log is None else _rate(log.response_rate(o.min_awards) if log else None),
-            "no log" if found.log is None else _money(log.value_per_decision(o.min_awards) if log else None),
-            "; ".join(t.text() for t in s.traits),
-        )
-    console.print(table)
+    rows = [_row(found, s) for s in found.segments]
+    _print_table(rows)
     lines = ["rules:"] + [f"  {s.name}: {s.rule if s.rule is not None else '(no rule)'}" for s in found.segments]
     if found.imputed:
         imputed = ", ".join(f"{name} ({n:,} missing -> {m:g})" for name, (n, m) in found.imputed.items())
