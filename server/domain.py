@@ -39,6 +39,11 @@ class Outcome(enum.StrEnum):
     CONVERTED = "converted"
 
 
+# the outcomes in which the customer took the offer: the reward of training, the bandit, and every
+# report and page (an ACCEPTED then CONVERTED offer is one response, never two)
+RESPONSES = frozenset({Outcome.ACCEPTED.value, Outcome.CONVERTED.value})
+
+
 class RequestError(ValueError):
     """A caller mistake: the API layer maps it to INVALID_ARGUMENT."""
 

@@ -34,6 +34,7 @@ import pyarrow as pa
 import redis
 import yaml
 
+from server.domain import RESPONSES
 from server.features.schema import FeatureSchema
 from server.pipeline.service import UNAVAILABLE_STATUSES
 from server.state.catalog_store import CatalogNotStored, stored_catalog
@@ -42,7 +43,6 @@ from server.state.log_reader import LogReader
 from server.state.records import DecisionRecord
 from training.dataset import CONTEXT_PREFIX, UNAVAILABLE, write_dataset
 
-REWARDED = frozenset({"accepted", "converted"})
 # a probability written as 1 + rounding error is 1; anything further above is a corrupt record
 _PROBABILITY_SLACK = 1e-9
 
@@ -244,7 +244,7 @@ def _rewards(reader: LogReader, options: ExportOptions) -> dict[tuple[str, str],
     """Rewarding outcomes per (decision, offer), each event counted once."""
     rewards: dict[tuple[str, str], list[_Reward]] = {}
     for rec in reader.outcomes():
-        if rec.outcome not in REWARDED or (options.as_of is not None and rec.ts > options.as_of):
+        if rec.outcome not in RESPONSES or (options.as_of is not None and rec.ts > options.as_of):
             continue
         value = rec.value if math.isfinite(rec.value) and rec.value > 0 else 0.0
         rewards.setdefault((rec.decision_id, rec.offer_id), []).append(_Reward(rec.ts, value))

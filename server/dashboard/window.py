@@ -24,10 +24,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server.domain import Outcome
+from server.domain import RESPONSES
 from server.state.records import DecisionRecord, OutcomeRecord
 
-RESPONSES = frozenset({Outcome.ACCEPTED.value, Outcome.CONVERTED.value})
 UNKNOWN_CAMPAIGN = "(unknown offer)"  # an outcome for an offer the live catalog does not have
 
 

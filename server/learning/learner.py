@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from server.catalog.bandit_section import bandit_policy
 from server.catalog.exploration import BanditPolicy
 from server.config import Settings, configure_logging
+from server.domain import RESPONSES, Outcome
 from server.learning.arm_inputs import decode_inputs
 from server.learning.posterior import arm_key
 from server.metrics import Metrics
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 GROUP = "learner"
 LAG_EVERY_SECONDS = 1.0  # how often the lag gauges are refreshed (two XINFO calls)
 UNREAD_CAP = 1000  # unread outcomes counted one by one where Redis does not report the group's lag
-REWARD = {"accepted": 1, "converted": 1, "declined": 0}
+# the reward of an outcome the bandit learns from: 1 for a response (server.domain.RESPONSES)
+REWARD = {**dict.fromkeys(RESPONSES, 1), Outcome.DECLINED.value: 0}
 
 
 class Learner:

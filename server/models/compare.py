@@ -28,12 +28,11 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from server.domain import Outcome
+from server.domain import RESPONSES
 from server.models.champion import CHALLENGER, CHAMPION
 from server.state.log_reader import LogReader
 
 Z95 = 1.959963984540054
-RESPONSES = frozenset({Outcome.ACCEPTED.value, Outcome.CONVERTED.value})
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,13 +24,13 @@ import yaml
 
 from server.catalog.rule_base import Now, RuleError
 from server.catalog.rules import compile_rule
+from server.domain import RESPONSES
 from server.features.schema import FeatureSchema
 from server.state.catalog_store import CatalogNotStored, stored_catalog
 from server.state.feature_store import FeatureStore
 from server.state.keys import Keys
 from server.state.log_reader import LogReader
 
-REWARDED = frozenset({"accepted", "converted"})
 MIN_AWARDS = 30  # fewer awards than this: the response rate is "not enough data"
 _NOW = Now(hour=0, weekday=0, month=1, day=1)  # suggested rules never read the time
 
@@ -88,7 +88,7 @@ def log_stats(client: redis.Redis, keys: Keys, rules: dict[int, str]) -> LogStat
     reader = LogReader(client, keys)
     rewards: dict[tuple[str, str], float] = {}
     for out in reader.outcomes():
-        if out.outcome in REWARDED:
+        if out.outcome in RESPONSES:
             value = out.value if math.isfinite(out.value) and out.value > 0 else 0.0
             pair = (out.decision_id, out.offer_id)
             rewards[pair] = max(rewards.get(pair, 0.0), value)
