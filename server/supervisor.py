@@ -268,6 +268,10 @@ class ServerGroup:
             self._budgets.close()
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            # a group started later in this process (tests, `nbo simulate`) must not hand its
+            # workers a directory that no longer exists
+            if os.environ.get(MULTIPROC_ENV) == self.metrics_dir:
+                del os.environ[MULTIPROC_ENV]
 
     def stop(self) -> int:
         self.signal()

@@ -27,12 +27,15 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.faults.env import consecutive_free_ports
+from server.config import Settings
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
+from server.metrics import MULTIPROC_ENV
 from server.state.budget_counters import build_report
 from server.state.catalog_store import live_catalog, publish
 from server.state.embedded_redis import EmbeddedRedis
 from server.state.keys import Keys
+from server.supervisor import ServerGroup
 from tests.deploy_files import family, grouping_labels, metric_names, queries, selector_labels
 from tests.integration import test_budget_concurrency as budget_test
 from tests.integration.harness import load_customers
@@ -305,3 +308,21 @@ def test_a_replaced_worker_keeps_its_counts_and_leaves_the_live_gauges(ready: Se
         lambda: _info(scrape(ready.metrics), "nbo_catalog_info") == {(("version", version),): 1.0},
     )
     assert total(after, "nbo_redis_circuit_open") == 0
+
+
+def test_a_stopped_group_takes_its_metrics_directory_and_variable_with_it(redis_url: str, tmp_path: Path) -> None:
+    """A group started later in the same process (tests, `nbo simulate`) must not hand its workers
+    the directory of one that stopped."""
+    before = os.environ.get(MULTIPROC_ENV)
+    settings = Settings(redis_url=redis_url, port=0, workers=1, metrics_port=0, model_cache_dir=tmp_path / "m")
+    group = ServerGroup(settings, redis_url)
+    group.start()
+    try:
+        group.wait_ready(timeout=60)
+        directory = group.metrics_dir
+        assert directory is not None and os.environ[MULTIPROC_ENV] == directory
+        assert os.path.isdir(directory)
+    finally:
+        group.stop()
+    assert not os.path.exists(directory)
+    assert os.environ.get(MULTIPROC_ENV) == before
