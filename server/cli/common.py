@@ -102,6 +102,22 @@ def open_redis(opts: argparse.Namespace) -> Iterator[tuple[redis.Redis, Keys]]:
             client.close()
 
 
+@contextlib.contextmanager
+def checked_redis(chosen: Settings) -> Iterator[str]:
+    """The URL of the configured (or private) Redis once it answers with the access a server
+    process needs; else the reason on stderr and exit status 2."""
+    from server.app import redis_for
+    from server.state.redis_client import RedisAccessError, check_access
+
+    with redis_for(chosen) as url:
+        try:
+            check_access(url, chosen)
+        except RedisAccessError as err:
+            err_console.print(f"error: {err}")
+            raise SystemExit(2) from None
+        yield url
+
+
 def parse_at(text: str | None, tz: tzinfo) -> float:
     """Epoch seconds of an ISO 8601 time (naive: in `tz`); now when None. ValueError if unreadable."""
     if text is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 
-from server.cli.common import err_console, print_lines, redis_flags, settings
+from server.cli.common import checked_redis, err_console, print_lines, redis_flags, settings
 
 NAME = "dashboard"
 HELP = "a live campaign page (decisions/s, acceptance by campaign, budgets and pace, versions)"
@@ -58,10 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(opts: argparse.Namespace) -> int:
     import asyncio
 
-    from server.app import redis_for
     from server.config import configure_logging
     from server.dashboard.serve import DashboardOptions, serve_dashboard
-    from server.state.redis_client import RedisAccessError, check_access
 
     if not (_loopback(opts.dashboard_host) or opts.dashboard_insecure):
         err_console.print(
@@ -72,12 +70,7 @@ def run(opts: argparse.Namespace) -> int:
     chosen = settings(opts)
     configure_logging(chosen.log_level, log_customer_ids=chosen.log_customer_ids)
     options = DashboardOptions(opts.dashboard_host, opts.dashboard_port, opts.window)
-    with redis_for(chosen) as url:
-        try:
-            check_access(url, chosen)
-        except RedisAccessError as err:
-            err_console.print(f"error: {err}")
-            return 2
+    with checked_redis(chosen) as url:
         asyncio.run(serve_dashboard(chosen, url, options, announce=lambda line: print_lines([line])))
     return 0
 
