@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import logging
+import signal
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -121,3 +123,15 @@ class Harness:
             pb.ReportOutcomeRequest(decision_id=decision_id, offer_id=offer_id, outcome=outcome, event_id=event_id),
             timeout=5,
         )
+
+
+def terminate(proc: subprocess.Popen[str]) -> int:
+    """Stop a server process as an operator would (SIGTERM, 30 s to drain), killing it only if it
+    hangs; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()

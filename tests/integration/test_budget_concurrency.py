@@ -19,7 +19,6 @@ import asyncio
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 from server.state.embedded_redis import EmbeddedRedis
 from server.state.keys import Keys
 from server.state.records import record_data
-from tests.integration.harness import load_customers
+from tests.integration.harness import load_customers, terminate
 
 RUNS = int(os.environ.get("NBO_BUDGET_RUNS", "2"))
 BUDGET = 1000
@@ -153,13 +152,7 @@ def served(module_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
         _wait_ready(served, proc, stderr_path)
         yield served
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc)
 
 
 def _wait_ready(served: Served, proc: subprocess.Popen[str], stderr_path: Path) -> None:

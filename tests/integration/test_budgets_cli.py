@@ -16,8 +16,8 @@ from server.state.budget_counters import scope_row
 from server.state.budget_reconcile import Drift, plan_reconcile
 from server.state.catalog_store import live_catalog
 from server.state.keys import Keys
-from server.state.records import NO_CANDIDATES, DecisionRecord
 from tests.integration.harness import Harness, publish_text
+from tests.records import decision_record
 from tests.unit.catalog_fixtures import BASE
 
 KEYS = Keys()
@@ -258,26 +258,13 @@ async def test_reconcile_refuses_a_trimmed_log(
     before = snapshot(client, [KEYS.budget_total])
     # a busy log at its cap: the writer's MAXLEN trimmed the awards above out of it
     monkeypatch.setenv("NBO_DECISION_STREAM_MAXLEN", "1000")
-    record = DecisionRecord(
+    record = decision_record(
         decision_id="d",
         ts=1_800_000_100.0,
         customer_id="nobody",
-        channel="web",
-        placement="",
-        context={},
-        events=[],
-        request_id="",
-        schema_version=None,
-        features=None,
-        candidates=NO_CANDIDATES,
-        chosen=[],
         no_offer_reason="unknown_customer",
         model_version="prior",
         catalog_version=version,
-        bandit_version="",
-        degraded=False,
-        control_group=False,
-        would_offer=[],
     )
     pipe = client.pipeline(transaction=False)
     for _ in range(1000):

@@ -12,31 +12,19 @@ import redis
 from server.state.catalog_store import CatalogNotStored, compile_stored, publish, stored_catalog
 from server.state.keys import Keys
 from server.state.log_reader import LogReader
-from server.state.records import NO_CANDIDATES, DecisionRecord, OutcomeRecord
+from server.state.records import DecisionRecord, OutcomeRecord
+from tests.records import decision_record
 from tests.unit.catalog_fixtures import BASE, SCHEMA
 
 KEYS = Keys("tenant-a:")  # not the default prefix: the reader must read this deployment's streams
 
-DECISION = DecisionRecord(
+DECISION = decision_record(
     decision_id="d0",
-    ts=1_800_000_000.0,
     customer_id="c1",
-    channel="web",
-    placement="",
     context={"cart_value": 40.0},
-    events=[],
-    request_id="",
-    schema_version=None,
-    features=None,
-    candidates=NO_CANDIDATES,
-    chosen=[],
     no_offer_reason="unknown_customer",
     model_version="prior",
     catalog_version="1-abcdef12",
-    bandit_version="",
-    degraded=False,
-    control_group=False,
-    would_offer=[],
 )
 OUTCOME = OutcomeRecord("e0", "d0", "c1", "o1", "accepted", 5.0, 1_800_000_001.0, "web", 0.1, 0.4)
 

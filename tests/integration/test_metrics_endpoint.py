@@ -38,7 +38,7 @@ from server.state.keys import Keys
 from server.supervisor import ServerGroup
 from tests.deploy_files import family, grouping_labels, metric_names, queries, selector_labels
 from tests.integration import test_budget_concurrency as budget_test
-from tests.integration.harness import load_customers
+from tests.integration.harness import load_customers, terminate
 
 NBO = [sys.executable, "-m", "server.cli"]
 KEYS = Keys()
@@ -102,13 +102,7 @@ def served(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
         own = (f"http://127.0.0.1:{port + 1}/metrics", f"http://127.0.0.1:{port + 2}/metrics")
         yield Served(proc, target.group(1), http.group(1), metrics.group(1), own, url, stderr_path)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc)
 
 
 def scrape(url: str) -> Samples:

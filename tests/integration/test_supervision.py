@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.api.client import NboClient
 from server.state.embedded_redis import EmbeddedRedis
-from tests.integration.harness import load_customers, publish_text
+from tests.integration.harness import load_customers, publish_text, terminate
 from tests.unit.catalog_fixtures import BASE
 
 NBO = [sys.executable, "-m", "server.cli"]
@@ -57,7 +57,7 @@ def served(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[Served]:
     try:
         yield served
     finally:
-        _terminate(served.proc)
+        terminate(served.proc)
 
 
 def _start(redis_url: str, tmp: Path, port: str) -> Served:
@@ -77,16 +77,6 @@ def _start(redis_url: str, tmp: Path, port: str) -> Served:
     match = re.search(r"serving on (\S+) with 2 worker", banner)
     assert match, f"banner {banner!r}; stderr: {stderr_path.read_text()[-2000:]}"
     return Served(proc, match.group(1), stderr_path)
-
-
-def _terminate(proc: subprocess.Popen[str]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait()
 
 
 @dataclass
@@ -189,7 +179,7 @@ def test_health_reports_a_lost_worker_until_it_is_replaced(served: Served) -> No
 
 def test_sigterm_drains_and_exits_cleanly(served: Served) -> None:
     _wait_for(lambda: len(served.worker_pids()) == 2, 30)
-    assert _terminate(served.proc) == 0
+    assert terminate(served.proc) == 0
     assert "died with exit code" not in served.stderr.read_text()
 
 

@@ -7,31 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from server.state.records import NO_CANDIDATES, DecisionRecord
+from tests.records import decision_record
 from training.closed_loop_lift import ORGANIC_VALUE, organic_conversions, organic_propensity, true_lift
 from training.world import World
 
-BASE = DecisionRecord(
-    decision_id="d0",
-    ts=1_800_000_000.0,
-    customer_id="",
-    channel="web",
-    placement="",
-    context={},
-    events=[],
-    request_id="",
-    schema_version=None,
-    features=None,
-    candidates=NO_CANDIDATES,
-    chosen=[],
-    no_offer_reason="",
-    model_version="m",
-    catalog_version="c",
-    bandit_version="off",
-    degraded=False,
-    control_group=False,
-    would_offer=[],
-)
+BASE = decision_record(model_version="m", catalog_version="c", bandit_version="off")
 
 
 def test_true_lift_counts_awards_for_the_treated_and_would_offer_for_the_control_group() -> None:

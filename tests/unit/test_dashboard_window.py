@@ -8,6 +8,7 @@ import pytest
 
 from server.dashboard.window import UNKNOWN_CAMPAIGN, CampaignCounts, RollingWindow
 from server.state.records import Candidates, DecisionRecord, OutcomeRecord
+from tests.records import decision_record
 
 T0 = 1_800_000_000  # a whole second
 CAMPAIGN_OF = {"o_a1": "a", "o_a2": "a", "o_b": "b"}
@@ -25,17 +26,11 @@ def decision(
         selection_probability=[1.0] * len(offers),
         status=["chosen" if o in chosen else "rank" for o in offers],
     )
-    return DecisionRecord(
+    return decision_record(
         decision_id=f"d{n}",
         ts=ts,
         customer_id=f"c{n}",
-        channel="web",
-        placement="",
-        context={},
-        events=[],
-        request_id="",
         schema_version=1,
-        features=None,
         candidates=cands,
         chosen=list(chosen),
         no_offer_reason=reason if not chosen else "none",
@@ -44,7 +39,6 @@ def decision(
         bandit_version="arms-3",
         degraded=reason == "degraded",
         control_group=reason == "control_group",
-        would_offer=[],
     )
 
 

@@ -13,6 +13,7 @@ from server.reporting.lift import LiftAggregator, Thresholds
 from server.reporting.model import KpiRow
 from server.reporting.period import Period, PeriodError, parse_duration, parse_time
 from server.state.records import Candidates, DecisionRecord, OutcomeRecord
+from tests.records import decision_record
 
 HELD = STAGE_STATUS[Stage.HELD_OUT]
 NAN = float("nan")
@@ -35,17 +36,12 @@ def decision(
     model: str = "m1",
 ) -> DecisionRecord:
     n = len(candidates)
-    return DecisionRecord(
+    return decision_record(
         decision_id=decision_id,
         ts=ts,
         customer_id=customer,
         channel=channel,
-        placement="",
-        context={},
-        events=[],
-        request_id="",
         schema_version=1,
-        features=None,
         candidates=Candidates(
             [c[0] for c in candidates],
             [c[1] for c in candidates],
@@ -59,7 +55,6 @@ def decision(
         no_offer_reason=reason,
         model_version=model,
         catalog_version="1-abc",
-        bandit_version="",
         degraded=degraded,
         control_group=control,
         would_offer=list(would_offer),
