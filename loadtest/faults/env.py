@@ -299,7 +299,7 @@ def start_env(tmp: Path, customers: int = 5000, extra_env: dict[str, str] | None
 
 def budget_counter(client: redis.Redis) -> int:
     """Awards of the budgeted offer counted in Redis (its lifetime counter)."""
-    return int(client.hget(KEYS.budget_total, f"o:{BUDGETED}:n") or 0)
+    return int(client.hget(KEYS.budget_total("promo"), f"o:{BUDGETED}:n") or 0)
 
 
 def settled_stream(

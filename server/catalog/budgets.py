@@ -1,17 +1,20 @@
 """Budgets, channel capacity and pacing: what each award is checked against, and the counters.
 
-Every budget counter lives under one hash tag, `{b}`, so the reservation script can walk the
-ranked candidates of several campaigns in one call and still touch a single Redis Cluster slot.
-Three hashes hold the counters:
+A campaign's counters, its own and its offers', live under its own hash tag, `{b:<campaign>}`,
+and a channel's hourly capacity under `{ch:<channel>}`, so that on a Redis Cluster the budgets
+spread over the shards with the campaigns instead of all landing on one. Each reservation script
+touches one of those slots; server.state.budget_walk splits a ranked walk into such calls
+(docs/operations.md, "Budgets on a cluster", argues the design). The hashes:
 
-- `<prefix>{b}:total`: all-time awards (`<scope>:n`) and spend in cents (`<scope>:spend`);
-- `<prefix>{b}:day:<YYYY-MM-DD>`: the same per day in the catalog's time zone;
-- `<prefix>{b}:hour:<YYYY-MM-DDTHH>`: awards per channel (`ch:<channel>:n`) for hourly capacity.
+- `<prefix>{b:<campaign>}:total`: all-time awards (`<scope>:n`) and spend in cents (`<scope>:spend`);
+- `<prefix>{b:<campaign>}:day:<YYYY-MM-DD>`: the same per day in the catalog's time zone;
+- `<prefix>{ch:<channel>}:hour:<YYYY-MM-DDTHH>`: the channel's awards (`ch:<channel>:n`) that hour.
 
-A scope is `o:<offer id>` or `c:<campaign id>`. Spend is counted in integer cents so that the
-Lua side never compares floats. Pacing turns a cap into "allowed so far": the cap times the
-elapsed fraction of the day or the campaign window, plus a slack, computed here (not in Lua) so
-the scripts stay free of clocks and a simulated clock drives the whole thing in tests.
+A scope is `o:<offer id>` or `c:<campaign id>`; an offer's scope lives with its campaign. Spend
+is counted in integer cents so that the Lua side never compares floats. Pacing turns a cap into
+"allowed so far": the cap times the elapsed fraction of the day or the campaign window, plus a
+slack, computed here (not in Lua) so the scripts stay free of clocks and a simulated clock drives
+the whole thing in tests.
 """
 
 from __future__ import annotations
@@ -134,10 +137,13 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """The checks of one candidate offer."""
+    """The checks of one candidate offer: TOTAL and DAY checks are counted in the slot of
+    `campaign`, a HOUR check in the slot of `channel`."""
 
     offer_id: str
     checks: tuple[Check, ...]
+    campaign: str = ""
+    channel: str = ""
 
 
 def window_fraction(start: float | None, end: float | None, now: float) -> float:
@@ -182,7 +188,7 @@ def reservation(catalog: Catalog, offer: Offer, channel: Channel, now: float, pe
     capacity = catalog.channel_capacity.get(channel)
     if capacity is not None:
         checks.append(Check(HOUR, f"ch:{channel.value}:n", capacity, 1, f"{channel.value} capacity per hour"))
-    return Reservation(offer.id, tuple(checks)) if checks else None
+    return Reservation(offer.id, tuple(checks), camp.id, channel.value) if checks else None
 
 
 def has_budget(catalog: Catalog, offer: Offer) -> bool:
@@ -220,11 +226,12 @@ class Usage:
 
 @dataclass
 class Tally:
-    """Counters rebuilt from logged awards: field -> value, per counter hash."""
+    """Counters rebuilt from logged awards: field -> value, per counter hash, keyed as the hashes
+    are: totals by campaign, days by (campaign, day), hours by (channel, hour)."""
 
-    total: dict[str, int] = field(default_factory=dict)
-    days: dict[str, dict[str, int]] = field(default_factory=dict)
-    hours: dict[str, dict[str, int]] = field(default_factory=dict)
+    total: dict[str, dict[str, int]] = field(default_factory=dict)
+    days: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    hours: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
 
     def add(self, catalog: Catalog, offer_id: str, channel: Channel, ts: float) -> bool:
         """Count one logged award of `offer_id`; False if the catalog does not know the offer."""
@@ -235,15 +242,16 @@ class Tally:
         camp = catalog.campaigns[offer.campaign]
         period = Period.at(ts, catalog.timezone)
         cost = cents(offer.cost)
-        day = self.days.setdefault(period.day, {})
         for scope, limits in ((f"o:{offer.id}", offer.limits), (f"c:{camp.id}", camp.limits)):
             if limits is None or not limits.shared:
                 continue
-            for bucket in (self.total, day):
+            total = self.total.setdefault(camp.id, {})
+            day = self.days.setdefault((camp.id, period.day), {})
+            for bucket in (total, day):
                 bucket[f"{scope}:n"] = bucket.get(f"{scope}:n", 0) + 1
                 bucket[f"{scope}:spend"] = bucket.get(f"{scope}:spend", 0) + cost
         if channel in catalog.channel_capacity:
-            hour = self.hours.setdefault(period.hour, {})
+            hour = self.hours.setdefault((channel.value, period.hour), {})
             hour[f"ch:{channel}:n"] = hour.get(f"ch:{channel}:n", 0) + 1
         return True
 

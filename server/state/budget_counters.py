@@ -143,17 +143,24 @@ def _campaign_rows(
     return rows
 
 
-def read_counters(client: redis.Redis, keys: Keys, period: Period) -> tuple[dict[str, int], ...]:
-    """(total, day, hour) counters of `period`, read together."""
+def read_counters(client: redis.Redis, keys: Keys, catalog: Catalog, period: Period) -> tuple[dict[str, int], ...]:
+    """(total, day, hour) counters of `period`, every campaign's and channel's hashes merged (their
+    fields name their scope or channel, so none collide), read in one pipeline."""
     pipe = client.pipeline(transaction=False)
-    for key in (keys.budget_total, keys.budget_day(period.day), keys.budget_hour(period.hour)):
+    names = [(0, keys.budget_total(c.id)) for c in catalog.campaigns]
+    names += [(1, keys.budget_day(c.id, period.day)) for c in catalog.campaigns]
+    names += [(2, keys.budget_hour(ch.value, period.hour)) for ch in sorted(catalog.channel_capacity)]
+    for _, key in names:
         pipe.hgetall(key)
-    return tuple(decode_counts(raw) for raw in pipe.execute())
+    merged: tuple[dict[str, int], ...] = ({}, {}, {})
+    for (kind, _), raw in zip(names, pipe.execute(), strict=True):
+        merged[kind].update(decode_counts(raw))
+    return merged
 
 
 def build_report(client: redis.Redis, keys: Keys, catalog: Catalog, now: float) -> BudgetReport:
     period = Period.at(now, catalog.timezone)
-    total, today, hour = read_counters(client, keys, period)
+    total, today, hour = read_counters(client, keys, catalog, period)
     scopes = [
         row
         for camp in catalog.campaigns

@@ -168,11 +168,12 @@ def log_gaps(
     maxlen: int,
     stored_days: Sequence[str],
     tz: ZoneInfo,
+    totals_stored: bool,
 ) -> list[str]:
     """Why awards may have been made that the log does not hold (empty: it holds them all)."""
     gaps = [g for g in [_trimmed(client, keys, maxlen)] if g is not None]
     if scan.first_ts is None:
-        if stored_days or client.exists(keys.budget_total):
+        if stored_days or totals_stored:
             gaps.append("the decision log is empty, but budget counters are stored")
         return gaps
     earliest = _earliest_start(catalogs)

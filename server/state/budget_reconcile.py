@@ -8,6 +8,7 @@ written back as increments, so an award landing meanwhile is kept.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -60,38 +61,56 @@ class BudgetKeys:
 
 @dataclass(frozen=True, slots=True)
 class StoredPeriods:
-    """The days and hours that have budget counters in Redis."""
+    """The budget hashes held in Redis: campaigns with totals, (campaign, day), (channel, hour)."""
 
-    days: frozenset[str]
-    hours: frozenset[str]
+    totals: frozenset[str]
+    days: frozenset[tuple[str, str]]
+    hours: frozenset[tuple[str, str]]
 
     @classmethod
     def read(cls, client: redis.Redis, keys: Keys) -> StoredPeriods:
-        def suffixes(pattern: str) -> frozenset[str]:
-            marker = pattern.removesuffix("*")
-            found = cast(Iterable[bytes], client.scan_iter(match=pattern, count=1000))
-            return frozenset(k.decode().removeprefix(marker) for k in found)
+        found = cast(Iterable[bytes], client.scan_iter(match=keys.budget_pattern(), count=1000))
+        found_hours = cast(Iterable[bytes], client.scan_iter(match=keys.channel_hour_pattern(), count=1000))
+        totals, days, hours = set(), set(), set()
+        budget = re.compile(re.escape(keys.prefix) + r"\{b:([^}]*)\}:(total|day:(.*))")
+        hourly = re.compile(re.escape(keys.prefix) + r"\{ch:([^}]*)\}:hour:(.*)")
+        for key in found:
+            m = budget.fullmatch(key.decode())
+            if m is not None and m[2] == "total":
+                totals.add(m[1])
+            elif m is not None:
+                days.add((m[1], m[3]))
+        for key in found_hours:
+            if (m := hourly.fullmatch(key.decode())) is not None:
+                hours.add((m[1], m[2]))
+        return cls(frozenset(totals), frozenset(days), frozenset(hours))
 
-        return cls(suffixes(keys.budget_day("*")), suffixes(keys.budget_hour("*")))
+    @property
+    def day_names(self) -> list[str]:
+        return sorted({day for _, day in self.days})
 
 
 def budget_keys(keys: Keys, tally: Tally, cover: Coverage, stored: StoredPeriods) -> BudgetKeys:
-    ttl: dict[str, int | None] = {keys.budget_total: None}
-    rebuilt: dict[str, dict[str, int]] = {keys.budget_total: tally.total}
+    ttl: dict[str, int | None] = {}
+    rebuilt: dict[str, dict[str, int]] = {}
     skipped: list[str] = []
-    stored_days, stored_hours = stored.days, stored.hours
-    for day in sorted(stored_days | tally.days.keys()):
+    for camp in sorted(stored.totals | tally.total.keys()):
+        ttl[keys.budget_total(camp)] = None
+        rebuilt[keys.budget_total(camp)] = tally.total.get(camp, {})
+    for camp, day in sorted(stored.days | tally.days.keys()):
+        key = keys.budget_day(camp, day)
         if cover.day(day):
-            ttl[keys.budget_day(day)] = DAY_KEY_TTL_SECONDS
-            rebuilt[keys.budget_day(day)] = tally.days.get(day, {})
-        elif day in stored_days:
-            skipped.append(keys.budget_day(day))
-    for hour in sorted(stored_hours | tally.hours.keys()):
+            ttl[key] = DAY_KEY_TTL_SECONDS
+            rebuilt[key] = tally.days.get((camp, day), {})
+        elif (camp, day) in stored.days:
+            skipped.append(key)
+    for channel, hour in sorted(stored.hours | tally.hours.keys()):
+        key = keys.budget_hour(channel, hour)
         if cover.hour(hour):
-            ttl[keys.budget_hour(hour)] = HOUR_KEY_TTL_SECONDS
-            rebuilt[keys.budget_hour(hour)] = tally.hours.get(hour, {})
-        elif hour in stored_hours:
-            skipped.append(keys.budget_hour(hour))
+            ttl[key] = HOUR_KEY_TTL_SECONDS
+            rebuilt[key] = tally.hours.get((channel, hour), {})
+        elif (channel, hour) in stored.hours:
+            skipped.append(key)
     return BudgetKeys(ttl, rebuilt, skipped)
 
 
@@ -170,7 +189,7 @@ def plan_reconcile(
     scan = scan_log(client, keys, catalogs, chunk)
     tz = live.timezone
     stored = StoredPeriods.read(client, keys)
-    gaps = log_gaps(client, keys, scan, catalogs.used(), maxlen, sorted(stored.days), tz)
+    gaps = log_gaps(client, keys, scan, catalogs.used(), maxlen, stored.day_names, tz, bool(stored.totals))
     cover = coverage(scan, tz, now, complete=not gaps)
     budget = budget_keys(keys, scan.tally, cover, stored)
     return Reconciliation(
@@ -188,15 +207,19 @@ def apply_reconcile(client: redis.Redis, plan: Reconciliation, history_ttl: int)
     """Write the log's values. Each fix is an increment by the difference, not a set, so an
     award that lands while we run is kept rather than overwritten."""
     if plan.budget_drifts:
-        # every budget key carries the {b} tag: one slot, so one MULTI/EXEC even on a cluster
-        pipe = client.pipeline(transaction=True)
+        # one MULTI/EXEC per slot: a campaign's hashes share its tag, a channel's hours theirs
+        by_slot: dict[str, list[Drift]] = defaultdict(list)
         for d in plan.budget_drifts:
-            pipe.hincrby(d.key, d.field, d.difference)
-        for key in sorted({d.key for d in plan.budget_drifts}):
-            ttl = plan.budget.ttl[key]
-            if ttl is not None:
-                pipe.expire(key, ttl)
-        pipe.execute()
+            by_slot[d.key[d.key.index("{") : d.key.index("}") + 1]].append(d)
+        for slot_drifts in by_slot.values():
+            pipe = client.pipeline(transaction=True)
+            for d in slot_drifts:
+                pipe.hincrby(d.key, d.field, d.difference)
+            for key in sorted({d.key for d in slot_drifts}):
+                ttl = plan.budget.ttl[key]
+                if ttl is not None:
+                    pipe.expire(key, ttl)
+            pipe.execute()
     by_customer: dict[str, list[Drift]] = defaultdict(list)
     for d in plan.customers.drifts:
         by_customer[d.key].append(d)

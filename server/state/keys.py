@@ -1,9 +1,10 @@
 """Every Redis key the server uses, in one place.
 
 Per-customer keys carry the hash tag `{c:<id>}` so one customer's keys share a Redis Cluster
-slot and a Lua script may touch them together; budget counters all carry `{b}` (see
-server.catalog.budgets). Every script touches one of those slots only. Ids must be validated
-(server.ids) first.
+slot and a Lua script may touch them together; a campaign's budget counters (its own and its
+offers') carry `{b:<campaign>}`, and a channel's hourly capacity `{ch:<channel>}` (see
+server.catalog.budgets), so budgets spread over a cluster's shards with the campaigns. Every
+script touches one of those slots only. Ids must be validated (server.ids) first.
 """
 
 from __future__ import annotations
@@ -90,16 +91,23 @@ class Keys:
         """List of `nbo retrain` comparisons (JSON), oldest first; appended to, never rewritten."""
         return f"{self.prefix}{{g}}:retrain:comparisons"
 
-    # -- budgets: one tag for all, so one script can walk candidates of several campaigns --------
-    @property
-    def budget_total(self) -> str:
-        return f"{self.prefix}{{b}}:total"
+    # -- budgets: one tag per campaign (its counters and its offers'), one per channel ---------
+    def budget_total(self, campaign: str) -> str:
+        return f"{self.prefix}{{b:{campaign}}}:total"
 
-    def budget_day(self, day: str) -> str:
-        return f"{self.prefix}{{b}}:day:{day}"
+    def budget_day(self, campaign: str, day: str) -> str:
+        return f"{self.prefix}{{b:{campaign}}}:day:{day}"
 
-    def budget_hour(self, hour: str) -> str:
-        return f"{self.prefix}{{b}}:hour:{hour}"
+    def budget_hour(self, channel: str, hour: str) -> str:
+        """Hash {ch:<channel>:n}: the channel's awards in one hour, for its hourly capacity."""
+        return f"{self.prefix}{{ch:{channel}}}:hour:{hour}"
+
+    def budget_pattern(self) -> str:
+        """Every campaign's budget hash (SCAN MATCH); channel hours are `channel_hour_pattern`."""
+        return f"{self.prefix}{{b:*}}:*"
+
+    def channel_hour_pattern(self) -> str:
+        return f"{self.prefix}{{ch:*}}:hour:*"
 
     # -- the bandit's learned parameters: one tag, so a learning step is one script in one slot --
     @property

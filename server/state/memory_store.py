@@ -20,6 +20,8 @@ import numpy.typing as npt
 
 from server.catalog.budgets import Period, Reservation
 from server.ids import ULID_LENGTH
+from server.state import budget_walk
+from server.state.budget_walk import Slot, SlotCandidate
 from server.state.contacts import ContactHistory
 from server.state.conversions import ConversionRecord, event_digest
 from server.state.keys import Keys
@@ -75,10 +77,11 @@ class InMemoryStateStore:
     def put_features(self, customer_id: str, vector: Sequence[float], schema_version: int = 1) -> None:
         self.features[customer_id] = (schema_version, np.asarray(vector, dtype=np.float32))
 
-    def budget_counters(self, period: Period) -> tuple[Hash, Hash, Hash]:
-        """The totals, day and hour counter hashes as reserve.lua keeps them."""
-        total, day, hour = self._budget_keys(period)
-        return self.hashes.get(total, {}), self.hashes.get(day, {}), self.hashes.get(hour, {})
+    def budget_counters(self, campaign: str, channel: str, period: Period) -> tuple[Hash, Hash, Hash]:
+        """The campaign's totals and day, and the channel's hour hashes, as reserve.lua keeps them."""
+        k = self._keys
+        names = (k.budget_total(campaign), k.budget_day(campaign, period.day), k.budget_hour(channel, period.hour))
+        return tuple(self.hashes.get(name, {}) for name in names)  # type: ignore[return-value]
 
     def _hook(self, op: str) -> None:
         hook = self.before.get(op)
@@ -104,42 +107,45 @@ class InMemoryStateStore:
             return CustomerState(None, None, history, replay, fingerprint)
         return CustomerState(stored[1].copy(), stored[0], history, replay, fingerprint)
 
-    def _budget_keys(self, period: Period) -> list[str]:
-        k = self._keys
-        return [k.budget_total, k.budget_day(period.day), k.budget_hour(period.hour)]
-
     async def reserve(self, period: Period, max_awards: int, walk: Sequence[Reservation]) -> Reserved:
         self._hook("reserve")
-        keys = self._budget_keys(period)
+        return await budget_walk.reserve(self, self._keys, period, max_awards, walk)
+
+    async def release(self, period: Period, reservations: Sequence[Reservation]) -> None:
+        self._hook("release")
+        await budget_walk.release(self, self._keys, period, reservations)
+
+    async def reserve_in_slot(self, slot: Slot, k: int, walk: Sequence[SlotCandidate]) -> Reserved:
+        """reserve.lua: every check before the first write, pending increments adding up."""
         pending: dict[tuple[str, str], int] = {}
         awarded: list[str] = []
         refused: list[tuple[str, int, int]] = []
-        for r in walk:
-            if len(awarded) >= max_awards:
+        for c in walk:
+            if len(awarded) >= k:
                 break
-            failed = self._first_failed(keys, r, pending)
+            failed = self._first_failed(slot.keys, c, pending)
             if failed is not None:
-                refused.append((r.offer_id, *failed))
+                refused.append((c.offer_id, *failed))
                 continue
-            awarded.append(r.offer_id)
-            for c in r.checks:
-                slot = (keys[c.key - 1], c.field)
-                pending[slot] = pending.get(slot, 0) + c.incr
+            awarded.append(c.offer_id)
+            for key_no, fld, _, incr in c.checks:
+                at = (slot.keys[key_no - 1], fld)
+                pending[at] = pending.get(at, 0) + incr
         for (key, fld), incr in pending.items():
             if incr:
                 self._add(key, fld, incr)
         return Reserved(tuple(awarded), tuple(refused))
 
     def _first_failed(
-        self, keys: list[str], r: Reservation, pending: dict[tuple[str, str], int]
+        self, keys: Sequence[str], c: SlotCandidate, pending: dict[tuple[str, str], int]
     ) -> tuple[int, int] | None:
         """(check number from 1, its count) of the first limit the candidate would exceed."""
-        for j, c in enumerate(r.checks, 1):
-            if c.limit < 0:
+        for j, (key_no, fld, limit, incr) in enumerate(c.checks, 1):
+            if limit < 0:
                 continue
-            slot = (keys[c.key - 1], c.field)
-            used = self._count(*slot) + pending.get(slot, 0)
-            if used + c.incr > c.limit:
+            at = (keys[key_no - 1], fld)
+            used = self._count(*at) + pending.get(at, 0)
+            if used + incr > limit:
                 return j, used
         return None
 
@@ -151,13 +157,13 @@ class InMemoryStateStore:
         self._hash(key)[fld] = str(value)
         return value
 
-    async def release(self, period: Period, reservations: Sequence[Reservation]) -> None:
-        self._hook("release")
-        keys = self._budget_keys(period)
-        for r in reservations:
-            for c in r.checks:
-                if c.incr:
-                    self._add(keys[c.key - 1], c.field, -c.incr)
+    async def release_in_slot(self, slot: Slot, items: Sequence[tuple[int, str, int]]) -> None:
+        for key_no, fld, incr in items:
+            key = slot.keys[key_no - 1]
+            if incr and self._add(key, fld, -incr) == 0:
+                del self.hashes[key][fld]
+                if not self.hashes[key]:
+                    del self.hashes[key]
 
     async def commit(
         self,

@@ -1,7 +1,8 @@
 """The hot path's Redis I/O, one script call per step, each script inside one Cluster slot.
 
 A decision reads the customer (customer slot), reserves budget by walking the ranked candidates
-(budget slot; skipped when no candidate is limited), then commits the awards on the customer's
+(server.state.budget_walk: a call per campaign and channel slot; skipped when no candidate is
+limited), then commits the awards on the customer's
 side (customer slot). A commit that refuses a reserved offer (a concurrent decision for the same
 customer used the cap first, or the request id was already decided) releases its reservation,
 so the counters end equal to the awards returned.
@@ -18,8 +19,10 @@ import numpy.typing as npt
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from server.catalog.budgets import DAY_KEY_TTL_SECONDS, HOUR_KEY_TTL_SECONDS, Period, Reservation
+from server.catalog.budgets import Period, Reservation
 from server.features.schema import decode_vector
+from server.state import budget_walk
+from server.state.budget_walk import Slot, SlotCandidate
 from server.state.contacts import ContactHistory
 from server.state.conversions import SCRIPT as _CONVERSION
 from server.state.conversions import ConversionRecord, script_call
@@ -121,19 +124,22 @@ class RedisStateStore:
         fields = dict(zip(contacts[::2], contacts[1::2], strict=True))
         return CustomerState(vector, version, ContactHistory.from_hash(fields, int(sent)), replay, fingerprint)
 
-    def _budget_keys(self, period: Period) -> list[str]:
-        k = self.keys
-        return [k.budget_total, k.budget_day(period.day), k.budget_hour(period.hour)]
-
     async def reserve(self, period: Period, max_awards: int, walk: Sequence[Reservation]) -> Reserved:
-        """Walk the ranked candidates in one budget-slot script; count exactly those awarded."""
-        args: list[str | int] = [max_awards, DAY_KEY_TTL_SECONDS, HOUR_KEY_TTL_SECONDS, len(walk)]
-        for r in walk:
-            args += [r.offer_id, len(r.checks)]
-            for c in r.checks:
-                args += c.args()
+        """Walk the ranked candidates, one script per budget slot; count exactly those awarded."""
+        return await budget_walk.reserve(self, self.keys, period, max_awards, walk)
+
+    async def release(self, period: Period, reservations: Sequence[Reservation]) -> None:
+        """Give back reservations that were not awarded after all."""
+        await budget_walk.release(self, self.keys, period, reservations)
+
+    async def reserve_in_slot(self, slot: Slot, k: int, walk: Sequence[SlotCandidate]) -> Reserved:
+        args: list[str | int] = [k, *slot.ttls, len(walk)]
+        for c in walk:
+            args += [c.offer_id, len(c.checks)]
+            for check in c.checks:
+                args += check
         try:
-            raw = await self._scripts.run(_RESERVE, self._budget_keys(period), args)
+            raw = await self._scripts.run(_RESERVE, slot.keys, args)
         except RedisError as err:
             raise StateUnavailable(str(err)) from err
         n = int(raw[0])
@@ -142,17 +148,14 @@ class RedisStateStore:
         refused = tuple((rest[i].decode(), int(rest[i + 1]), int(rest[i + 2])) for i in range(0, len(rest), 3))
         return Reserved(awarded, refused)
 
-    async def release(self, period: Period, reservations: Sequence[Reservation]) -> None:
-        """Give back reservations that were not awarded after all."""
-        args: list[str | int] = [sum(len(r.checks) for r in reservations)]
-        for r in reservations:
-            for c in r.checks:
-                args += [c.key, c.field, c.incr]
-        if args[0]:
-            try:
-                await self._scripts.run(_RELEASE, self._budget_keys(period), args)
-            except RedisError as err:
-                raise StateUnavailable(str(err)) from err
+    async def release_in_slot(self, slot: Slot, items: Sequence[tuple[int, str, int]]) -> None:
+        args: list[str | int] = [len(items)]
+        for item in items:
+            args += item
+        try:
+            await self._scripts.run(_RELEASE, slot.keys, args)
+        except RedisError as err:
+            raise StateUnavailable(str(err)) from err
 
     async def commit(
         self,

@@ -88,7 +88,7 @@ async def test_a_call_with_too_little_time_left_awards_nothing(redis_url: str, t
         await nbo.stop()
     assert [o.offer_id for o in normal.offers] == ["o_adhoc"]  # the one award of the test
     client = redis.Redis.from_url(redis_url)
-    assert client.hget(Keys().budget_total, "o:o_adhoc:n") == b"1"
+    assert client.hget(Keys().budget_total("adhoc"), "o:o_adhoc:n") == b"1"
     client.close()
 
 

@@ -187,7 +187,8 @@ def _scrape_decisions(port: int) -> int:
 
 def _reset(client: redis.Redis) -> None:
     """Forget every award: budget counters, per-customer history, decisions, request ids, logs."""
-    doomed = list(client.scan_iter(match=f"{KEYS.prefix}{{b}}:*", count=1000))
+    doomed = list(client.scan_iter(match=KEYS.budget_pattern(), count=1000))
+    doomed += client.scan_iter(match=KEYS.channel_hour_pattern(), count=1000)
     doomed += [
         key for key in client.scan_iter(match=f"{KEYS.prefix}{{c:*}}:*", count=1000) if not key.endswith(b":features")
     ]
@@ -330,18 +331,18 @@ async def test_exactly_the_budget_is_awarded_under_concurrency(served: Served, s
                 assert r["chosen"] == ["o_free"], r
 
         # -- the counters: equal to the logged awards, no overspend -----------------------------
-        total = {k.decode(): int(v) for k, v in client.hgetall(KEYS.budget_total).items()}
+        total = {k.decode(): int(v) for k, v in client.hgetall(KEYS.budget_total("promo")).items()}
         assert total == {
             "o:o_budget:n": BUDGET,
             "o:o_budget:spend": BUDGET * COST_CENTS,
             "c:promo:n": BUDGET,
             "c:promo:spend": BUDGET * COST_CENTS,
         }
-        day_pattern = f"{KEYS.prefix}{{b}}:day:*"
+        day_pattern = KEYS.budget_day("promo", "*")
         assert _sum_field(client, day_pattern, "o:o_budget:n") == BUDGET
         assert _sum_field(client, day_pattern, "c:promo:n") == BUDGET
         assert _sum_field(client, day_pattern, "o:o_budget:spend") == BUDGET * COST_CENTS
-        assert _sum_field(client, f"{KEYS.prefix}{{b}}:hour:*", "ch:web:n") == chosen.total()
+        assert _sum_field(client, KEYS.budget_hour("web", "*"), "ch:web:n") == chosen.total()
 
         # -- per-customer state: nobody over the cap --------------------------------------------
         caps = [

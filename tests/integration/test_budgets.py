@@ -86,7 +86,7 @@ async def test_paced_daily_budget_tracks_the_even_line_hour_by_hour(
     assert cumulative == cap  # the whole day's budget is used, and not before the evening
     assert sum(awarded_by_hour[:12]) <= cap / 2 + slack * cap
     client = redis.Redis.from_url(redis_url)
-    assert client.hget(KEYS.budget_day("2027-01-15"), "o:o_adhoc:n") == str(cap).encode()
+    assert client.hget(KEYS.budget_day("adhoc", "2027-01-15"), "o:o_adhoc:n") == str(cap).encode()
     client.close()
 
 
@@ -102,8 +102,8 @@ async def test_daily_budget_resets_at_midnight_of_the_catalog_time_zone(
     clock.now = MIDNIGHT + 5 * 3600 + 1  # just past midnight in New York
     assert (await nbo.decide("c003", pb.CALL_CENTRE)).offers
     client = redis.Redis.from_url(redis_url)
-    assert client.hget(KEYS.budget_day("2027-01-14"), "o:o_adhoc:n") == b"2"
-    assert client.hget(KEYS.budget_day("2027-01-15"), "o:o_adhoc:n") == b"1"
+    assert client.hget(KEYS.budget_day("adhoc", "2027-01-14"), "o:o_adhoc:n") == b"2"
+    assert client.hget(KEYS.budget_day("adhoc", "2027-01-15"), "o:o_adhoc:n") == b"1"
     client.close()
 
 
@@ -129,7 +129,7 @@ async def test_spend_campaign_and_per_customer_limits(many: tuple[Harness, Clock
         "budget exhausted: offer o_adhoc spend in cents: 300 of 350 used, this award costs 100"
     )
     client = redis.Redis.from_url(redis_url)
-    assert client.hget(KEYS.budget_total, "o:o_adhoc:spend") == b"300"
+    assert client.hget(KEYS.budget_total("adhoc"), "o:o_adhoc:spend") == b"300"
     assert client.hget(KEYS.contacts("c000"), "a:c:adhoc") == b"1"
     client.close()
 
@@ -157,22 +157,22 @@ async def test_budgeted_offers_fail_closed_when_redis_fails(many: tuple[Harness,
     assert (await nbo.decide("c000", pb.CALL_CENTRE)).offers
     client = redis.Redis.from_url(redis_url)
     # the budget counters cannot be read (the reservation script errors): nothing is awarded
-    counters = client.hgetall(KEYS.budget_total)
-    client.delete(KEYS.budget_total)
-    client.set(KEYS.budget_total, "not a hash")
+    counters = client.hgetall(KEYS.budget_total("adhoc"))
+    client.delete(KEYS.budget_total("adhoc"))
+    client.set(KEYS.budget_total("adhoc"), "not a hash")
     r = await nbo.decide("c001", pb.CALL_CENTRE)
     assert (r.no_offer_reason, r.degraded, list(r.offers)) == (pb.DEGRADED, True, [])
     assert client.zcard(KEYS.channel_contacts("c001", "call_centre")) == 0
-    client.delete(KEYS.budget_total)
-    client.hset(KEYS.budget_total, mapping=counters)
+    client.delete(KEYS.budget_total("adhoc"))
+    client.hset(KEYS.budget_total("adhoc"), mapping=counters)
     # Redis stops answering altogether: the read times out (0.25 s) and nothing is awarded
     client.client_pause(1000, all=True)
     r = await nbo.decide("c002", pb.CALL_CENTRE)
     assert (r.no_offer_reason, r.degraded, list(r.offers)) == (pb.DEGRADED, True, [])
     await asyncio.sleep(1.1)
-    assert client.hget(KEYS.budget_total, "o:o_adhoc:n") == b"1"
+    assert client.hget(KEYS.budget_total("adhoc"), "o:o_adhoc:n") == b"1"
     assert (await nbo.decide("c003", pb.CALL_CENTRE)).offers  # and it recovers
-    assert client.hget(KEYS.budget_total, "o:o_adhoc:n") == b"2"
+    assert client.hget(KEYS.budget_total("adhoc"), "o:o_adhoc:n") == b"2"
     client.close()
 
 
@@ -313,9 +313,9 @@ async def test_decisions_budgets_and_outcomes_run_on_redis_cluster(
         assert outcome.recorded
     finally:
         await nbo.stop()
-    assert node.hget(KEYS.budget_total, "o:o_adhoc:n") == b"2"
-    assert node.hget(KEYS.budget_total, "c:adhoc:n") == b"2"
-    assert math.isclose(float(node.hget(KEYS.budget_total, "o:o_adhoc:spend") or 0), 200)
+    assert node.hget(KEYS.budget_total("adhoc"), "o:o_adhoc:n") == b"2"
+    assert node.hget(KEYS.budget_total("adhoc"), "c:adhoc:n") == b"2"
+    assert math.isclose(float(node.hget(KEYS.budget_total("adhoc"), "o:o_adhoc:spend") or 0), 200)
     node.close()
 
 
@@ -346,7 +346,7 @@ async def test_decisions_cancelled_mid_award_leave_counters_equal_to_the_logged_
     assert 0 < len(answered) < 150
     await asyncio.sleep(1.0)  # shielded awards finish; the log writer flushes
     awarded = [rec for rec in await stream_records(client, 1) if rec["chosen"] == ["o_adhoc"]]
-    counted = int(client.hget(KEYS.budget_total, "o:o_adhoc:n") or 0)
+    counted = int(client.hget(KEYS.budget_total("adhoc"), "o:o_adhoc:n") or 0)
     client.close()
     assert counted > 0
     assert counted == len(awarded)

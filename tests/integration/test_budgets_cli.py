@@ -148,9 +148,11 @@ async def test_reconcile_reports_and_restores_lost_writes(
 ) -> None:
     await use_catalog(nbo, redis_url, BUDGETED)
     await make_awards(nbo, client)
-    total, day, hour, vip = KEYS.budget_total, KEYS.budget_day(DAY), KEYS.budget_hour(HOUR), KEYS.contacts("vip")
-    before = snapshot(client, [total, day, hour, vip])
-    assert before[total] == {b"o:o_adhoc:n": b"3", b"o:o_adhoc:spend": b"300", b"c:life:n": b"2"}
+    total, day, vip = KEYS.budget_total("adhoc"), KEYS.budget_day("adhoc", DAY), KEYS.contacts("vip")
+    hour, life = KEYS.budget_hour("call_centre", HOUR), KEYS.budget_total("life")
+    before = snapshot(client, [total, day, hour, vip, life])
+    assert before[total] == {b"o:o_adhoc:n": b"3", b"o:o_adhoc:spend": b"300"}
+    assert before[life] == {b"c:life:n": b"2"}
     assert before[vip] == {b"a:o:o_adhoc": b"1", b"a:c:adhoc": b"1"}
 
     code, out, _ = run(capsys, "budgets", "reconcile", "--dry-run")
@@ -162,21 +164,21 @@ async def test_reconcile_reports_and_restores_lost_writes(
     client.hincrby(day, "o:o_adhoc:n", -1)
     client.hdel(vip, "a:o:o_adhoc")
     client.hincrby(hour, "ch:call_centre:n", 2)
-    lost = snapshot(client, [total, day, hour, vip])
+    lost = snapshot(client, [total, day, hour, vip, life])
 
     code, out, err = run(capsys, "budgets", "reconcile", "--dry-run")
     assert (code, err) == (1, "")
     assert out.splitlines() == [
         "decision log: 7 decisions from 2027-01-15T08:00:00+00:00 to 2027-01-15T08:00:00+00:00; "
         "5 awards counted, 0 degraded decisions skipped",
-        "hash                        field             stored  from log  difference",
-        "nbo:{b}:total               o:o_adhoc:n            2         3          +1",
-        "nbo:{b}:day:2027-01-15      o:o_adhoc:n            2         3          +1",
-        "nbo:{b}:hour:2027-01-15T08  ch:call_centre:n       5         3          -2",
-        "nbo:{c:vip}:contacts        a:o:o_adhoc            0         1          +1",
+        "hash                                     field             stored  from log  difference",
+        "nbo:{b:adhoc}:total                      o:o_adhoc:n            2         3          +1",
+        "nbo:{b:adhoc}:day:2027-01-15             o:o_adhoc:n            2         3          +1",
+        "nbo:{ch:call_centre}:hour:2027-01-15T08  ch:call_centre:n       5         3          -2",
+        "nbo:{c:vip}:contacts                     a:o:o_adhoc            0         1          +1",
         "4 drifts in 4 hashes (3 budget counters, 1 per-customer count); dry run: nothing written",
     ]
-    assert snapshot(client, [total, day, hour, vip]) == lost
+    assert snapshot(client, [total, day, hour, vip, life]) == lost
     plan = plan_reconcile(
         client, KEYS, live_catalog(client, KEYS), maxlen=1_000_000, history_ttl=86_400, now=1_800_000_000.0
     )
@@ -191,7 +193,7 @@ async def test_reconcile_reports_and_restores_lost_writes(
     code, out, _ = run(capsys, "budgets", "reconcile")
     assert code == 0
     assert out.splitlines()[-1] == "4 drifts in 4 hashes (3 budget counters, 1 per-customer count): fixed"
-    assert snapshot(client, [total, day, hour, vip]) == before
+    assert snapshot(client, [total, day, hour, vip, life]) == before
     assert 0 < client.ttl(day) <= 40 * 86_400 and 0 < client.ttl(hour) <= 3 * 86_400
 
     code, out, _ = run(capsys, "budgets", "reconcile")
@@ -222,7 +224,7 @@ async def test_reconcile_refuses_a_log_that_starts_after_a_budgeted_campaign(
     started = BUDGETED.replace("    type: lifecycle\n", "    type: lifecycle\n    start: 2027-01-01\n")
     await use_catalog(nbo, redis_url, started)
     await make_awards(nbo, client)
-    total, day = KEYS.budget_total, KEYS.budget_day(DAY)
+    total, day = KEYS.budget_total("adhoc"), KEYS.budget_day("adhoc", DAY)
     client.hincrby(total, "o:o_adhoc:n", -1)
     client.hincrby(day, "o:o_adhoc:n", -1)
     lost = snapshot(client, [total, day])
@@ -255,7 +257,7 @@ async def test_reconcile_refuses_a_trimmed_log(
 ) -> None:
     version = await use_catalog(nbo, redis_url, BUDGETED)
     await make_awards(nbo, client)
-    before = snapshot(client, [KEYS.budget_total])
+    before = snapshot(client, [KEYS.budget_total("adhoc"), KEYS.budget_total("life")])
     # a busy log at its cap: the writer's MAXLEN trimmed the awards above out of it
     monkeypatch.setenv("NBO_DECISION_STREAM_MAXLEN", "1000")
     record = decision_record(
@@ -276,7 +278,7 @@ async def test_reconcile_refuses_a_trimmed_log(
     assert err.splitlines()[0] == (
         "warning: the decision log holds 1000 decisions, its cap (decision_stream_maxlen 1000): older ones were trimmed"
     )
-    assert snapshot(client, [KEYS.budget_total]) == before
+    assert snapshot(client, [KEYS.budget_total("adhoc"), KEYS.budget_total("life")]) == before
 
 
 def test_window_pacing_holds_back_what_the_window_has_not_reached() -> None:

@@ -63,7 +63,7 @@ def fill_up(client: redis.Redis) -> int:
 
 
 def state(client: redis.Redis) -> dict[str, bytes | None]:
-    keys = [KEYS.budget_total, KEYS.contacts("vip"), KEYS.channel_contacts("vip", "call_centre")]
+    keys = [KEYS.budget_total("adhoc"), KEYS.contacts("vip"), KEYS.channel_contacts("vip", "call_centre")]
     return {k: client.dump(k) for k in keys}
 
 
@@ -76,7 +76,7 @@ async def test_a_full_redis_evicts_no_budget_or_contact_state_and_decisions_degr
     assert (await nbo.report(d.decision_id, "o_adhoc", pb.PRESENTED)).recorded
     await asyncio.sleep(0.1)  # the log writer's flush
     kept = state(client)
-    assert all(kept.values()) and client.hget(KEYS.budget_total, "o:o_adhoc:n") == b"1"
+    assert all(kept.values()) and client.hget(KEYS.budget_total("adhoc"), "o:o_adhoc:n") == b"1"
     keys_before = client.dbsize()
 
     limit = fill_up(client)
@@ -89,14 +89,14 @@ async def test_a_full_redis_evicts_no_budget_or_contact_state_and_decisions_degr
         await nbo.report(d.decision_id, "o_adhoc", pb.ACCEPTED)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # the caller retries later
     assert state(client) == kept  # nothing evicted, nothing half-written
-    assert client.hget(KEYS.budget_total, "o:o_adhoc:n") == b"1"
+    assert client.hget(KEYS.budget_total("adhoc"), "o:o_adhoc:n") == b"1"
     assert not client.exists(KEYS.request("nobody", "r-1"))
 
     client.delete(*[f"fill:{i}" for i in range(1000)])  # memory is back
     client.config_set("maxmemory", limit)
     again = await nbo.decide("vip2", pb.CALL_CENTRE)
     assert [o.offer_id for o in again.offers] == ["o_adhoc"] and not again.degraded
-    assert client.hget(KEYS.budget_total, "o:o_adhoc:n") == b"2"  # exactly the awards made
+    assert client.hget(KEYS.budget_total("adhoc"), "o:o_adhoc:n") == b"2"  # exactly the awards made
     assert (await nbo.report(d.decision_id, "o_adhoc", pb.ACCEPTED)).recorded
     await nbo.worker.writer.close()  # the log records held back while Redis was full are written
     nbo.worker.writer.start()

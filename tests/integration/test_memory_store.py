@@ -50,6 +50,7 @@ def limited(offer_id: str, *, total: int, daily: int) -> Reservation:
             Check(DAY, f"o:{offer_id}:n", daily, 1, "offer today"),
             Check(TOTAL, f"o:{offer_id}:spend", UNLIMITED, 250, "offer spend"),
         ),
+        "shared",
     )
 
 
@@ -170,9 +171,10 @@ async def test_the_in_memory_store_answers_as_the_scripts_do(
 
     expected = comparable(await scenario(redis_store))
     assert comparable(await scenario(memory)) == expected
-    budget_hashes = [KEYS.budget_total, KEYS.budget_day(PERIOD.day), KEYS.budget_hour(PERIOD.hour)]
+    budget_hashes = [KEYS.budget_total("shared"), KEYS.budget_day("shared", PERIOD.day)]
+    budget_hashes.append(KEYS.budget_hour("web", PERIOD.hour))
     in_redis = [{k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()} for key in budget_hashes]
-    assert list(memory.budget_counters(PERIOD)) == in_redis
+    assert list(memory.budget_counters("shared", "web", PERIOD)) == in_redis
     assert in_redis[0] == {"o:a:n": "1", "o:b:n": "1", "o:c:n": "1", "c:shared:n": "3", "o:a:spend": "250",
                            "o:b:spend": "250", "o:c:spend": "250"}  # fmt: skip
     contacts = {k.decode(): v.decode() for k, v in redis_client.hgetall(KEYS.contacts("c1")).items()}

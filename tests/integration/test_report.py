@@ -133,8 +133,8 @@ def logged(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> Logged:
         for item in items:
             redis_client.xadd(stream, item.to_fields())
     redis_client.xadd(KEYS.decision_stream, records[0].to_fields())  # the log writer's retry
-    redis_client.hset(KEYS.budget_total, "c:adhoc:n", 2)
-    redis_client.hset(KEYS.budget_day("2027-01-15"), "c:adhoc:n", 2)
+    redis_client.hset(KEYS.budget_total("adhoc"), "c:adhoc:n", 2)
+    redis_client.hset(KEYS.budget_day("adhoc", "2027-01-15"), "c:adhoc:n", 2)
     return Logged(version)
 
 
