@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import closing
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import SynchronizedArray
@@ -40,7 +41,9 @@ from server.config import Settings, configure_logging
 from server.metrics import MULTIPROC_ENV, MetricsEndpoint, supervisor_families
 from server.state import catalog_store
 from server.state.budget_metrics import BudgetGauges
-from server.state.redis_client import RedisAccessError, check_access, redacted
+from server.state.budget_migrate import warn_if_legacy
+from server.state.keys import Keys
+from server.state.redis_client import RedisAccessError, check_access, redacted, sync_client
 
 log = logging.getLogger("nbo.supervisor")
 
@@ -311,6 +314,8 @@ def run_server(settings: Settings) -> int:
         except RedisAccessError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        with closing(sync_client(url, settings, socket_timeout=2, socket_connect_timeout=2)) as client:
+            warn_if_legacy(client, Keys(settings.key_prefix))
         if settings.catalog is not None:
             try:
                 publish_catalog(url, settings, settings.catalog)

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from server.cli.common import err_console, open_redis, parse_at, plural, print_lines, redis_flags, settings
 from server.state.budget_counters import BudgetReport, ScopeRow, build_report
 from server.state.budget_log import iso_time
+from server.state.budget_migrate import has_legacy, legacy_pattern, migrate
 from server.state.budget_reconcile import Drift, Reconciliation, apply_reconcile, plan_reconcile
 from server.state.catalog_store import NoCatalog, live_catalog
 
@@ -27,7 +28,7 @@ RECONCILE_HELP = """\
 Rebuild the budget counters (totals, days, hours) and the per-customer award counts from the
 decision log, using for each award the catalog version it was made under, and print every
 counter that differs (hash, field, stored, from log, difference). Unless --dry-run, the log's
-values are written: budget counters in one MULTI/EXEC, per-customer counts per customer.
+values are written: budget counters in one MULTI/EXEC per slot, per-customer counts per customer.
 
 Only days the log covers, and hours it covers that have not expired, are touched; totals are
 set to the log's totals. When the log was trimmed or starts after a budgeted campaign started,
@@ -39,6 +40,15 @@ paused, or expect that drift.
 
 Exit status: 0 no drift, or drift fixed; 1 drift found with --dry-run; 3 the log does not reach
 back far enough (see --force)."""
+
+
+MIGRATE_HELP = """\
+Move budget counters of the one-slot layout (`<prefix>{b}:...`, before per-campaign slots) to the
+hashes of their campaigns and channels, with their expiry, and delete the old fields. Run it once,
+with the old servers stopped, before the new ones start; fields whose offer or campaign the live
+catalog does not know are listed and left where they are.
+
+Exit status: 0 moved (or nothing to move), 1 some fields left (unknown offer or campaign)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,10 +66,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     redis_flags(r, nested=True)
     r.add_argument("--dry-run", action="store_true", help="print the drift; write nothing")
     r.add_argument("--force", action="store_true", help="use the log even if it may miss earlier awards")
+    m = nested.add_parser(
+        "migrate",
+        help="move counters of the one-slot layout to per-campaign slots",
+        description=MIGRATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    redis_flags(m, nested=True)
+    m.add_argument("--dry-run", action="store_true", help="print what would move; write nothing")
 
 
 def run(opts: argparse.Namespace) -> int:
+    if opts.budgets_command == "migrate":
+        return _migrate(opts)
     return _reconcile(opts) if opts.budgets_command == "reconcile" else _report(opts)
+
+
+def _migrate(opts: argparse.Namespace) -> int:
+    with open_redis(opts) as (client, keys):
+        try:
+            live = live_catalog(client, keys)
+        except NoCatalog as err:
+            err_console.print(f"error: {err}")
+            return 1
+        done = migrate(client, keys, live, dry_run=opts.dry_run)
+    lines = [f"{key}: {plural(n, 'field')}" for key, n in sorted(done.moved.items())]
+    verb = "would move" if opts.dry_run else "moved"
+    lines.append(f"{verb} {plural(done.fields, 'field')} into {plural(len(done.moved), 'hash', 'hashes')}")
+    print_lines(lines)
+    if done.unknown:
+        print_lines([f"left (no such offer or campaign in the live catalog): {u}" for u in done.unknown], stderr=True)
+        return 1
+    return 0
 
 
 def _report(opts: argparse.Namespace) -> int:
@@ -75,6 +113,11 @@ def _report(opts: argparse.Namespace) -> int:
             err_console.print(f"error: --at: {err}")
             return 2
         report = build_report(client, keys, catalog, now)
+        if has_legacy(client, keys):
+            err_console.print(
+                f"warning: budget counters of the one-slot layout ({legacy_pattern(keys)}) are not read any more: "
+                "run `nbo budgets migrate`"
+            )
     if opts.json:
         print(report_json(report))
     else:

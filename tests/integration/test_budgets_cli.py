@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,7 @@ from server.catalog.budgets import Limits, PaceOver, Pacing, Usage
 from server.cli import main as cli
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.state.budget_counters import scope_row
+from server.state.budget_migrate import warn_if_legacy
 from server.state.budget_reconcile import Drift, plan_reconcile
 from server.state.catalog_store import live_catalog
 from server.state.keys import Keys
@@ -289,3 +291,50 @@ def test_window_pacing_holds_back_what_the_window_has_not_reached() -> None:
     assert (row.paced_awards, row.paced_spend_cents, row.pacing) == (30, 300, "window +5%")
     # spend allows 5 more awards in all, none yet: 5.00 spent is ahead of the 3.00 paced
     assert (row.left, row.left_spend_cents, row.left_now) == (5, 500, 0)
+
+
+async def test_migrate_moves_one_slot_counters_to_their_campaigns_and_decisions_see_them(
+    nbo: Harness, redis_url: str, client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await use_catalog(nbo, redis_url, BUDGETED)
+    # what a server before per-campaign slots left: o_adhoc's daily cap (3) used up today
+    old_total, old_day, old_hour = "nbo:{b}:total", f"nbo:{{b}}:day:{DAY}", f"nbo:{{b}}:hour:{HOUR}"
+    client.hset(old_total, mapping={"o:o_adhoc:n": 3, "o:o_adhoc:spend": 300, "c:life:n": 1, "o:gone:n": 7})
+    client.hset(old_day, mapping={"o:o_adhoc:n": 3, "c:life:n": 1})
+    client.hset(old_hour, "ch:call_centre:n", 3)
+    client.expire(old_day, 1000)
+    code, _, err = run(capsys, "budgets")
+    assert code == 0 and "run `nbo budgets migrate`" in err
+
+    code, out, _ = run(capsys, "budgets", "migrate", "--dry-run")
+    assert (code, out.splitlines()[-1]) == (1, "would move 6 fields into 5 hashes")
+    assert client.exists(KEYS.budget_total("adhoc")) == 0
+
+    code, out, err = run(capsys, "budgets", "migrate")
+    assert code == 1
+    assert out.splitlines()[-1] == "moved 6 fields into 5 hashes"
+    assert err.strip() == "left (no such offer or campaign in the live catalog): nbo:{b}:total o:gone:n"
+    assert client.hgetall(KEYS.budget_total("adhoc")) == {b"o:o_adhoc:n": b"3", b"o:o_adhoc:spend": b"300"}
+    assert client.hgetall(KEYS.budget_total("life")) == {b"c:life:n": b"1"}
+    assert client.hgetall(KEYS.budget_day("adhoc", DAY)) == {b"o:o_adhoc:n": b"3"}
+    assert client.hgetall(KEYS.budget_hour("call_centre", HOUR)) == {b"ch:call_centre:n": b"3"}
+    assert 0 < client.ttl(KEYS.budget_day("adhoc", DAY)) <= 1000
+    assert client.hgetall(old_total) == {b"o:gone:n": b"7"} and client.exists(old_day, old_hour) == 0
+
+    # the migrated daily count holds: o_adhoc is exhausted for today
+    r = await nbo.decide("vip", pb.CALL_CENTRE)
+    assert (list(r.offers), r.no_offer_reason) == ([], pb.BUDGET_EXHAUSTED)
+
+
+def test_serve_warns_at_start_up_when_one_slot_counters_are_left(
+    client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="server.state.budget_migrate"):
+        warn_if_legacy(client, KEYS)
+        assert caplog.records == []
+        client.hset("nbo:{b}:total", "o:o_adhoc:n", 1)
+        warn_if_legacy(client, KEYS)
+    assert [r.getMessage() for r in caplog.records] == [
+        "budget counters of the one-slot layout (nbo:{b}:*) are not read by this version: budgets count from zero "
+        "until `nbo budgets migrate` moves them"
+    ]
