@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     """HTTP/JSON port (POST /v1/decide, POST /v1/outcomes) for callers that cannot speak gRPC,
     served by the same worker processes on the same host; unset = no HTTP. 0 picks a free port."""
 
+    health_port: int | None = Field(None, ge=0, le=65535)
+    """Plaintext gRPC port serving only the health service (grpc.health.v1, the same statuses as
+    the gRPC port), for probes that speak neither TLS nor mutual TLS: Kubernetes' `grpc:`
+    probes. It answers nothing else. Unset = none. 0 picks a free port."""
+
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     """Worker processes; one per core is the sweet spot for a CPU-bound Python server."""
 
