@@ -14,10 +14,20 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    FieldSerializationInfo,
+    SecretStr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server import redact
+
+TO_PROCESSES = "to_processes"
 
 
 class Settings(BaseSettings):
@@ -234,6 +244,20 @@ class Settings(BaseSettings):
         if self.rate_limit_burst is not None:
             return self.rate_limit_burst
         return max(1, math.ceil(self.rate_limit_per_second or 1))
+
+    @field_serializer("decision_id_secret", when_used="json")
+    def _secret_for_workers(self, value: SecretStr | None, info: FieldSerializationInfo) -> str | None:
+        # the supervisor hands Settings to its processes as JSON (to_processes): masked, the
+        # secret would reach them as "**********" and fail its own length check
+        if value is None:
+            return None
+        revealed = isinstance(info.context, dict) and info.context.get(TO_PROCESSES)
+        return value.get_secret_value() if revealed else str(value)
+
+    def to_processes(self) -> str:
+        """These settings as JSON for the server's own worker and learner processes, secrets
+        included (any other JSON dump masks them)."""
+        return self.model_dump_json(context={TO_PROCESSES: True})
 
     @field_validator("metrics_port", mode="before")
     @classmethod
