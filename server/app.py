@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -124,6 +125,12 @@ class Worker:
         if settings.http_port is not None:
             self.http = HttpFront(self.service, self.metrics, admission, gate, shutdown_seconds=settings.grace_seconds)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
+        if settings.health_port is not None:
+            # the same servicer, so the same statuses, on a port a TLS-less prober can reach
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
         add_reflection(
             self.server, gate, (grpc_api.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         )
@@ -191,6 +198,9 @@ class Worker:
         else:
             self.port = self.server.add_insecure_port(address)
         await self.server.start()
+        if self.health_server is not None and self.settings.health_port is not None:
+            self.health_port = self.health_server.add_insecure_port(f"{self.settings.host}:{self.settings.health_port}")
+            await self.health_server.start()
         if self.http is not None and self.settings.http_port is not None:
             ssl_context = server_ssl_context(self.settings) if self.settings.tls_enabled else None
             self.http_port = await self.http.start(self.settings.host, self.settings.http_port, ssl_context)
@@ -221,6 +231,10 @@ class Worker:
         ]
         if self.http is not None:
             steps.insert(1, ("http front", self.http.stop))
+        if self.health_server is not None:
+            # probes keep reading NOT_SERVING until the gRPC port has drained
+            after = [name for name, _ in steps].index("grpc server") + 1
+            steps.insert(after, ("health port", functools.partial(self.health_server.stop, grace)))
         for name, step in steps:
             try:
                 async with asyncio.timeout(grace + 12):

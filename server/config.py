@@ -14,10 +14,20 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    FieldSerializationInfo,
+    SecretStr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server import redact
+
+TO_PROCESSES = "to_processes"
 
 
 class Settings(BaseSettings):
@@ -45,6 +55,11 @@ class Settings(BaseSettings):
     http_port: int | None = Field(None, ge=0, le=65535)
     """HTTP/JSON port (POST /v1/decide, POST /v1/outcomes) for callers that cannot speak gRPC,
     served by the same worker processes on the same host; unset = no HTTP. 0 picks a free port."""
+
+    health_port: int | None = Field(None, ge=0, le=65535)
+    """Plaintext gRPC port serving only the health service (grpc.health.v1, the same statuses as
+    the gRPC port), for probes that speak neither TLS nor mutual TLS: Kubernetes' `grpc:`
+    probes. It answers nothing else. Unset = none. 0 picks a free port."""
 
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     """Worker processes; one per core is the sweet spot for a CPU-bound Python server."""
@@ -229,6 +244,20 @@ class Settings(BaseSettings):
         if self.rate_limit_burst is not None:
             return self.rate_limit_burst
         return max(1, math.ceil(self.rate_limit_per_second or 1))
+
+    @field_serializer("decision_id_secret", when_used="json")
+    def _secret_for_workers(self, value: SecretStr | None, info: FieldSerializationInfo) -> str | None:
+        # the supervisor hands Settings to its processes as JSON (to_processes): masked, the
+        # secret would reach them as "**********" and fail its own length check
+        if value is None:
+            return None
+        revealed = isinstance(info.context, dict) and info.context.get(TO_PROCESSES)
+        return value.get_secret_value() if revealed else str(value)
+
+    def to_processes(self) -> str:
+        """These settings as JSON for the server's own worker and learner processes, secrets
+        included (any other JSON dump masks them)."""
+        return self.model_dump_json(context={TO_PROCESSES: True})
 
     @field_validator("metrics_port", mode="before")
     @classmethod

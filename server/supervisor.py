@@ -129,13 +129,13 @@ class ServerGroup:
 
             return self._ctx.Process(
                 target=learner_main,
-                args=(self.settings.model_dump_json(), self.redis_url),
+                args=(self.settings.to_processes(), self.redis_url),
                 name="nbo-learner",
                 daemon=False,
             )
         return self._ctx.Process(
             target=worker_main,
-            args=(self.settings.model_dump_json(), self.redis_url, self.port, index, self.ready),
+            args=(self.settings.to_processes(), self.redis_url, self.port, index, self.ready),
             name=f"nbo-worker-{index}",
             daemon=False,
         )

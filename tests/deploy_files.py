@@ -1,4 +1,5 @@
-"""The Grafana dashboard and Prometheus rules in deploy/: their queries, and the metric names in them.
+"""The files in deploy/: the Grafana dashboard and Prometheus rules (their queries, and the metric
+names in them), the Kubernetes manifests and the container build file.
 
 `promtool` is not available, so the names are found by a small tokenizer: strings, label
 matchers `{...}`, grouping clauses `by (...)` / `on (...)` etc., range selectors `[...]` and
@@ -20,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "nbo-dashboard.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+K8S = ROOT / "deploy" / "k8s"
+CONTAINERFILE = ROOT / "deploy" / "Containerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
 
 KEYWORDS = frozenset(
     {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool"}
@@ -111,3 +115,50 @@ def queries() -> list[Query]:
     for group in load_yaml(ALERTS)["groups"]:
         found.extend(Query(f"alert {rule['alert']}", rule["expr"]) for rule in group["rules"])
     return found
+
+
+def manifests() -> list[dict[str, Any]]:
+    """Every Kubernetes object in deploy/k8s (several per file where `---` separates them)."""
+    return [
+        doc
+        for path in sorted(K8S.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc is not None and "kind" in doc and doc["kind"] != "Kustomization"
+    ]
+
+
+def manifest(kind: str, name: str = "nbo") -> dict[str, Any]:
+    found = [m for m in manifests() if m["kind"] == kind and m["metadata"]["name"] == name]
+    assert len(found) == 1, (kind, name, len(found))
+    return found[0]
+
+
+def deployment_container() -> dict[str, Any]:
+    """The one container of the nbo Deployment."""
+    (only,) = manifest("Deployment")["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def deployment_env() -> dict[str, str]:
+    """{variable: value} of the container's literal (not secret) environment."""
+    return {e["name"]: e["value"] for e in deployment_container()["env"] if "value" in e}
+
+
+def instructions(path: Path = CONTAINERFILE) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Containerfile, continuation lines joined, comments dropped."""
+    lines: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and not pending):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        lines.append(pending + line)
+        pending = ""
+    out = []
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), " ".join(rest.split())))
+    return out
