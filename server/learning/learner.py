@@ -35,7 +35,7 @@ from server.learning.posterior import arm_key
 from server.metrics import Metrics
 from server.state.keys import Keys
 from server.state.records import RecordError, decode_outcome_record
-from server.state.redis_client import async_client
+from server.state.redis_client import aclose, async_client
 from server.state.streams import StreamConsumer
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ async def run_learner(
     try:
         await learner.run(stop)
     finally:
-        await client.aclose(close_connection_pool=True)
+        await aclose(client)
 
 
 def learner_main(settings_json: str, redis_url: str) -> None:

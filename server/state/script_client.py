@@ -207,5 +207,8 @@ class RedisPyScripts:
 
 
 def scripts_for(client: aioredis.Redis) -> Scripts:
+    if isinstance(client, aioredis.RedisCluster):
+        # redis-py routes each EVALSHA to the master of its keys' slot and follows MOVED/ASK
+        return RedisPyScripts(client)
     address = address_of(client.connection_pool)
     return RedisPyScripts(client) if address is None else ScriptClient(address)
