@@ -10,7 +10,7 @@ import redis
 
 from server.state.embedded_redis import EmbeddedRedis
 from tests.certs import Certs, make_certs
-from tests.redis_cluster import LocalCluster
+from tests.redis_cluster import LocalCluster, sync_redis
 from tests.redis_tls import TlsRedis, tls_redis
 
 
@@ -55,7 +55,7 @@ def any_redis_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     yield client
     client.close()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -36,6 +37,11 @@ def is_cluster(url: str) -> bool:
 def cluster_settings(url: str) -> dict[str, Any]:
     """The Settings fields a server or command needs for the Redis at `url`."""
     return {"redis_cluster": True} if is_cluster(url) else {}
+
+
+def redis_args(url: str) -> list[str]:
+    """The `nbo` command-line flags that name the Redis at `url`."""
+    return ["--redis-url", url, *(["--redis-cluster"] if is_cluster(url) else [])]
 
 
 def sync_redis(url: str, **options: Any) -> redis.Redis:
@@ -174,3 +180,13 @@ def _wait(ready: Any, deadline: float, message: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(message)
         time.sleep(0.05)
+
+
+@pytest.fixture(name="redis_url", params=["single", "cluster"])
+def redis_url_on_both(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """The test Redis, then the 3-master cluster: a test module that imports this fixture runs
+    every test that takes `redis_url` on both (its clients come from sync_redis / async_redis)."""
+    if request.param == "single":
+        return redis_url
+    url: str = request.getfixturevalue("cluster_url")
+    return url
