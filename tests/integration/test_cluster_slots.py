@@ -10,7 +10,7 @@ without naming it here. Transactions are checked by running every publishing pat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from server.models.registry import rollback
 from server.state.catalog_store import current_schema
 from server.state.conversions import SCRIPT as CONVERSION
 from server.state.keys import Keys
+from server.state.redis_store import RedisStateStore
 from server.state.script_client import LuaScript
 from tests.integration.harness import Clock, Harness, load_customers, publish_text
 from tests.integration.test_decide import republish
@@ -69,6 +70,18 @@ def record_script_calls(client: Any, calls: list[tuple[str, list[str]]]) -> None
     client.execute_command = recording
 
 
+def record_store_scripts(store: RedisStateStore, calls: list[tuple[str, list[str]]]) -> None:
+    """Record (sha, keys) of every script call of the hot path's store (its own connections)."""
+    scripts = store._scripts
+    inner = scripts.run
+
+    async def recording(script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        calls.append((script.sha, list(keys)))
+        return await inner(script, keys, args)
+
+    scripts.run = recording  # type: ignore[method-assign]
+
+
 def test_every_script_call_touches_one_slot_for_any_customer_and_campaign(cluster_url: str, tmp_path: Path) -> None:
     loop = asyncio.new_event_loop()
     clock = Clock()
@@ -77,6 +90,7 @@ def test_every_script_call_touches_one_slot_for_any_customer_and_campaign(cluste
     calls: list[tuple[str, list[str]]] = []
     nbo, learner, learner_client = loop.run_until_complete(_started(cluster_url, clock))
     record_script_calls(nbo.worker.client, calls)
+    record_store_scripts(nbo.worker.store, calls)
     record_script_calls(learner_client, calls)
     rounds = [0]
 
