@@ -61,7 +61,8 @@ class LiveState:
     async def versions(self) -> LiveVersions:
         # a pipeline of GETs, not one MGET: the bandit's key is in another Cluster slot
         pipe = self.client.pipeline(transaction=False)
-        pipe.get(self.keys.model_current).get(self.keys.model_challenger).get(self.keys.bandit_version)
+        for key in (self.keys.model_current, self.keys.model_challenger, self.keys.bandit_version):
+            pipe.get(key)
         model, challenger, bandit = await pipe.execute()
         catalog = self.catalog
         arms = f"arms-{int(bandit or 0)}"
