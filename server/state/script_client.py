@@ -222,9 +222,5 @@ class RedisPyScripts:
 
 
 def scripts_for(client: aioredis.Redis) -> Scripts:
-    if isinstance(client, aioredis.RedisCluster):
-        from server.state.cluster_scripts import ClusterScripts
-
-        return ClusterScripts(client)
     address = address_of(client.connection_pool)
     return RedisPyScripts(client) if address is None else ScriptClient(address)
