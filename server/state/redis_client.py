@@ -105,9 +105,18 @@ def redacted(url: str) -> str:
 def check_access(url: str, settings: Settings) -> None:
     """Raise RedisAccessError if Redis refuses us; a Redis that does not answer is only logged,
     since the server starts without it and keeps trying (its decisions degrade meanwhile)."""
-    client = sync_client(url, settings, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client = sync_client(url, settings, socket_connect_timeout=2, socket_timeout=2)
+    except redis.RedisClusterException as err:  # a cluster client connects when made
+        if "not enabled" in str(err):
+            raise RedisAccessError(f"Redis at {redacted(url)} is not a Redis Cluster node: {err}") from None
+        log.warning("Redis Cluster at %s does not answer yet: %s", redacted(url), err)
+        return
     try:
         client.ping()
+        if not settings.redis_cluster and _cluster_enabled(client):
+            # a plain client would meet MOVED on every key another master owns
+            raise RedisAccessError(f"Redis at {redacted(url)} is a Redis Cluster node: set NBO_REDIS_CLUSTER=true")
     except redis.AuthenticationError as err:
         raise RedisAccessError(f"Redis at {redacted(url)} refused the user or password: {err}") from None
     except redis.ResponseError as err:
@@ -118,3 +127,11 @@ def check_access(url: str, settings: Settings) -> None:
         log.warning("Redis at %s does not answer yet: %s", redacted(url), err)
     finally:
         client.close()
+
+
+def _cluster_enabled(client: redis.Redis) -> bool:
+    """Whether Redis says it is a cluster node (False if this user may not ask: INFO is refused)."""
+    try:
+        return bool(client.info("cluster").get("cluster_enabled"))
+    except redis.ResponseError:
+        return False
