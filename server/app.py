@@ -45,7 +45,7 @@ from server.state.embedded_redis import EmbeddedRedis, running_url
 from server.state.id_secret import DecisionIdSecret
 from server.state.keys import Keys
 from server.state.log_writer import LogWriter
-from server.state.redis_client import pooled_async_client, sync_client
+from server.state.redis_client import aclose, pooled_async_client, sync_client
 from server.state.redis_store import RedisStateStore
 
 log = logging.getLogger("nbo")
@@ -227,7 +227,7 @@ class Worker:
             ("decision id secret", self.id_secret.stop),
             ("decision log", self.writer.close),
             ("redis scripts", self.store.aclose),
-            ("redis client", lambda: self.client.aclose(close_connection_pool=True)),
+            ("redis client", lambda: aclose(self.client)),
         ]
         if self.http is not None:
             steps.insert(1, ("http front", self.http.stop))

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, validation_alias=AliasChoices("NBO_REDIS_URL", "REDIS_URL"))
     """redis://, rediss:// or unix:// URL of the shared Redis. Unset: start a private one."""
 
+    redis_cluster: bool = False
+    """redis_url is one node of a Redis Cluster: every client finds the masters from it, sends
+    each command and script to the master of its keys' slot and follows MOVED and ASK. Said, not
+    detected, since a server starts (and builds its clients) before Redis need answer."""
+
     data_dir: Path = Path(".nbo")
     """Where the embedded Redis keeps its data and its URL file (when redis_url is unset)."""
 
@@ -302,6 +307,8 @@ class Settings(BaseSettings):
         redis_tls = [n for n in ("redis_tls_ca_file", "redis_tls_cert_file") if getattr(self, n) is not None]
         if redis_tls and urlsplit(self.redis_url or "").scheme != "rediss":
             raise ValueError(f"{redis_tls[0]} is set but redis_url is not a rediss:// URL")
+        if self.redis_cluster and urlsplit(self.redis_url or "").scheme not in ("redis", "rediss"):
+            raise ValueError("redis_cluster is set but redis_url is not a redis:// or rediss:// URL of a cluster node")
         return self
 
     @property

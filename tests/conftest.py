@@ -10,6 +10,7 @@ import redis
 
 from server.state.embedded_redis import EmbeddedRedis
 from tests.certs import Certs, make_certs
+from tests.redis_cluster import LocalCluster, sync_redis
 from tests.redis_tls import TlsRedis, tls_redis
 
 
@@ -29,9 +30,32 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A 3-master Redis Cluster (tests/redis_cluster.py), started once for the session."""
+    with LocalCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalCluster) -> str:
+    """URL of the 3-master test cluster, every master emptied before each test. The tests'
+    helpers (tests.redis_cluster.sync_redis, ...) make cluster clients for it."""
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
+@pytest.fixture(params=["single", "cluster"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """The test Redis, then the 3-master cluster: a test that takes this runs on both."""
+    name = "redis_url" if request.param == "single" else "cluster_url"
+    url: str = request.getfixturevalue(name)
+    return url
+
+
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     yield client
     client.close()
 

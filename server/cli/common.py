@@ -36,7 +36,8 @@ def settings(opts: argparse.Namespace) -> Settings:
 
 
 def redis_flags(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
-    """--redis-url, --data-dir and --key-prefix: which Redis, and which deployment's keys in it."""
+    """--redis-url, --data-dir, --key-prefix and --redis-cluster: which Redis (a single node or a
+    cluster), and which deployment's keys in it."""
     # a nested subcommand must not reset, with its defaults, what its parent command was given
     default = argparse.SUPPRESS if nested else None
     p.add_argument(
@@ -49,6 +50,13 @@ def redis_flags(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
         "--data-dir", type=Path, default=default, help="directory of the private redis-server (default .nbo)"
     )
     p.add_argument("--key-prefix", default=default, help="prefix of every Redis key (default nbo:)")
+    p.add_argument(
+        "--redis-cluster",
+        dest="redis_cluster",
+        action="store_true",
+        default=default,
+        help="the Redis URL is a node of a Redis Cluster (default: NBO_REDIS_CLUSTER, else no)",
+    )
 
 
 def serve_flags(p: argparse.ArgumentParser) -> None:

@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(opts.run(opts))
     except KeyboardInterrupt:
         return 130
-    except redis.exceptions.ConnectionError as err:
+    except (redis.exceptions.ConnectionError, redis.exceptions.RedisClusterException) as err:
         err_console.print(f"error: cannot reach Redis: {err}")
         return 1
 

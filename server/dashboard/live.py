@@ -59,9 +59,11 @@ class LiveState:
         return self._campaign_of.get(offer_id)
 
     async def versions(self) -> LiveVersions:
-        model, challenger, bandit = await self.client.mget(
-            self.keys.model_current, self.keys.model_challenger, self.keys.bandit_version
-        )
+        # a pipeline of GETs, not one MGET: the bandit's key is in another Cluster slot
+        pipe = self.client.pipeline(transaction=False)
+        for key in (self.keys.model_current, self.keys.model_challenger, self.keys.bandit_version):
+            pipe.get(key)
+        model, challenger, bandit = await pipe.execute()
         catalog = self.catalog
         arms = f"arms-{int(bandit or 0)}"
         return LiveVersions(

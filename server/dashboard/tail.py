@@ -2,7 +2,8 @@
 
 At start the window is read back with XRANGE from a time-based entry id (the stream ids are the
 Redis time of each append, so `<ms>-0` is the first entry at or after that millisecond), in
-chunks; after that one blocking XREAD over both streams waits for what follows the last id seen.
+chunks; after that one blocking XREAD over both streams waits for what follows the last id seen (on a
+Redis Cluster, one XREAD per stream at once: the two are in different slots).
 The dashboard holds no consumer group and acknowledges nothing: it never changes what the
 learner or a trim sees. Its cost on Redis is one connection blocked in XREAD and one read per
 batch of new entries, whatever the traffic; the servers do nothing for it.
@@ -23,6 +24,7 @@ from redis.exceptions import RedisError
 from server.dashboard.window import RollingWindow
 from server.state.keys import Keys
 from server.state.records import RecordError, decode_decision_record, decode_outcome_record
+from server.state.redis_client import is_cluster
 
 log = logging.getLogger(__name__)
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -81,7 +83,13 @@ class LogTail:
     async def step(self) -> int:
         """Wait up to block_ms for new entries of either stream and count them; how many came."""
         streams: dict[Any, Any] = dict(self._last)
-        reply: Any = await self.client.xread(streams, count=self.batch, block=self.block_ms)
+        if is_cluster(self.client):
+            # the streams are in different slots, so one XREAD cannot name both: a blocking read
+            # of each at once (what arrives on one waits at most block_ms for the other's read)
+            reads = [self.client.xread({s: i}, count=self.batch, block=self.block_ms) for s, i in streams.items()]
+            reply: Any = [found for each in await asyncio.gather(*reads) for found in each or ()]
+        else:
+            reply = await self.client.xread(streams, count=self.batch, block=self.block_ms)
         read = 0
         for stream, entries in reply or ():
             name = stream.decode() if isinstance(stream, bytes) else str(stream)

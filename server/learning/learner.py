@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 from importlib import resources
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -35,7 +36,7 @@ from server.learning.posterior import arm_key
 from server.metrics import Metrics
 from server.state.keys import Keys
 from server.state.records import RecordError, decode_outcome_record
-from server.state.redis_client import async_client
+from server.state.redis_client import aclose, async_client, is_cluster
 from server.state.streams import StreamConsumer
 
 log = logging.getLogger(__name__)
@@ -94,17 +95,9 @@ class Learner:
         if not entries:
             await self._observe_lag()
             return 0
-        pipe = self.client.pipeline(transaction=False)
-        queued = 0
-        for entry_id, fields in entries:
-            update = self._update_args(entry_id, fields)
-            if update is None:
-                continue
-            keys, args = update
-            await self._learn(keys=keys, args=args, client=pipe)
-            queued += 1
-        results = await pipe.execute() if queued else []
-        learned = sum(int(r) for r in results)
+        updates = [u for entry_id, fields in entries if (u := self._update_args(entry_id, fields)) is not None]
+        queued = len(updates)
+        learned = sum(int(r) for r in await self._apply(updates))
         self.metrics.bandit_updates.labels("learned").inc(learned)
         self.metrics.bandit_updates.labels("duplicate").inc(queued - learned)
         self.metrics.bandit_updates.labels("skipped").inc(len(entries) - queued)
@@ -113,6 +106,16 @@ class Learner:
         self._applied_ms = max(self._applied_ms or 0, *(_id_ms(entry_id) for entry_id, _ in entries))
         await self._observe_lag()
         return learned
+
+    async def _apply(self, updates: list[tuple[list[str], list[str | float | int]]]) -> list[Any]:
+        """Run the learning script for each update, in log order."""
+        if is_cluster(self.client):
+            # redis-py's cluster pipeline refuses scripts: one call each, to the {bandit} master
+            return [await self._learn(keys=keys, args=args) for keys, args in updates]
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in updates:
+            await self._learn(keys=keys, args=args, client=pipe)
+        return list(await pipe.execute()) if updates else []
 
     async def _observe_lag(self) -> None:
         """How far behind the outcome stream the learners are: entries not yet acknowledged by the
@@ -217,7 +220,7 @@ async def run_learner(
     try:
         await learner.run(stop)
     finally:
-        await client.aclose(close_connection_pool=True)
+        await aclose(client)
 
 
 def learner_main(settings_json: str, redis_url: str) -> None:

@@ -21,6 +21,7 @@ import redis
 from server.features.schema import FeatureSchema, decode_vector
 from server.state.feature_store import FeatureStore
 from server.state.keys import Keys
+from server.state.redis_client import is_cluster
 
 SCAN_COUNT = 1000  # keys per SCAN step, and per pipelined MGET
 
@@ -51,14 +52,16 @@ def _sample_rank(seed: int, customer_id: str) -> int:
 
 
 def _batches(client: redis.Redis, keys: Keys) -> Iterator[tuple[list[bytes], list[bytes | None]]]:
+    # a cluster client's SCAN walks every master; its MGET must be split by slot (one per customer)
+    mget = cast(redis.RedisCluster, client).mget_nonatomic if is_cluster(client) else client.mget
     batch: list[bytes] = []
     for key in cast(Iterable[bytes], client.scan_iter(match=keys.features_pattern(), count=SCAN_COUNT)):
         batch.append(key)
         if len(batch) == SCAN_COUNT:
-            yield batch, cast(list[bytes | None], client.mget(batch))
+            yield batch, cast(list[bytes | None], mget(batch))
             batch = []
     if batch:
-        yield batch, cast(list[bytes | None], client.mget(batch))
+        yield batch, cast(list[bytes | None], mget(batch))
 
 
 def load_customers(client: redis.Redis, keys: Keys, *, sample: int | None = None, seed: int = 0) -> Customers:

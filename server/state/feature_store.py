@@ -25,6 +25,7 @@ from server.features.file import (
 from server.features.schema import FeatureSchema, decode_vector, encode_matrix
 from server.ids import id_problem
 from server.state.keys import Keys
+from server.state.redis_client import is_cluster
 
 __all__ = ["FeatureStore", "FeatureStoreError", "LoadResult", "SchemaMismatch", "merged_schema", "read_feature_file"]
 
@@ -104,14 +105,19 @@ class FeatureStore:
         schema = self._store_schema(plan.schema) if plan.changed else plan.schema
         matrix = fit_matrix(plan, table.matrix)
         features = self.keys.features
+        # a cluster refuses MSET across slots (each customer has a slot of its own): one SET
+        # each there, which redis-py's cluster pipeline sends to each master in one round trip
+        pairs = 1 if is_cluster(self.client) else _MSET_PAIRS
         pipe = self.client.pipeline(transaction=False)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             blobs = encode_matrix(schema.version, matrix[start:stop])
             batch_ids = table.customer_ids[start:stop]
-            for s in range(0, stop - start, _MSET_PAIRS):
-                chunk = zip(map(features, batch_ids[s : s + _MSET_PAIRS]), blobs[s : s + _MSET_PAIRS], strict=True)
-                pipe.mset(dict(chunk))
+            for s in range(0, stop - start, pairs):
+                if pairs == 1:
+                    pipe.set(features(batch_ids[s]), blobs[s])
+                else:
+                    pipe.mset(dict(zip(map(features, batch_ids[s : s + pairs]), blobs[s : s + pairs], strict=True)))
             pipe.execute()
             if progress is not None:
                 progress(stop)

@@ -23,11 +23,12 @@ from server.catalog.budgets import Period, Reservation
 from server.features.schema import decode_vector
 from server.state import budget_walk
 from server.state.budget_walk import Slot, SlotCandidate
+from server.state.cluster_scripts import ClusterScripts
 from server.state.contacts import ContactHistory
 from server.state.conversions import SCRIPT as _CONVERSION
 from server.state.conversions import ConversionRecord, script_call
 from server.state.keys import Keys
-from server.state.script_client import LuaScript, scripts_for
+from server.state.script_client import LuaScript, Scripts, scripts_for
 from server.state.store import (
     CAMPAIGN_CAP,
     CHANNEL_CAP,
@@ -85,7 +86,10 @@ class RedisStateStore:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.client = client
         self._keys = keys
-        self._scripts = scripts_for(client)
+        # on a cluster, a pipelined connection per master, routed by slot
+        self._scripts: Scripts = (
+            ClusterScripts(client) if isinstance(client, aioredis.RedisCluster) else scripts_for(client)
+        )
 
     async def aclose(self) -> None:
         await self._scripts.aclose()

@@ -23,7 +23,7 @@ from importlib import resources
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -74,8 +74,12 @@ class Address:
 
 def address_of(pool: aioredis.ConnectionPool) -> Address | None:
     """The Address of `pool`'s connections, or None if this client does not make them alike."""
-    kw = pool.connection_kwargs
-    kind = pool.connection_class
+    return connection_address(pool.connection_class, pool.connection_kwargs)
+
+
+def connection_address(kind: type[AbstractConnection], kw: dict[str, Any]) -> Address | None:
+    """The Address of redis-py connections of class `kind` made with `kw` (a pool's or a cluster
+    node's), or None if ScriptClient does not make them alike."""
     plain = kind in (Connection, SSLConnection, UnixDomainSocketConnection)
     if not plain or kw.get("protocol") not in (None, 2, "2") or kw.get("credential_provider") or kw.get("client_name"):
         return None
@@ -104,20 +108,34 @@ class ScriptClient:
         self._conn: RespConnection | None = None
         self._connecting: asyncio.Task[RespConnection] | None = None
 
-    async def run(self, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def run(self, script: LuaScript, keys: Sequence[str], args: Sequence[Arg], *, asking: bool = False) -> Any:
+        """The script's reply; `asking`: ASKING first (a cluster slot being imported here)."""
         data = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
-        reply = await self.call(data)
+        reply = await self._call_asking(data) if asking else await self.call(data)
         if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
             _checked(await self.call(pack(("SCRIPT", "LOAD", script.source))))
-            reply = await self.call(data)
+            reply = await self._call_asking(data) if asking else await self.call(data)
         return _checked(reply)
+
+    async def _call_asking(self, data: bytes) -> Any:
+        """ASKING and the command back to back on one connection, as Redis Cluster requires."""
+        conn = await self._open()
+        asked, reply = conn.request(pack(("ASKING",))), conn.request(data)
+        _checked(await asked)
+        return await reply
 
     async def call(self, data: bytes) -> Any:
         """The reply to one packed command; an error reply is returned as a ResponseError."""
-        conn = self._conn
+        conn = self._conn  # inline, not _open(): one coroutine less on every hot-path call
         if conn is None or conn.closed or conn.loop is not asyncio.get_running_loop():
             conn = await self._connection()
         return await conn.request(data)
+
+    async def _open(self) -> RespConnection:
+        conn = self._conn
+        if conn is None or conn.closed or conn.loop is not asyncio.get_running_loop():
+            conn = await self._connection()
+        return conn
 
     async def _connection(self) -> RespConnection:
         """The open connection, connecting once for all callers that need it meanwhile."""

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import redis
 
 from server.app import Worker
 from server.config import Settings
@@ -21,6 +20,7 @@ from server.gen.nbo.v1 import decisioning_pb2_grpc as pb_grpc
 from server.state.catalog_store import publish
 from server.state.feature_store import FeatureStore, read_feature_file
 from server.state.keys import Keys
+from tests.redis_cluster import cluster_settings, sync_redis
 
 COLUMNS = ("tier", "tenure_months", "churn_risk", "consent_web", "consent_call")
 
@@ -42,7 +42,7 @@ def load_customers(redis_url: str, rows: Mapping[str, Mapping[str, Any]], tmp: P
         out.writerow(["customer_id", *COLUMNS])
         for cid, values in rows.items():
             out.writerow([cid, *(values.get(c, "") for c in COLUMNS)])
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     store = FeatureStore(client, Keys())
     table = read_feature_file(path, ["tier"], base=store.current_schema())
     assert not table.errors, table.errors
@@ -51,7 +51,7 @@ def load_customers(redis_url: str, rows: Mapping[str, Mapping[str, Any]], tmp: P
 
 
 def publish_text(redis_url: str, text: str) -> str:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     try:
         return publish(client, Keys(), text).version
     finally:
@@ -67,7 +67,7 @@ class Harness:
             catalog_poll_seconds=0.1,
             log_flush_seconds=0.01,
             grace_seconds=1.0,
-            **settings,
+            **{**cluster_settings(redis_url), **settings},
         )
         self.clock = clock
         self.worker = Worker(self.settings, redis_url, 0, clock=clock)

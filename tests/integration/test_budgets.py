@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,11 +15,11 @@ from server.domain import Channel, DecideRequest
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.pipeline.control_groups import in_holdout
 from server.pipeline.delivery import Delivery
-from server.state.embedded_redis import find_redis_server, free_port
 from server.state.keys import Keys
 from server.state.records import record_data
 from tests.integration.harness import Clock, Harness, load_customers, publish_text
 from tests.integration.test_decide import republish
+from tests.redis_cluster import sync_redis
 from tests.unit.catalog_fixtures import BASE
 
 KEYS = Keys()
@@ -224,76 +221,13 @@ def test_holdout_assignment_is_stable_per_salt_and_a_new_salt_redraws_it() -> No
 
 
 # -- Redis Cluster: every script and transaction must stay in one slot ---------------------------
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-@pytest.fixture
-def cluster_url(tmp_path: Path) -> Iterator[str]:
-    """A one-node Redis Cluster owning all slots: it refuses any multi-key call across slots."""
-    # a cluster node also listens on port + 10000 (its bus), so the port must leave room for it
-    port = free_port()
-    while port + 10000 > 65535 or not port_is_free(port + 10000):
-        port = free_port()
-    proc = subprocess.Popen(
-        [
-            find_redis_server(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            str(tmp_path / "nodes.conf"),
-            "--dir",
-            str(tmp_path),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, socket_timeout=5)
-    try:
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        client.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
-        for _ in range(100):
-            if b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"):
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the one-node cluster did not reach cluster_state:ok")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(10)
-
-
-async def test_decisions_budgets_and_outcomes_run_on_redis_cluster(
-    cluster_url: str, redis_url: str, tmp_path: Path
-) -> None:
-    node = redis.Redis.from_url(cluster_url)
-    with pytest.raises(redis.ResponseError, match="hash to the same slot"):
-        node.eval("return 1", 2, "a", "b")  # the guard this test relies on
-    # features are loaded with MSET (single Redis); copy them over key by key
-    load_customers(redis_url, CUSTOMERS, tmp_path)
-    plain = redis.Redis.from_url(redis_url)
-    for key in plain.scan_iter("*"):
-        node.restore(key, 0, plain.dump(key), replace=True)
-    plain.close()
+async def test_decisions_budgets_and_outcomes_run_on_redis_cluster(cluster_url: str, tmp_path: Path) -> None:
+    """On the 3-master test cluster (tests/redis_cluster.py), which refuses any multi-key call
+    across slots and redirects any call sent to the wrong master."""
+    with redis.Redis.from_url(cluster_url) as plain, pytest.raises(redis.ResponseError, match="hash to the same slot"):
+        plain.eval("return 1", 2, "a", "b")  # the guard this test relies on
+    node = sync_redis(cluster_url)
+    load_customers(cluster_url, CUSTOMERS, tmp_path)
     text = budgeted(
         "{total_awards: 2, daily_awards: 5, total_spend: 10, per_customer: 1}",
         campaign_budget="{total_awards: 10, pacing: {over: window, slack: 0.5}}",

@@ -13,7 +13,6 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-import redis
 
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.state.conversions import ConversionRecord, event_digest
@@ -21,6 +20,10 @@ from server.state.keys import Keys
 from server.state.log_reader import LogReader
 from tests.integration.harness import Clock, Harness
 from tests.integration.test_cli import run
+from tests.redis_cluster import redis_url_on_both, sync_redis
+
+# every test here runs on a single Redis and on the 3-master cluster
+redis_url = redis_url_on_both
 
 NOW = Clock().now
 KEYS = Keys()
@@ -32,7 +35,7 @@ async def convert(nbo: Harness, **fields: Any) -> Any:
 
 
 def logged(redis_url: str) -> list[ConversionRecord]:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     try:
         return list(LogReader(client, KEYS).conversions())
     finally:
@@ -51,7 +54,7 @@ async def test_a_conversion_is_recorded_once_with_its_time(nbo: Harness, redis_u
         ConversionRecord("order-2", "vip", "purchase", 0.0, NOW, NOW, "grpc"),
     ]
     # the event id is remembered until the window (35 days) after the conversion happened
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     ttl = client.ttl(KEYS.conversion_event(event_digest("order-1")))
     client.close()
     assert 35 * 86_400 - 3600 - 5 <= ttl <= 35 * 86_400 - 3600

@@ -22,7 +22,11 @@ from server.dashboard.window import RollingWindow
 from server.state.keys import Keys
 from tests.integration.conftest import CUSTOMERS
 from tests.integration.harness import load_customers, publish_text
+from tests.redis_cluster import async_redis, redis_url_on_both, sync_redis
 from tests.unit.test_dashboard_window import decision, outcome
+
+# every test here runs on a single Redis and on the 3-master cluster
+redis_url = redis_url_on_both
 
 KEYS = Keys()
 SEQUENCE = itertools.count()
@@ -48,8 +52,8 @@ def xadd_at(client: redis.Redis, stream: str, fields: dict[Any, Any], epoch: flo
 async def dashboard(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[Dashboard, redis.Redis]]:
     load_customers(redis_url, CUSTOMERS, tmp_path)
     publish_text(redis_url, CATALOG)
-    client = aioredis.Redis.from_url(redis_url)
-    blocking = redis.Redis.from_url(redis_url)
+    client = async_redis(redis_url)
+    blocking = sync_redis(redis_url)
     live = LiveState(client, blocking, KEYS)
     assert await live.reloader.check()
     tail = LogTail(client, KEYS, RollingWindow(600), live.campaign_of, block_ms=50)

@@ -7,14 +7,17 @@ import json
 
 import grpc
 import pytest
-import redis
 
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.pipeline.control_groups import in_holdout
 from server.state.keys import Keys
 from server.state.records import record_data
 from tests.integration.harness import Harness, publish_text
+from tests.redis_cluster import redis_url_on_both, sync_redis
 from tests.unit.catalog_fixtures import BASE
+
+# every test here runs on a single Redis and on the 3-master cluster
+redis_url = redis_url_on_both
 
 DAY = 86400.0
 
@@ -144,7 +147,7 @@ async def test_request_id_replays_the_decision_and_consumes_nothing_twice(nbo: H
     assert b.decision_id == a.decision_id
     assert [o.offer_id for o in b.offers] == [o.offer_id for o in a.offers]
     assert (a.replayed, b.replayed) == (False, True)
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     assert client.zcard(Keys().channel_contacts("vip", "web")) == 1
     client.close()
     # the cap is 2: one more real decision still fits
@@ -165,7 +168,7 @@ async def test_request_id_replays_decisions_that_never_reached_the_award(nbo: Ha
 async def test_concurrent_repeats_of_one_request_id_award_once(nbo: Harness, redis_url: str) -> None:
     results = await asyncio.gather(*(nbo.decide("vip", request_id="same") for _ in range(20)))
     assert len({r.decision_id for r in results}) == 1
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     assert client.zcard(Keys().channel_contacts("vip", "web")) == 1
     client.close()
 
@@ -228,7 +231,7 @@ async def test_decisions_and_outcomes_are_logged_as_typed_records(nbo: Harness, 
     await nbo.report(d.decision_id, "o_adhoc", pb.CONVERTED)
     await nbo.worker.writer.close()
     nbo.worker.writer.start()
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     entries = client.xrange(Keys().decision_stream)
     outcomes = client.xrange(Keys().outcome_stream)
     client.close()

@@ -23,10 +23,14 @@ from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.state.keys import Keys
 from server.state.records import RecordError, decode_decision_record, decode_outcome_record
 from tests.integration.harness import Clock, Harness
+from tests.redis_cluster import redis_args, redis_url_on_both
 from tests.unit.catalog_fixtures import BASE
 from training.dataset import read_dataset
 from training.export import ExportError, ExportOptions, export_log
 from training.train import build_spec, encode, load_catalog
+
+# every test here runs on a single Redis and on the 3-master cluster
+redis_url = redis_url_on_both
 
 KEYS = Keys()
 DAY = 86_400.0
@@ -104,7 +108,7 @@ async def test_export_writes_decisions_joined_with_their_outcomes(
 ) -> None:
     out = tmp_path / f"log{suffix}"
     as_of = logged.t0 + 31 * DAY + 3600
-    assert _run(["export", str(out), "--redis-url", redis_url, "--as-of", _iso(as_of)]) == 0
+    assert _run(["export", str(out), *redis_args(redis_url), "--as-of", _iso(as_of)]) == 0
     assert capsys.readouterr().out == (
         f"exported 4 rows (1 accepted) from 4 decisions to {out}; skipped 1 open (younger than the 30-day "
         "reward window), 0 control group, 0 degraded, 1 without an offer; ignored 2 duplicate entries "
@@ -262,7 +266,7 @@ async def test_a_missing_selection_probability_stops_the_export_unless_clipped(
     redis_client.xadd(KEYS.decision_stream, broken.to_fields())
     out = tmp_path / "log.csv"
     as_of = _iso(logged.t0 + 31 * DAY + 3600)
-    assert _run(["export", str(out), "--redis-url", redis_url, "--as-of", as_of]) == 1
+    assert _run(["export", str(out), *redis_args(redis_url), "--as-of", as_of]) == 1
     assert capsys.readouterr().err == (
         f"error: decision {broken.decision_id}: offer o_adhoc has selection probability 0, not in (0, 1]; "
         "--min-probability P exports missing and smaller probabilities as P\n"
@@ -327,9 +331,9 @@ async def test_records_from_before_newer_fields_existed_read_with_defaults(
 
     out = tmp_path / "log.csv"
     as_of = _iso(logged.t0 + 31 * DAY + 3600)
-    assert _run(["export", str(out), "--redis-url", redis_url, "--as-of", as_of]) == 1
+    assert _run(["export", str(out), *redis_args(redis_url), "--as-of", as_of]) == 1
     assert "error: decision 01OLD.vip: offer o_life has selection probability missing" in capsys.readouterr().err
-    args = ["export", str(out), "--redis-url", redis_url, "--as-of", as_of, "--min-probability", "0.2"]
+    args = ["export", str(out), *redis_args(redis_url), "--as-of", as_of, "--min-probability", "0.2"]
     assert _run(args) == 0
     assert "1 probability raised to --min-probability" in capsys.readouterr().out
     rows = read_dataset(out).to_pylist()

@@ -6,13 +6,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from server.config import Settings
 from server.learning import learner as learner_module
 from server.learning.learner import Learner
 from server.metrics import Metrics
 from server.state.keys import Keys
+from tests.redis_cluster import async_redis, redis_url_on_both
+
+# every test here runs on a single Redis and on the 3-master cluster
+redis_url = redis_url_on_both
 
 KEYS = Keys()
 T0 = 1_700_000_000_000  # entry ids carry their time in ms: the lag is read from them
@@ -21,7 +24,7 @@ T0 = 1_700_000_000_000  # entry ids carry their time in ms: the lag is read from
 @pytest.fixture
 async def learner(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Learner]:
     monkeypatch.setattr(learner_module, "LAG_EVERY_SECONDS", 0.0)  # refresh on every call
-    client = aioredis.Redis.from_url(redis_url)
+    client = async_redis(redis_url)
     learner = Learner(client, KEYS, Metrics(), Settings(), consumer="lag-test")
     learner.consumer.block_ms = 10
     await learner.start()

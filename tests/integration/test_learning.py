@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 
 from server.gen.nbo.v1 import decisioning_pb2 as pb
 from server.learning.learner import Learner
@@ -18,7 +17,11 @@ from server.metrics import Metrics
 from server.state.keys import Keys
 from server.state.records import record_data
 from tests.integration.harness import Clock, Harness, load_customers, publish_text
+from tests.redis_cluster import async_redis, redis_url_on_both, sync_redis
 from tests.unit.catalog_fixtures import BASE
+
+# every test here runs on a single Redis and on the 3-master cluster
+redis_url = redis_url_on_both
 
 KEYS = Keys()
 CUSTOMERS = {
@@ -44,7 +47,7 @@ async def nbo(redis_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
 
 @pytest.fixture
 async def learner(redis_url: str, nbo: Harness) -> AsyncIterator[Learner]:
-    client = aioredis.Redis.from_url(redis_url)
+    client = async_redis(redis_url)
     learner = Learner(client, KEYS, Metrics(), nbo.settings)
     await learner.start()
     yield learner
@@ -62,7 +65,7 @@ async def records(client: redis.Redis, stream: str, n: int) -> list[dict[str, ob
 
 async def test_logged_selection_probabilities_describe_the_policy_met(nbo: Harness, redis_url: str) -> None:
     responses = [await nbo.decide(c, pb.WEB) for c in sorted(CUSTOMERS)]
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     logged = {str(r["decision_id"]): r for r in await records(client, KEYS.decision_stream, len(responses))}
     client.close()
     firsts = []
@@ -100,7 +103,7 @@ async def test_the_learner_learns_each_reward_once_and_replicas_pick_it_up(
         else:
             await nbo.report(r.decision_id, offer, pb.DECLINED)
             declined += 1
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     n_outcomes = 3 * accepted + declined
     await records(client, KEYS.outcome_stream, n_outcomes)
     learned = 0
@@ -125,7 +128,7 @@ async def test_the_learner_learns_each_reward_once_and_replicas_pick_it_up(
     assert live is not None and live.arms.version == version
     assert live.arms.arms["o_life|web"].n == accepted
     r = await nbo.decide("c199", pb.WEB)
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     logged = await records(client, KEYS.decision_stream, accepted + declined + 1)
     client.close()
     assert [x["bandit_version"] for x in logged if x["decision_id"] == r.decision_id] == [f"arms-{version}"]
@@ -134,8 +137,8 @@ async def test_the_learner_learns_each_reward_once_and_replicas_pick_it_up(
 async def test_a_dead_learners_outcomes_are_taken_over(nbo: Harness, redis_url: str) -> None:
     r = await nbo.decide("c000", pb.WEB)
     await nbo.report(r.decision_id, r.offers[0].offer_id, pb.ACCEPTED)
-    client = aioredis.Redis.from_url(redis_url)
-    sync = redis.Redis.from_url(redis_url)
+    client = async_redis(redis_url)
+    sync = sync_redis(redis_url)
     await records(sync, KEYS.outcome_stream, 1)
     dead = Learner(client, KEYS, Metrics(), nbo.settings, consumer="dead")
     await dead.start()
@@ -154,7 +157,7 @@ async def test_a_dead_learners_outcomes_are_taken_over(nbo: Harness, redis_url: 
 async def test_an_unreadable_outcome_is_skipped_and_the_learner_goes_on(
     nbo: Harness, learner: Learner, redis_url: str
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     client.xadd(KEYS.outcome_stream, {"v": "1", "r": "{not json"})
     client.xadd(KEYS.outcome_stream, {"v": "1", "r": json.dumps({"offer_id": "o_life"})})  # no decision id
     r = await nbo.decide("c000", pb.WEB)

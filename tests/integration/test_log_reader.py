@@ -14,7 +14,11 @@ from server.state.keys import Keys
 from server.state.log_reader import LogReader
 from server.state.records import DecisionRecord, OutcomeRecord
 from tests.records import decision_record
+from tests.redis_cluster import redis_url_on_both
 from tests.unit.catalog_fixtures import BASE, SCHEMA
+
+# every test here runs on a single Redis and on the 3-master cluster
+redis_url = redis_url_on_both
 
 KEYS = Keys("tenant-a:")  # not the default prefix: the reader must read this deployment's streams
 

@@ -28,6 +28,10 @@ from server.state.catalog_store import current_schema
 from server.state.feature_store import FeatureStore, read_feature_file
 from server.state.keys import Keys
 from tests.integration.harness import Harness
+from tests.redis_cluster import redis_args, redis_url_on_both, sync_redis
+
+# every test here runs on a single Redis and on the 3-master cluster (SCAN must cover every master)
+redis_url = redis_url_on_both
 
 N = 600
 KEYS = Keys()
@@ -90,7 +94,7 @@ def _planted(path: Path, seed: int = 3) -> np.ndarray:
 def planted(redis_url: str, tmp_path: Path) -> np.ndarray:
     path = tmp_path / "planted.csv"
     group = _planted(path)
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     table = read_feature_file(path, ["plan"])
     assert not table.errors
     FeatureStore(client, KEYS).load(table)
@@ -111,7 +115,7 @@ def _rule_lines(out: str) -> list[str]:
 def test_rules_recover_the_planted_groups(
     planted: np.ndarray, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = _run(capsys, "--redis-url", redis_url, "--k", "3", "--seed", "0")
+    code, out, _ = _run(capsys, *redis_args(redis_url), "--k", "3", "--seed", "0")
     assert code == 0
     assert _rule_lines(out) == EXPECTED_RULES
     assert "fidelity: the rules put 100.0% of the customers in their own cluster" in out
@@ -119,7 +123,7 @@ def test_rules_recover_the_planted_groups(
     assert "a customer falls in at most one suggested segment" in out
     assert "no log" in out  # no decision was ever logged
     # each rule selects one planted group, as the server evaluates it
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     loaded = load_customers(client, KEYS)
     client.close()
     rows = loaded.matrix.tolist()
@@ -135,14 +139,14 @@ def test_rules_recover_the_planted_groups(
 def test_json_reports_fidelity_sizes_and_traits(
     planted: np.ndarray, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = _run(capsys, "--redis-url", redis_url, "--k", "3", "--json")
+    code, out, _ = _run(capsys, *redis_args(redis_url), "--k", "3", "--json")
     assert code == 0
     doc = json.loads(out)
     assert doc["accuracy"] == 1.0 and doc["customers"] == N and doc["overlapping"] == 0
     assert [s["size"] for s in doc["segments"]] == [200, 200, 200]
     assert all(s["precision"] == 1.0 and s["recall"] == 1.0 for s in doc["segments"])
     assert doc["segments"][2]["traits"][0]["feature"] in ("plan=gold", "visits")
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     ages = load_customers(client, KEYS).matrix[:, 2]
     client.close()
     assert doc["imputed"] == {"age": [12, float(np.median(ages[~np.isnan(ages)]))]}
@@ -150,21 +154,21 @@ def test_json_reports_fidelity_sizes_and_traits(
 
 
 def test_gmm_finds_the_same_groups(planted: np.ndarray, redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(capsys, "--redis-url", redis_url, "--k", "3", "--method", "gmm")
+    code, out, _ = _run(capsys, *redis_args(redis_url), "--k", "3", "--method", "gmm")
     assert code == 0
     assert "fidelity: the rules put 100.0%" in out
     assert sorted(_rule_lines(out)) == sorted(EXPECTED_RULES)
 
 
 def test_sample_is_seeded_and_bounded(planted: np.ndarray, redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     first = load_customers(client, KEYS, sample=150, seed=4)
     again = load_customers(client, KEYS, sample=150, seed=4)
     other = load_customers(client, KEYS, sample=150, seed=5)
     client.close()
     assert first.ids == again.ids and len(first.ids) == 150 and first.total == N
     assert first.ids != other.ids
-    code, out, _ = _run(capsys, "--redis-url", redis_url, "--k", "3", "--sample", "150", "--seed", "4", "--json")
+    code, out, _ = _run(capsys, *redis_args(redis_url), "--k", "3", "--sample", "150", "--seed", "4", "--json")
     assert code == 0
     doc = json.loads(out)
     assert (doc["customers"], doc["total"]) == (150, N)
@@ -174,17 +178,17 @@ def test_block_validates_through_catalog_validate(
     planted: np.ndarray, redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     block = tmp_path / "segments.yaml"
-    code, _, _ = _run(capsys, "--redis-url", redis_url, "--k", "3", "--out", str(block))
+    code, _, _ = _run(capsys, *redis_args(redis_url), "--k", "3", "--out", str(block))
     assert code == 0
     text = block.read_text()
     assert text.startswith("# suggested by `nbo segments suggest --k 3 --method kmeans --depth 3 --seed 0`")
     assert 'rule: plan == "gold"' in text or "rule: 'plan == \"gold\"'" in text
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(CATALOG_HEAD + text)
-    assert main(["catalog", "validate", str(catalog), "--redis-url", redis_url]) == 0
+    assert main(["catalog", "validate", str(catalog), *redis_args(redis_url)]) == 0
     assert "valid (1 campaigns, 1 offers, 3 segments; feature schema v1)" in capsys.readouterr().out
     # the compiled catalog's segments are the printed rules
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     schema = current_schema(client, KEYS)
     client.close()
     assert isinstance(schema, FeatureSchema)
@@ -200,12 +204,12 @@ def test_merge_writes_a_valid_catalog(
         CATALOG_HEAD.replace("target: [suggested_3]", "target: [mine]") + "segments:\n  mine: {rule: 'age > 60'}\n"
     )
     merged = tmp_path / "merged.yaml"
-    code, _, _ = _run(capsys, "--redis-url", redis_url, "--k", "3", "--merge", str(base), "--out", str(merged))
+    code, _, _ = _run(capsys, *redis_args(redis_url), "--k", "3", "--merge", str(base), "--out", str(merged))
     assert code == 0
-    assert main(["catalog", "validate", str(merged), "--redis-url", redis_url]) == 0
+    assert main(["catalog", "validate", str(merged), *redis_args(redis_url)]) == 0
     assert "1 offers, 4 segments" in capsys.readouterr().out
     # the same prefix again clashes with the segments now in the catalog
-    code, _, err = _run(capsys, "--redis-url", redis_url, "--k", "3", "--merge", str(merged), "--out", str(base))
+    code, _, err = _run(capsys, *redis_args(redis_url), "--k", "3", "--merge", str(merged), "--out", str(base))
     assert code == 1
     assert "already has segment(s) suggested_1, suggested_2, suggested_3: choose another --prefix" in err
 
@@ -229,23 +233,23 @@ def test_bad_arguments(
     code: int,
     message: str,
 ) -> None:
-    got, _, err = _run(capsys, "--redis-url", redis_url, *args)
+    got, _, err = _run(capsys, *redis_args(redis_url), *args)
     assert got == code
     assert message in " ".join(err.split())
 
 
 def test_no_customers(redis_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, _, err = _run(capsys, "--redis-url", redis_url)
+    code, _, err = _run(capsys, *redis_args(redis_url))
     assert code == 1
     assert "error: no feature schema in Redis: load customers first" in err
     # a schema whose customers are all gone
     path = tmp_path / "one.csv"
     path.write_text("customer_id,spend\nP1,3\n")
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     FeatureStore(client, KEYS).load(read_feature_file(path, []))
     client.delete(KEYS.features("P1"))
     client.close()
-    code, _, err = _run(capsys, "--redis-url", redis_url)
+    code, _, err = _run(capsys, *redis_args(redis_url))
     assert code == 1
     assert "error: no customers loaded: `nbo features load FILE` first" in err
 
@@ -292,8 +296,8 @@ async def test_log_figures_from_real_decisions(
     # under the seed: vip2 and regular (tenure 12 and 5) in one segment, vip (40) in the other
     assert [s.rule for s in found.segments] == ["tenure_months <= 20", "tenure_months > 20"]
     assert expected["suggested_2"] == SegmentLog(decisions=1, awards=1, responses=1, value=120.0)
-    code, out, _ = _run(capsys, "--redis-url", redis_url, "--k", "2", "--min-awards", "1")
+    code, out, _ = _run(capsys, *redis_args(redis_url), "--k", "2", "--min-awards", "1")
     assert code == 0 and "no log" not in out
     assert "log: 3 decisions (control group and degraded left out)" in out
-    code, out, _ = _run(capsys, "--redis-url", redis_url, "--k", "2")
+    code, out, _ = _run(capsys, *redis_args(redis_url), "--k", "2")
     assert code == 0 and "not enough data" in out  # 3 awards, fewer than 30

@@ -17,13 +17,17 @@ from server.state.keys import Keys
 from server.state.log_writer import LogWriter
 from server.state.records import OutcomeRecord
 from server.state.streams import TRIM_STEP, StreamConsumer, safe_trim, safe_trim_sync
+from tests.redis_cluster import async_redis, redis_url_on_both
+
+# every test here runs on a single Redis and on the 3-master cluster
+redis_url = redis_url_on_both
 
 KEYS = Keys()
 
 
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url)
+    c = async_redis(redis_url)
     yield c
     await c.aclose()
 
