@@ -9,6 +9,11 @@ request ids (sent twice at once: the repeat must never count twice), then checks
 1,000 awards were made — in the responses, in the counters and in the decision log — with no
 overspend and no customer over the cap.
 
+Every run goes against a single Redis and against the 3-master test cluster. On the cluster the
+budgets are spread: `promo`'s counters and the web channel's hourly capacity live on two different
+masters (checked), so each award of `o_budget` reserves on two shards and commits on the
+customer's.
+
 `NBO_BUDGET_RUNS` sets the number of seeded runs (default 2, for CI); the issue's full check is
 `NBO_BUDGET_RUNS=20 .venv/bin/pytest -q tests/integration/test_budget_concurrency.py`.
 """
@@ -40,6 +45,7 @@ from server.state.embedded_redis import EmbeddedRedis
 from server.state.keys import Keys
 from server.state.records import record_data
 from tests.integration.harness import load_customers, terminate
+from tests.redis_cluster import LocalCluster, is_cluster, sync_redis
 
 RUNS = int(os.environ.get("NBO_BUDGET_RUNS", "2"))
 BUDGET = 1000
@@ -103,10 +109,15 @@ class Call:
     error: str = ""
 
 
-@pytest.fixture(scope="module")
-def module_redis_url(redis_server: EmbeddedRedis) -> str:
-    """The test Redis, emptied once for this module (the function-scoped `redis_url` flushes
-    before every test, which would pull the catalog from under the running server)."""
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def module_redis_url(request: pytest.FixtureRequest, redis_server: EmbeddedRedis) -> str:
+    """The test Redis, then the 3-master cluster, emptied once for this module (the
+    function-scoped `redis_url` flushes before every test, which would pull the catalog from
+    under the running server)."""
+    if request.param == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        return cluster.url
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     client.close()
@@ -129,6 +140,7 @@ def served(module_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     env = {
         **os.environ,
         "REDIS_URL": module_redis_url,
+        "NBO_REDIS_CLUSTER": "true" if is_cluster(module_redis_url) else "false",
         "NBO_LOG_LEVEL": "WARNING",
         "NBO_MAX_CONCURRENT_RPCS": "256",
         "NBO_MAX_PENDING_RPCS": "512",
@@ -268,8 +280,12 @@ def _sum_field(client: redis.Redis, pattern: str, field: str) -> int:
 
 @pytest.mark.parametrize("seed", range(RUNS))
 async def test_exactly_the_budget_is_awarded_under_concurrency(served: Served, seed: int) -> None:
-    client = redis.Redis.from_url(served.redis_url)
+    client = sync_redis(served.redis_url)
     try:
+        if isinstance(client, redis.RedisCluster):
+            campaign = client.get_node_from_key(KEYS.budget_total("promo"))
+            channel = client.get_node_from_key(KEYS.budget_hour("web", "2027-01-15T10"))
+            assert campaign.name != channel.name
         _reset(client)
         calls = _requests(seed)
         distinct = len({c.customer_id for c in calls})
