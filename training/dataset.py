@@ -190,6 +190,12 @@ def _first_non_number(values: list[Any]) -> int | None:
     return None
 
 
+def check_table(table: pa.Table, path: Path) -> pa.Table:
+    """`read_dataset`'s checks and canonical types for a table read otherwise (one partition of a
+    distributed dataset); `path` names errors, rows are counted from the table's first."""
+    return _check(table, path, csv=False)
+
+
 def _check(table: pa.Table, path: Path, csv: bool) -> pa.Table:
     names: list[str] = table.column_names
     seen: set[str] = set()

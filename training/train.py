@@ -436,7 +436,9 @@ DESCRIPTION = "Train the propensity model from logged interactions."
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--data", type=Path, required=True, help="dataset file (CSV or Parquet)")
+    ap.add_argument(
+        "--data", type=Path, required=True, help="dataset file (CSV or Parquet) or partitioned directory (Parquet)"
+    )
     ap.add_argument("--out", type=Path, required=True, help="directory for the model artifacts")
     ap.add_argument("--catalog", type=Path, help="catalog YAML for offer value, cost, prior and campaign type")
     ap.add_argument("--seed", type=int, default=7)
@@ -451,21 +453,32 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="the customer features file loaded into the servers: its categorical levels order the model's",
     )
     ap.add_argument("--categorical", default="", help="with --features: comma-separated categorical columns")
+    ap.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="train through lightgbm.dask on the Dask scheduler at ADDRESS (tcp://host:8786), or 'local' for a "
+        "LocalCluster started here; --data is then Parquet, best a partitioned export (nbo export --partitioned)",
+    )
+    ap.add_argument("--dask-workers", type=int, default=2, help="workers of --dask local (default 2)")
+
+
+def live_schema(args: argparse.Namespace) -> FeatureSchema | None:
+    """The serving feature schema `--features` names (its categorical levels order the model's)."""
+    if args.features is None:
+        return None
+    from server.features.file import merged_schema, read_feature_file
+
+    names = [n for n in args.categorical.split(",") if n]
+    try:
+        return merged_schema(read_feature_file(args.features, names), None)
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"--features: {e}") from e
 
 
 def run(args: argparse.Namespace) -> int:
-    live_schema = None
-    if args.features is not None:
-        from server.features.file import merged_schema, read_feature_file
-
-        names = [n for n in args.categorical.split(",") if n]
-        try:
-            live_schema = merged_schema(read_feature_file(args.features, names), None)
-        except (OSError, ValueError) as e:
-            print(f"error: --features: {e}", file=sys.stderr)
-            return 2
     oracle = _world_oracle(args.world_seed, args.world_customers) if args.world_seed is not None else None
     try:
+        live = live_schema(args)
         result = train(
             args.data,
             args.out,
@@ -475,7 +488,7 @@ def run(args: argparse.Namespace) -> int:
             num_boost_round=args.rounds,
             progress=not args.quiet,
             oracle=oracle,
-            live_schema=live_schema,
+            live_schema=live,
         )
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)

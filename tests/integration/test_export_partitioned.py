@@ -45,7 +45,7 @@ def test_partitions_hold_exactly_the_one_file_export(
         40,
         40,
     )
-    assert single.accepted == sum(labels.values()) and 0 < single.late_rewards
+    assert single.accepted == sum(labels.values()) and single.late_rewards > 0
 
     one = read_dataset(tmp_path / "all.parquet")
     union = read_dataset(tmp_path / "parts")
