@@ -42,9 +42,11 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from dask.delayed import Delayed, delayed
 from distributed import Client, LocalCluster
+from scipy.special import expit
 
 from server.features.schema import FeatureSchema
 from server.models.inputs import InputSpec
@@ -106,7 +108,7 @@ def _table(part: pd.DataFrame, where: str) -> pa.Table:
 def _summary(part: pd.DataFrame, where: str, text: Sequence[str]) -> tuple[FloatArray, FloatArray, list[set[str]]]:
     """Timestamps, labels and each text column's values of one partition."""
     table = _table(part, where)
-    values = [{v for v in table.column(n).to_pylist() if v} for n in text]
+    values = [{v for v in pc.unique(table.column(n)).to_pylist() if v} for n in text]
     ts = np.asarray(table.column("timestamp").to_numpy(), dtype=np.float64)
     y = np.asarray(table.column("outcome").to_numpy(), dtype=np.float64)
     return ts, y, values
@@ -127,7 +129,7 @@ def _logloss_sums(model: str, x: FloatArray, y: FloatArray, rounds: int) -> Floa
     out = np.empty(rounds)
     for i in range(rounds):
         raw += booster.predict(x, raw_score=True, start_iteration=i, num_iteration=1)
-        p = np.clip(1.0 / (1.0 + np.exp(-raw)), 1e-15, 1 - 1e-15)
+        p = np.clip(expit(raw), 1e-15, 1 - 1e-15)  # LightGBM's binary_logloss clips the same way
         out[i] = -float(np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
     return out
 

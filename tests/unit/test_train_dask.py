@@ -81,3 +81,16 @@ def test_dask_reads_parquet_only(data: Path, tmp_path: Path) -> None:
     write_dataset(tmp_path / "log.csv", World.create(100, seed=1).simulate_log(10))
     with connect("local", 1, processes=False) as client, pytest.raises(TrainingError, match="--dask reads Parquet"):
         train_dask(tmp_path / "log.csv", tmp_path / "m", client)
+
+
+def test_the_command(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from server.cli.main import main
+
+    argv = ["train", "--data", str(data / "parts"), "--out", str(tmp_path / "m"), "--rounds", "30"]
+    argv += ["--catalog", str(data / "catalog.yaml"), "--dask", "local", "--dask-workers", "1"]
+    assert main([*argv, "--world-seed", "3"]) == 2
+    assert capsys.readouterr().err == "error: --world-seed (oracle metrics) is not available with --dask\n"
+    assert main(argv) == 0
+    assert "AUC" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert (metrics["dask_workers"], metrics["rounds_fitted"], metrics["n_train"]) == (1, 30, 16_000)
