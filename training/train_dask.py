@@ -2,9 +2,10 @@
 
 The same model as `nbo train` (training/train.py) from data that need not fit one machine: a
 partitioned export (`nbo export --partitioned`, docs/dataset.md) read with dask.dataframe, one
-task per partition. Everything that decides what the model learns is the single-machine code,
-called per partition: the dataset checks (`read_dataset`'s and training's), the input spec
-(`spec_from`, with each text column's levels gathered from all partitions), the encoding
+task per Parquet row group (the export writes at most CHUNK_ROWS rows of one day in one).
+Everything that decides what the model learns is the single-machine code, called per partition:
+the dataset checks (`read_dataset`'s and training's), the input spec (`spec_from`, with each text
+column's levels gathered from all partitions), the encoding
 (`encode`), the time split (`split`), the parameters (`default_params`) and the seed. The
 booster is fitted by `lightgbm.dask.DaskLGBMClassifier` (data-parallel: each worker builds
 histograms of its partitions) and written by the same `write_artifacts`, so the directory is
@@ -105,13 +106,15 @@ def _table(part: pd.DataFrame, where: str) -> pa.Table:
     return table
 
 
-def _summary(part: pd.DataFrame, where: str, text: Sequence[str]) -> tuple[FloatArray, FloatArray, list[set[str]]]:
-    """Timestamps, labels and each text column's values of one partition."""
+def _summary(
+    part: pd.DataFrame, where: str, text: Sequence[str]
+) -> tuple[FloatArray, FloatArray, list[set[str]], pa.Schema]:
+    """Timestamps, labels, each text column's values and the canonical column types of one partition."""
     table = _table(part, where)
     values = [{v for v in pc.unique(table.column(n)).to_pylist() if v} for n in text]
     ts = np.asarray(table.column("timestamp").to_numpy(), dtype=np.float64)
     y = np.asarray(table.column("outcome").to_numpy(), dtype=np.float64)
-    return ts, y, values
+    return ts, y, values, table.schema
 
 
 def _encoded(part: pd.DataFrame, where: str, spec: InputSpec, offers: OfferTable) -> FloatArray:
@@ -193,7 +196,8 @@ def _prepare(
     files = _files(data)
     schema = pq.read_schema(files[0])
     text = _text_columns(schema)
-    parts = dd.read_parquet(files, columns=schema.names).to_delayed()
+    # one task per row group: the export bounds those (CHUNK_ROWS), so a task's memory is bounded too
+    parts = dd.read_parquet(files, columns=schema.names, split_row_groups=True).to_delayed()
     where = str(data)
     summaries = dask.compute(*[delayed(_summary)(p, where, text) for p in parts])
     y = np.concatenate([s[1] for s in summaries])
@@ -202,7 +206,8 @@ def _prepare(
     is_valid = np.zeros(y.size, dtype=bool)
     is_valid[valid_idx] = True
     levels = {n: tuple(sorted(set().union(*(s[2][k] for s in summaries)))) for k, n in enumerate(text)}
-    spec = spec_from(schema, lambda name: levels[name], offers, live_schema)
+    # the types read_dataset gives (a column missing everywhere in the file reads as numeric)
+    spec = spec_from(summaries[0][3], lambda name: levels[name], offers, live_schema)
     # each partition read and encoded once, its rows kept on the workers for the fit and the validation
     masks = np.split(is_valid, np.cumsum([len(s[1]) for s in summaries])[:-1])
     encoded = [delayed(_encoded)(p, where, spec, offers) for p in parts]
