@@ -53,6 +53,8 @@ CHANNELS = ("call_centre", "web", "mobile_app", "email")
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _OPTIONAL_TEXT = frozenset({"placement", UNAVAILABLE})
+# a partitioned dataset's directories: date=YYYY-MM-DD (training/dataset_writer.py)
+PARTITION_KEY = "date"
 
 
 class DatasetError(ValueError):
@@ -71,9 +73,8 @@ def _array(values: Any) -> pa.Array:
     return pa.array(arr, from_pandas=True)  # NaN -> null, so CSV and Parquet agree
 
 
-def write_dataset(path: Path | str, columns: Mapping[str, Sequence[Any] | np.ndarray[Any, Any]]) -> None:
-    """Write `columns` (fixed columns first, then the rest in the given order) as .csv or .parquet/.pq."""
-    path = Path(path)
+def dataset_table(path: Path, columns: Mapping[str, Sequence[Any] | np.ndarray[Any, Any]]) -> pa.Table:
+    """`columns` as a table, fixed columns first, then the rest in the given order; `path` names errors."""
     missing = [c for c in FIXED_COLUMNS if c not in columns]
     if missing:
         raise DatasetError(f"{path}: missing column {missing[0]!r} (required: {', '.join(FIXED_COLUMNS)})")
@@ -81,7 +82,13 @@ def write_dataset(path: Path | str, columns: Mapping[str, Sequence[Any] | np.nda
     lengths = {len(columns[n]) for n in names}
     if len(lengths) > 1:
         raise DatasetError(f"{path}: columns have different lengths {sorted(lengths)}")
-    table = pa.table({n: _array(columns[n]) for n in names})
+    return pa.table({n: _array(columns[n]) for n in names})
+
+
+def write_dataset(path: Path | str, columns: Mapping[str, Sequence[Any] | np.ndarray[Any, Any]]) -> None:
+    """Write `columns` (fixed columns first, then the rest in the given order) as .csv or .parquet/.pq."""
+    path = Path(path)
+    table = dataset_table(path, columns)
     suffix = path.suffix.lower()
     if suffix in CSV_SUFFIXES:
         pa_csv.write_csv(table, str(path))
@@ -92,8 +99,18 @@ def write_dataset(path: Path | str, columns: Mapping[str, Sequence[Any] | np.nda
 
 
 # -- reading -----------------------------------------------------------------------------------
+def partition_files(directory: Path) -> list[Path]:
+    """The Parquet files of a partitioned dataset (training/dataset_writer.py), in day then part order;
+    names starting with `.` or `_` (unfinished files, markers) are not data."""
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and p.suffix.lower() in PARQUET_SUFFIXES and not p.name.startswith((".", "_"))
+    )
+
+
 def read_dataset(path: Path | str) -> pa.Table:
-    """Read and check a dataset file; return it with canonical fixed-column types.
+    """Read and check a dataset file or partitioned directory; return it with canonical fixed-column types.
 
     Fixed columns come back as string (`placement` null -> ""), float64 (`timestamp`,
     `selection_probability`, `value`) and int64 (`outcome`); numeric feature and `ctx_*`
@@ -102,7 +119,9 @@ def read_dataset(path: Path | str) -> pa.Table:
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in CSV_SUFFIXES:
+    if path.is_dir():
+        table, csv = _read_partitions(path), False
+    elif suffix in CSV_SUFFIXES:
         table, csv = _read_csv(path), True
     elif suffix in PARQUET_SUFFIXES:
         try:
@@ -114,6 +133,17 @@ def read_dataset(path: Path | str) -> pa.Table:
     else:
         raise DatasetError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; expected .csv, .parquet or .pq")
     return _check(table, path, csv)
+
+
+def _read_partitions(path: Path) -> pa.Table:
+    files = partition_files(path)
+    if not files:
+        raise DatasetError(f"{path}: no Parquet file in the directory")
+    try:
+        # the files' own columns: the partition key is in the path only (dataset_writer.py)
+        return pa.concat_tables([pq.read_table(str(f), partitioning=None) for f in files])
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DatasetError(f"{path}: cannot read Parquet: {err}") from None
 
 
 def _read_csv(path: Path) -> pa.Table:
@@ -158,6 +188,12 @@ def _first_non_number(values: list[Any]) -> int | None:
         except (TypeError, ValueError):
             return i
     return None
+
+
+def check_table(table: pa.Table, path: Path) -> pa.Table:
+    """`read_dataset`'s checks and canonical types for a table read otherwise (one partition of a
+    distributed dataset); `path` names errors, rows are counted from the table's first."""
+    return _check(table, path, csv=False)
 
 
 def _check(table: pa.Table, path: Path, csv: bool) -> pa.Table:

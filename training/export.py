@@ -17,14 +17,25 @@ Rewards may arrive up to the window after the decision, so a younger decision is
 0 may still become a 1. Open decisions are left out unless `--include-open`. Both streams are
 at least once, so decisions are de-duplicated by decision id and outcomes by event id: a
 redelivered or re-appended entry changes nothing.
+
+Memory: the export streams, so a log of any length exports in bounded memory. It reads the
+outcome stream once, keeping the rewarding outcomes in an on-disk index (training/export_index.py),
+then the decision stream twice (XRANGE chunks): a first pass finds the columns (feature schemas and
+context keys of the exported decisions), the second joins each decision with its rewards by index
+lookup and hands `CHUNK_ROWS` rows at a time to the writer (training/dataset_writer.py). The
+join needs no look-ahead and no ordering: an outcome logged any time after its decision, in any
+chunk, even replayed from a spill file days later, is found. Held in memory: one chunk of rows,
+the SQLite page cache (`CACHE_KIB`), the feature schemas and catalog versions involved, and with
+`partitioned` at most `MAX_OPEN_PARTITIONS` open Parquet writers; none of it grows with the log.
+The ids already read (de-duplication) are on disk too.
 """
 
 from __future__ import annotations
 
 import math
-import os
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +52,14 @@ from server.state.catalog_store import CatalogNotStored, stored_catalog
 from server.state.keys import Keys
 from server.state.log_reader import LogReader
 from server.state.records import DecisionRecord
-from training.dataset import CONTEXT_PREFIX, UNAVAILABLE, write_dataset
+from training.dataset import CONTEXT_PREFIX, FIXED_COLUMNS, UNAVAILABLE
+from training.dataset_writer import FileWriter, PartitionedWriter
+from training.export_index import ExportIndex
 
 # a probability written as 1 + rounding error is 1; anything further above is a corrupt record
 _PROBABILITY_SLACK = 1e-9
+# rows held before they are written: with the SQLite index's cache, the export's memory bound
+CHUNK_ROWS = 20_000
 
 
 class ExportError(Exception):
@@ -115,12 +130,6 @@ def _count(n: int, one: str, many: str = "") -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Reward:
-    ts: float
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
 class _CatalogInfo:
     offer_values: Mapping[str, float]
     context_keys: tuple[str, ...]
@@ -173,51 +182,103 @@ class _Versions:
         return self._catalogs[version]
 
 
-def export_log(client: redis.Redis, keys: Keys, out: Path, options: ExportOptions) -> ExportSummary:
-    """Write the dataset to `out` (.csv or .parquet) and say what was exported and skipped.
+def export_log(
+    client: redis.Redis, keys: Keys, out: Path, options: ExportOptions, *, partitioned: bool = False
+) -> ExportSummary:
+    """Write the dataset to `out` (.csv or .parquet, or with `partitioned` a directory of date
+    partitions) and say what was exported and skipped.
 
-    Writes nothing when no row qualifies. Raises ExportError when a record cannot be turned
-    into a valid row (unknown schema or catalog version, missing selection probability).
+    Streams the log (module doc, "Memory"): writes nothing when no row qualifies. Raises
+    ExportError when a record cannot be turned into a valid row (unknown schema or catalog
+    version, missing selection probability); then nothing is written either.
     """
     now = time.time() if options.as_of is None else options.as_of
-    summary = ExportSummary()
-    reader = LogReader(client, keys)
-    rewards = _rewards(reader, options)
-    versions = _Versions(client, keys)
-    rows: list[_Row] = []
-    feature_kinds: dict[str, str] = {}  # name -> kind, in first-seen order
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as scratch:
+        index = ExportIndex(Path(scratch) / "index.sqlite")
+        try:
+            reader = LogReader(client, keys, seen=index.seen_ids)
+            index.add_rewards(_rewards(reader, options))
+            versions = _Versions(client, keys)
+            layout = _layout(reader, versions, options, now)
+            writer = PartitionedWriter(out) if partitioned else FileWriter(out)
+            try:
+                summary = _write_rows(reader, index, versions, layout, writer, options, now)
+            except BaseException:
+                writer.abort()
+                raise
+            if summary.rows:
+                writer.commit()
+            else:
+                writer.abort()
+        finally:
+            index.close()
+    return summary
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """The dataset's columns beyond the fixed ones, known before the first chunk is written."""
+
+    feature_kinds: dict[str, str]  # name -> kind, in first-seen order
+    context_keys: list[str]
+
+
+def _layout(reader: LogReader, versions: _Versions, options: ExportOptions, now: float) -> _Layout:
+    """A first pass over the decisions: every chunk is written with the columns of the whole export."""
+    kinds: dict[str, str] = {}
     context_keys: dict[str, None] = {}
+    for rec in reader.decisions():
+        if _skipped(rec, options, now) is None:
+            context_keys.update(dict.fromkeys(versions.catalog(rec.catalog_version, rec.decision_id).context_keys))
+            _features(rec, versions, kinds)
+    return _Layout(kinds, list(context_keys))
+
+
+def _write_rows(
+    reader: LogReader,
+    index: ExportIndex,
+    versions: _Versions,
+    layout: _Layout,
+    writer: FileWriter | PartitionedWriter,
+    options: ExportOptions,
+    now: float,
+) -> ExportSummary:
+    """The second pass: rows joined with their rewards, written CHUNK_ROWS at a time."""
+    summary = ExportSummary()
+    rows: list[_Row] = []
     for rec in reader.decisions():
         skipped = _skipped(rec, options, now)
         if skipped is not None:
             setattr(summary, skipped, getattr(summary, skipped) + 1)
             continue
         catalog = versions.catalog(rec.catalog_version, rec.decision_id)
-        context_keys.update(dict.fromkeys(catalog.context_keys))
-        features = _features(rec, versions, feature_kinds)
+        features = _features(rec, versions, layout.feature_kinds)
+        rewards = index.rewards(rec.decision_id)
         summary.decisions += 1
         for offer_id in rec.chosen:
-            row = _row(rec, offer_id, features, catalog, rewards.get((rec.decision_id, offer_id), []), options)
+            row = _row(rec, offer_id, features, catalog, rewards.get(offer_id, []), options)
             summary.accepted += row.outcome
             summary.clipped += row.clipped
             summary.late_rewards += row.late_rewards
             rows.append(row)
+        if len(rows) >= CHUNK_ROWS:
+            summary.rows += len(rows)
+            writer.write(_columns(rows, layout.feature_kinds, layout.context_keys))
+            rows.clear()
+    if rows:
+        summary.rows += len(rows)
+        writer.write(_columns(rows, layout.feature_kinds, layout.context_keys))
     decisions, outcomes = reader.decision_stats, reader.outcome_stats
     summary.duplicate_decisions, summary.duplicate_outcomes = decisions.duplicates, outcomes.duplicates
     summary.unreadable = decisions.unreadable + outcomes.unreadable
     summary.first_unreadable = outcomes.first_unreadable or decisions.first_unreadable  # outcomes are read first
-    summary.rows = len(rows)
-    if not rows:
-        return summary
-    columns = _columns(rows, feature_kinds, list(context_keys))
-    summary.columns = list(columns)
-    # write beside the target and rename, so a failed export never leaves half a file behind
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
-    try:
-        write_dataset(tmp, columns)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    summary.columns = [
+        *FIXED_COLUMNS,
+        UNAVAILABLE,
+        *layout.feature_kinds,
+        *(CONTEXT_PREFIX + k for k in layout.context_keys),
+    ]
     return summary
 
 
@@ -240,15 +301,13 @@ def _skipped(rec: DecisionRecord, options: ExportOptions, now: float) -> str | N
     return None
 
 
-def _rewards(reader: LogReader, options: ExportOptions) -> dict[tuple[str, str], list[_Reward]]:
-    """Rewarding outcomes per (decision, offer), each event counted once."""
-    rewards: dict[tuple[str, str], list[_Reward]] = {}
+def _rewards(reader: LogReader, options: ExportOptions) -> Iterator[tuple[str, str, float, float]]:
+    """(decision, offer, ts, value) of each rewarding outcome, each event once."""
     for rec in reader.outcomes():
         if rec.outcome not in RESPONSES or (options.as_of is not None and rec.ts > options.as_of):
             continue
         value = rec.value if math.isfinite(rec.value) and rec.value > 0 else 0.0
-        rewards.setdefault((rec.decision_id, rec.offer_id), []).append(_Reward(rec.ts, value))
-    return rewards
+        yield rec.decision_id, rec.offer_id, rec.ts, value
 
 
 def _logged_probability(rec: DecisionRecord, offer_id: str) -> float:
@@ -264,7 +323,7 @@ def _row(
     offer_id: str,
     features: Mapping[str, float | str | None],
     catalog: _CatalogInfo,
-    rewards: list[_Reward],
+    rewards: list[tuple[float, float]],
     options: ExportOptions,
 ) -> _Row:
     p = _logged_probability(rec, offer_id)
@@ -278,11 +337,11 @@ def _row(
         )
     clipped = options.min_probability is not None and not (p >= options.min_probability)
     p = options.min_probability if clipped and options.min_probability is not None else min(p, 1.0)
-    in_window = [r for r in rewards if r.ts - rec.ts <= options.window_seconds]
+    in_window = [value for ts, value in rewards if ts - rec.ts <= options.window_seconds]
     value = 0.0
     if in_window:
         # ACCEPTED then CONVERTED are one response: the largest reported value, not a sum
-        value = max(r.value for r in in_window) or catalog.offer_values.get(offer_id, 0.0)
+        value = max(in_window) or catalog.offer_values.get(offer_id, 0.0)
     return _Row(rec, offer_id, p, int(bool(in_window)), value, features, clipped, len(rewards) - len(in_window))
 
 

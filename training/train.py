@@ -20,12 +20,11 @@ log loss, and every reported metric is computed on it. `train` writes into `out/
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,38 +38,21 @@ import yaml
 from server.domain import CampaignType, Channel
 from server.features.schema import FeatureSchema, FeatureSpec
 from server.models.inputs import CONTEXT_PREFIX, InputSpec, spec_for
-from server.models.registry import finalize
-from training import evaluate as ev
 from training.dataset import FIXED_COLUMNS, META_COLUMNS, DatasetError, read_dataset
+from training.train_artifacts import REFERENCE_ROWS, Validation, write_artifacts
+
+# the training API's error and result, defined beside the artifacts both training paths write
+from training.train_artifacts import TrainingError as TrainingError  # noqa: PLC0414 (a re-export)
+from training.train_artifacts import TrainResult as TrainResult  # noqa: PLC0414 (a re-export)
 
 FloatArray = npt.NDArray[np.float64]
 Oracle = Callable[[pa.Table], npt.NDArray[np.floating[Any]]]
 
 MIN_ROWS = 1000
 MIN_VALID_ROWS = 200
-REFERENCE_ROWS = 200
 LOG_EVERY = 100
 # fixed columns the model needs; the others (ids, placement, logging propensity, value) are not inputs
 REQUIRED = ("timestamp", "offer_id", "channel", "outcome")
-
-
-class TrainingError(Exception):
-    """The data cannot train a model; the message says which column or count is at fault."""
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    out: Path
-    model_path: Path
-    inputs_path: Path
-    metrics_path: Path
-    reference_path: Path
-    plots: tuple[Path, ...]
-    metrics: dict[str, Any]
-    best_iteration: int
-    n_train: int
-    n_valid: int
-    spec: InputSpec = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -161,7 +143,8 @@ def _numeric(table: pa.Table, name: str) -> FloatArray:
     return out
 
 
-def _check(table: pa.Table) -> None:
+def check_columns(table: pa.Table) -> None:
+    """The columns training needs, typed and filled (a whole dataset or one partition of it)."""
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise TrainingError(f"dataset is missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
@@ -174,8 +157,12 @@ def _check(table: pa.Table) -> None:
     bad = ~np.isin(y, (0.0, 1.0))
     if bad.any():
         raise TrainingError(f"column 'outcome' must be 0 or 1; {int(bad.sum())} rows are not (e.g. {y[bad][0]})")
-    if table.num_rows < MIN_ROWS:
-        raise TrainingError(f"dataset has {table.num_rows} rows; training needs at least {MIN_ROWS}")
+
+
+def check_labels(y: FloatArray) -> None:
+    """Enough rows, and both classes, in the whole dataset's labels."""
+    if y.size < MIN_ROWS:
+        raise TrainingError(f"dataset has {y.size} rows; training needs at least {MIN_ROWS}")
     positives = int(y.sum())
     if positives in (0, y.size):
         raise TrainingError(
@@ -196,13 +183,24 @@ def build_spec(table: pa.Table, offers: OfferTable, live_schema: FeatureSchema |
     schema) a feature's levels are the live ones, in their order, then unseen values sorted, so
     the model's levels are a prefix of the live schema's as model publishing requires.
     """
+    return spec_from(table.schema, lambda name: _levels(_string_column(table, name)), offers, live_schema)
+
+
+def spec_from(
+    schema: pa.Schema,
+    levels_of: Callable[[str], tuple[str, ...]],
+    offers: OfferTable,
+    live_schema: FeatureSchema | None = None,
+) -> InputSpec:
+    """`build_spec` from the dataset's column types and each text column's sorted non-empty values
+    (`levels_of(name)`), however they were found: one table, or a distributed dataset's partitions."""
     fixed = {*FIXED_COLUMNS, *META_COLUMNS}
     features: list[FeatureSpec] = []
     context: list[str] = []
-    for name in table.column_names:
+    for name in schema.names:
         if name in fixed:
             continue
-        t = table.column(name).type
+        t = schema.field(name).type
         if name.startswith(CONTEXT_PREFIX):
             if not _is_numeric(t):
                 raise TrainingError(f"context column {name!r} must be numeric, not {t}")
@@ -210,7 +208,7 @@ def build_spec(table: pa.Table, offers: OfferTable, live_schema: FeatureSchema |
         elif _is_numeric(t):
             features.append(FeatureSpec(name, "numeric"))
         elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
-            levels = _levels(_string_column(table, name))
+            levels = levels_of(name)
             live = live_schema.spec(name) if live_schema is not None else None
             if live is not None and live.kind == "categorical":
                 levels = live.levels + tuple(v for v in levels if v not in set(live.levels))
@@ -218,13 +216,13 @@ def build_spec(table: pa.Table, offers: OfferTable, live_schema: FeatureSchema |
         else:
             raise TrainingError(f"feature column {name!r} has unsupported type {t} (use numbers or text)")
     known_channels = [c.value for c in Channel]
-    channels = known_channels + [c for c in _levels(_string_column(table, "channel")) if c not in known_channels]
+    channels = known_channels + [c for c in levels_of("channel") if c not in known_channels]
     known_types = [t.value for t in CampaignType]
     types = known_types + sorted({t for t in offers.campaign_type.values() if t not in known_types})
     return spec_for(
         FeatureSchema(0, tuple(features)),
         context,
-        _levels(_string_column(table, "offer_id")),
+        levels_of("offer_id"),
         channels,
         types,
     )
@@ -291,16 +289,26 @@ def _progress_callback(every: int) -> Callable[[Any], None]:
     return callback
 
 
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, np.floating | np.integer):
-        return _json_safe(v.item())
-    return v
+def split(ts: FloatArray, y: FloatArray, valid_fraction: float) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Row indices of the training and validation sets: the last `valid_fraction` of rows by
+    timestamp validate (ties in row order); each split needs both classes."""
+    if not 0.0 < valid_fraction < 1.0:
+        raise TrainingError(f"valid_fraction must be between 0 and 1, not {valid_fraction}")
+    n = ts.size
+    n_valid = int(n * valid_fraction)
+    if n_valid < MIN_VALID_ROWS:
+        raise TrainingError(
+            f"validation split has {n_valid} rows ({valid_fraction:g} of {n}); it needs at least {MIN_VALID_ROWS}"
+        )
+    order = np.argsort(ts, kind="stable")
+    train_idx, valid_idx = order[: n - n_valid], order[n - n_valid :]
+    for part, idx in (("training", train_idx), ("validation", valid_idx)):
+        if y[idx].min() == y[idx].max():
+            raise TrainingError(
+                f"the {part} split has a single outcome class ({int(y[idx][0])} in all {idx.size} rows); "
+                "both splits need accepted and not-accepted rows"
+            )
+    return train_idx, valid_idx
 
 
 def train(
@@ -330,26 +338,12 @@ def train(
         table = read_dataset(Path(data))
     except DatasetError as e:
         raise TrainingError(str(e)) from e
-    _check(table)
-    offers = load_catalog(Path(catalog)) if catalog is not None else OfferTable.empty()
-
-    n = table.num_rows
-    n_valid = int(n * valid_fraction)
-    n_train = n - n_valid
-    if n_valid < MIN_VALID_ROWS:
-        raise TrainingError(
-            f"validation split has {n_valid} rows ({valid_fraction:g} of {n}); it needs at least {MIN_VALID_ROWS}"
-        )
-    order = np.argsort(_numeric(table, "timestamp"), kind="stable")
-    train_idx, valid_idx = order[:n_train], order[n_train:]
+    check_columns(table)
     y_all = _numeric(table, "outcome")
+    check_labels(y_all)
+    offers = load_catalog(Path(catalog)) if catalog is not None else OfferTable.empty()
+    train_idx, valid_idx = split(_numeric(table, "timestamp"), y_all, valid_fraction)
     y_train, y_valid = y_all[train_idx], y_all[valid_idx]
-    for part, y in (("training", y_train), ("validation", y_valid)):
-        if y.min() == y.max():
-            raise TrainingError(
-                f"the {part} split has a single outcome class ({int(y[0])} in all {y.size} rows); "
-                "both splits need accepted and not-accepted rows"
-            )
 
     spec = build_spec(table, offers, live_schema)
     x = encode(table, spec, offers)
@@ -377,97 +371,27 @@ def train(
         callbacks=callbacks,
     )
     best = int(booster.best_iteration) or booster.current_iteration()
-    fit_seconds = time.perf_counter() - started
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model_path = out / "model.txt"
-    booster.save_model(str(model_path), num_iteration=best)
-    # every figure below comes from the saved file, the model serving will load
-    model = lgb.Booster(model_file=str(model_path))
-    p_valid = np.asarray(model.predict(x_valid), dtype=np.float64)
-
-    inputs_path = out / "inputs.json"
-    inputs_path.write_text(json.dumps(spec.to_json(), indent=1) + "\n")
-
-    ref = x_valid[:REFERENCE_ROWS]
-    reference_path = out / "reference.json"
-    reference_path.write_text(
-        json.dumps(
-            {
-                "columns": spec.names,
-                "rows": [[None if math.isnan(v) else v for v in row] for row in ref.tolist()],
-                "scores": p_valid[:REFERENCE_ROWS].tolist(),
-            }
-        )
-        + "\n"
-    )
-
-    prior_col = spec.names.index("offer_prior")
-    prior = x_valid[:, prior_col]
-    base_rate = float(y_train.mean())
-    m: dict[str, Any] = ev.metrics(y_valid, p_valid)
-    if np.isfinite(prior).any():
-        prior_filled = np.where(np.isnan(prior), base_rate, prior)  # offers without a catalog prior
-        m["prior_auc"] = ev.auc(y_valid, prior_filled)
-        m["prior_log_loss"] = ev.log_loss(y_valid, prior_filled)
-        m["prior_ece"] = ev.expected_calibration_error(y_valid, prior_filled)
-    else:
-        prior_filled = np.full(n_valid, base_rate)
-        m["prior_auc"] = None
-    curves: dict[str, FloatArray] = {"model": p_valid}
+    p_oracle = None
     if oracle is not None:
         p_oracle = np.asarray(oracle(table.take(pa.array(valid_idx))), dtype=np.float64).ravel()
-        if p_oracle.shape != y_valid.shape:
-            raise TrainingError(f"oracle returned {p_oracle.size} probabilities for {y_valid.size} rows")
-        for k, v in ev.metrics(y_valid, p_oracle).items():
-            m[f"oracle_{k}"] = v
-        curves["oracle"] = p_oracle
-    if m["prior_auc"] is not None:
-        curves["prior"] = prior_filled
-    gain = np.asarray(model.feature_importance(importance_type="gain"), dtype=np.float64)
-    lift = ev.lift_by_decile(y_valid, p_valid, prior_filled)
-    m.update(
-        {
-            "n_train": n_train,
-            "n_valid": n_valid,
-            "best_iteration": best,
-            "base_rate_train": base_rate,
-            "base_rate_valid": float(y_valid.mean()),
-            "mean_p_valid": float(p_valid.mean()),
-            "seed": seed,
-            "train_seconds": round(fit_seconds, 3),
-            "params": p,
-            "feature_importance_gain": {
-                spec.names[i]: float(gain[i]) for i in np.argsort(-gain, kind="stable") if gain[i] > 0
-            },
-            "lift": lift,
-            "calibration": ev.calibration_bins(y_valid, p_valid),
-        }
+    validation = Validation(
+        y=y_valid,
+        prior=x_valid[:, spec.names.index("offer_prior")],
+        head=x_valid[:REFERENCE_ROWS],
+        predict=lambda model: np.asarray(model.predict(x_valid), dtype=np.float64),
+        oracle=p_oracle,
     )
-    metrics_path = out / "metrics.json"
-    metrics_path.write_text(json.dumps(_json_safe(m), indent=1) + "\n")
-
-    plots = (
-        ev.plot_calibration(y_valid, curves, out / "calibration.png"),
-        ev.plot_lift(lift, out / "lift.png"),
-        ev.plot_importance(spec.names, gain, out / "importance.png"),
-    )
-    # metadata.json (version, hashes, library versions, checksum) makes the directory an artifact
-    headline = ("auc", "log_loss", "brier", "ece", "prior_auc", "oracle_auc", "n_train", "n_valid", "best_iteration")
-    finalize(out, data_path=Path(data), metrics={k: m[k] for k in headline if k in m})
-    return TrainResult(
-        out=out,
-        model_path=model_path,
-        inputs_path=inputs_path,
-        metrics_path=metrics_path,
-        reference_path=reference_path,
-        plots=plots,
-        metrics=m,
-        best_iteration=best,
-        n_train=n_train,
-        n_valid=n_valid,
-        spec=spec,
+    return write_artifacts(
+        Path(out),
+        booster,
+        best,
+        spec,
+        validation,
+        train_labels=y_train,
+        seed=seed,
+        params=p,
+        fit_seconds=time.perf_counter() - started,
+        data=Path(data),
     )
 
 
@@ -512,7 +436,9 @@ DESCRIPTION = "Train the propensity model from logged interactions."
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--data", type=Path, required=True, help="dataset file (CSV or Parquet)")
+    ap.add_argument(
+        "--data", type=Path, required=True, help="dataset file (CSV or Parquet) or partitioned directory (Parquet)"
+    )
     ap.add_argument("--out", type=Path, required=True, help="directory for the model artifacts")
     ap.add_argument("--catalog", type=Path, help="catalog YAML for offer value, cost, prior and campaign type")
     ap.add_argument("--seed", type=int, default=7)
@@ -527,21 +453,32 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="the customer features file loaded into the servers: its categorical levels order the model's",
     )
     ap.add_argument("--categorical", default="", help="with --features: comma-separated categorical columns")
+    ap.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="train through lightgbm.dask on the Dask scheduler at ADDRESS (tcp://host:8786), or 'local' for a "
+        "LocalCluster started here; --data is then Parquet, best a partitioned export (nbo export --partitioned)",
+    )
+    ap.add_argument("--dask-workers", type=int, default=2, help="workers of --dask local (default 2)")
+
+
+def live_schema(args: argparse.Namespace) -> FeatureSchema | None:
+    """The serving feature schema `--features` names (its categorical levels order the model's)."""
+    if args.features is None:
+        return None
+    from server.features.file import merged_schema, read_feature_file
+
+    names = [n for n in args.categorical.split(",") if n]
+    try:
+        return merged_schema(read_feature_file(args.features, names), None)
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"--features: {e}") from e
 
 
 def run(args: argparse.Namespace) -> int:
-    live_schema = None
-    if args.features is not None:
-        from server.features.file import merged_schema, read_feature_file
-
-        names = [n for n in args.categorical.split(",") if n]
-        try:
-            live_schema = merged_schema(read_feature_file(args.features, names), None)
-        except (OSError, ValueError) as e:
-            print(f"error: --features: {e}", file=sys.stderr)
-            return 2
     oracle = _world_oracle(args.world_seed, args.world_customers) if args.world_seed is not None else None
     try:
+        live = live_schema(args)
         result = train(
             args.data,
             args.out,
@@ -551,7 +488,7 @@ def run(args: argparse.Namespace) -> int:
             num_boost_round=args.rounds,
             progress=not args.quiet,
             oracle=oracle,
-            live_schema=live_schema,
+            live_schema=live,
         )
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)

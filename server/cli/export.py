@@ -9,12 +9,18 @@ from pathlib import Path
 from server.cli.common import console, err_console, iso_epoch, open_redis, redis_flags, settings
 
 NAME = "export"
-HELP = "decisions joined with their outcomes, as a training dataset (CSV/Parquet)"
+HELP = "decisions joined with their outcomes, as a training dataset (CSV/Parquet, or Parquet partitioned by date)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     redis_flags(p)
-    p.add_argument("out", type=Path, help="output file: .csv, .parquet or .pq")
+    p.add_argument("out", type=Path, help="output file: .csv, .parquet or .pq; with --partitioned a directory")
+    p.add_argument(
+        "--partitioned",
+        action="store_true",
+        help="write OUT as a directory of Parquet files partitioned by day (OUT/date=YYYY-MM-DD/part-N.parquet), "
+        "for logs larger than one file or one machine (nbo train --dask)",
+    )
     p.add_argument("--since", type=iso_epoch, help="decisions at or after this time (ISO 8601; naive = UTC)")
     p.add_argument("--until", type=iso_epoch, help="decisions before this time (ISO 8601; naive = UTC)")
     p.add_argument(
@@ -50,12 +56,15 @@ def run(opts: argparse.Namespace) -> int:
         min_probability=opts.min_probability,
         as_of=opts.as_of,
     )
-    if opts.out.suffix.lower() not in (".csv", ".parquet", ".pq"):
+    if opts.partitioned and opts.out.exists() and not opts.out.is_dir():
+        err_console.print(f"error: {opts.out}: not a directory", highlight=False, soft_wrap=True)
+        return 2
+    if not opts.partitioned and opts.out.suffix.lower() not in (".csv", ".parquet", ".pq"):
         err_console.print(f"error: {opts.out}: expected a .csv, .parquet or .pq file", highlight=False, soft_wrap=True)
         return 2
     with open_redis(opts) as (client, keys):
         try:
-            summary = export_log(client, keys, opts.out, options)
+            summary = export_log(client, keys, opts.out, options, partitioned=opts.partitioned)
         except ExportError as err:
             err_console.print(f"error: {err}", highlight=False, markup=False, soft_wrap=True)
             return 1

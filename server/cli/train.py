@@ -16,6 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(opts: argparse.Namespace) -> int:
+    if opts.dask is not None:
+        # dask is imported only when asked for: plain `nbo train` starts as fast as before
+        from training import train_dask
+
+        return train_dask.run(opts)
     from training import train
 
     return train.run(opts)

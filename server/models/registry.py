@@ -71,9 +71,14 @@ def finalize(
     data_hash = None
     if data_path is not None:
         h = hashlib.sha256()
-        with data_path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        # a partitioned dataset (a directory): every file's path and bytes, in path order
+        files = sorted(p for p in data_path.rglob("*") if p.is_file()) if data_path.is_dir() else [data_path]
+        for path in files:
+            if data_path.is_dir():
+                h.update(path.relative_to(data_path).as_posix().encode() + b"\0")
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
         data_hash = h.hexdigest()
     digest = checksum(directory)
     created = time.time()

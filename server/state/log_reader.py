@@ -6,7 +6,8 @@ batch again when a write may have half failed, so an entry can appear twice. The
 each decision (by decision id) and each outcome (by event id) once and counts the repeats, and
 skips entries it cannot read (another record version, a malformed record), counting them and
 keeping the first one's reason. Streams are read in chunks (XRANGE ... COUNT), so a long log
-never comes back as one reply.
+never comes back as one reply. The ids already read are kept in memory by default; a reader of
+logs larger than memory (`nbo export`) passes `seen=` a store that keeps them elsewhere.
 
 The consumers on the hot path (the learner) read through consumer groups instead
 (server.state.streams); this reader holds no group and acknowledges nothing.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis
 
@@ -36,6 +37,27 @@ from server.state.records import (
 CHUNK = 5000  # entries per XRANGE: bounded replies however long the stream is
 Entry = tuple[bytes, dict[bytes, bytes]]
 R = TypeVar("R", DecisionRecord, OutcomeRecord, ConversionRecord)
+
+
+class SeenIds(Protocol):
+    """The record ids one iteration of a stream has read."""
+
+    def first(self, key: str) -> bool:
+        """True the first time `key` is offered, False on every later time."""
+        ...
+
+
+class MemorySeen:
+    """SeenIds in a set: memory grows with the stream (every id read stays)."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+
+    def first(self, key: str) -> bool:
+        if key in self._ids:
+            return False
+        self._ids.add(key)
+        return True
 
 
 @dataclass(slots=True)
@@ -82,13 +104,16 @@ def _version_checked(decode: Callable[[Fields], R], versions: tuple[str, ...]) -
 class LogReader:
     """The decision and outcome logs of one deployment (its key prefix), each record once.
 
-    Each iteration reads its stream afresh and resets that stream's `ReadStats`.
+    Each iteration reads its stream afresh, with a new `seen()`, and resets that stream's `ReadStats`.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, chunk: int = CHUNK) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, *, chunk: int = CHUNK, seen: Callable[[], SeenIds] = MemorySeen
+    ) -> None:
         self.client = client
         self.keys = keys
         self.chunk = chunk
+        self.seen = seen
         self.decision_stats = ReadStats()
         self.outcome_stats = ReadStats()
         self.conversion_stats = ReadStats()
@@ -113,7 +138,7 @@ class LogReader:
     def _read(
         self, stream: str, decode: Callable[[Fields], R], identity: Callable[[R], str], stats: ReadStats
     ) -> Iterator[R]:
-        seen: set[str] = set()
+        seen = self.seen()
         for entry_id, fields in stream_entries(self.client, stream, self.chunk):
             stats.entries += 1
             try:
@@ -123,9 +148,7 @@ class LogReader:
                 if not stats.first_unreadable:
                     stats.first_unreadable = f"{entry_id.decode()}: {err}"
                 continue
-            key = identity(record)
-            if key in seen:
+            if not seen.first(identity(record)):
                 stats.duplicates += 1
                 continue
-            seen.add(key)
             yield record
