@@ -270,7 +270,7 @@ def test_a_frequency_cap_reached_through_one_replica_holds_on_the_others(replica
         first = [decide(a, customer, pb.CALL_CENTRE) for _ in range(CALL_CAP)]
         assert [[o.offer_id for o in r.offers] for r in first] == [["o_call"]] * CALL_CAP
         for target in (b, c):
-            r = decide(target, customer, pb.CALL_CENTRE, explain=True)
+            r = decide(target, customer, pb.CALL_CENTRE)
             assert not r.offers and r.no_offer_reason == pb.CONTACT_POLICY, r
         assert decide(a, customer, pb.CALL_CENTRE).no_offer_reason == pb.CONTACT_POLICY
 
