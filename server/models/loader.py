@@ -136,7 +136,6 @@ class ModelReloader(Poller):
         self._live: tuple[ModelScorer, Challenger | None] | None = None
         self._serving = False  # set by start(): from then on a new version must not wait for its compiler
         self._compiling: dict[str, asyncio.Task[None]] = {}
-        self._warm: asyncio.Task[None] | None = None
 
     @property
     def compiling(self) -> bool:
@@ -145,19 +144,11 @@ class ModelReloader(Poller):
 
     def start(self) -> None:
         self._serving = True
-        self._import_lightgbm_soon()
         super().start()
-
-    def _import_lightgbm_soon(self) -> None:
-        """Once a worker serves a model, the next version will first be served by Booster.predict:
-        import LightGBM now, off the event loop, rather than when that version comes (1.3 s on the
-        2-core test machine; about 65 MB more per worker, which the first such swap costs anyway)."""
-        if self._serving and self._live is not None and self.cache_dir is not None and self._warm is None:
-            self._warm = asyncio.create_task(in_daemon_thread(_import_lightgbm), name="import lightgbm")
 
     async def stop(self) -> None:
         await super().stop()
-        for task in [*self._compiling.values(), *([self._warm] if self._warm else [])]:
+        for task in self._compiling.values():
             task.cancel()
         self._compiling.clear()
 
@@ -245,7 +236,6 @@ class ModelReloader(Poller):
             challenger = dataclasses.replace(challenger, scorer=best)
         self._live = (champion, challenger)
         self.on_change(champion, challenger)
-        self._import_lightgbm_soon()
 
 
 async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -273,10 +263,6 @@ async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
 
     threading.Thread(target=run, name=getattr(fn, "__name__", "task"), daemon=True).start()
     return await future
-
-
-def _import_lightgbm() -> None:
-    import lightgbm  # noqa: F401
 
 
 def _cached(artifact: Artifact, cache_dir: Path) -> bool:

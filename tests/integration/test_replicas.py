@@ -122,11 +122,6 @@ def replicas(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFacto
         f"r{i:04d}": {"tier": "ABC"[i % 3], "tenure_months": i % 60, "churn_risk": (i % 10) / 10} for i in range(1000)
     }
     load_customers(url, rows, tmp)
-    # a model is live before the replicas start, as in production: the rollout measured below
-    # replaces it (a worker compiles the live model before it serves)
-    with redis.Redis.from_url(url) as client:
-        make_artifact(tmp / "model-1", current_schema(client, KEYS), OFFERS, seed=1, trees=5)
-        publish_model(client, KEYS, tmp / "model-1", current_schema(client, KEYS))
     # exact budgets and sharing are tested here, not shedding or degrading: bounds above the racing
     # clients, and time for Redis calls on a machine whose cores other work shares (as the load
     # test's smoke run gives them)
@@ -139,6 +134,15 @@ def replicas(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFacto
     try:
         with ThreadPoolExecutor(len(servers)) as pool:
             list(pool.map(lambda s: s.start(timeout=60), servers))
+        # a first model, published while they serve: the rollout measured below replaces it, on
+        # workers that have loaded LightGBM once already (the first swap in a worker imports it)
+        with redis.Redis.from_url(url) as client:
+            make_artifact(tmp / "model-1", current_schema(client, KEYS), OFFERS, seed=1, trees=5)
+            first = publish_model(client, KEYS, tmp / "model-1", current_schema(client, KEYS))
+        deadline = time.monotonic() + 30
+        while any(decide(s.target, "warm-up").model_version != first for s in servers):
+            assert time.monotonic() < deadline, "the first model did not reach every replica"
+            time.sleep(0.1)
         yield Replicas(url, servers, tmp)
     finally:
         with ThreadPoolExecutor(len(servers)) as pool:
@@ -367,6 +371,8 @@ def test_a_catalog_and_a_model_publication_reach_every_replica_within_5_s(replic
     shown = ", ".join(f"{x:.2f} s" for x in catalog_times)
     print(f"\ncatalog published: served by the 3 replicas after {shown}")
     shown = ", ".join(f"{x:.2f} s" for x in model_times)
-    print(f"model (100 trees) published in place of one (5 trees): served by the 3 replicas after {shown}")
+    print(
+        f"model (100 trees) published in place of one (5 trees) served before: served by the 3 replicas after {shown}"
+    )
     assert max(catalog_times) < PUBLISHED_WITHIN, catalog_times
     assert max(model_times) < PUBLISHED_WITHIN, model_times
