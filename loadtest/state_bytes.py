@@ -27,9 +27,10 @@ import collections
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
 import yaml
@@ -187,15 +188,27 @@ async def run(opts: argparse.Namespace) -> None:
             await worker.stop(grace=0.5)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def redis_parser(doc: str | None, customers: int) -> argparse.ArgumentParser:
+    """The options of a script that measures a private redis-server (this one, loadtest/sizing.py)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis-server", default=None, help="redis-server binary (default: the embedded one)")
-    parser.add_argument("--customers", type=int, default=100_000)
-    parser.add_argument("--calls", type=int, default=5_000)
+    parser.add_argument("--customers", type=int, default=customers)
+    return parser
+
+
+def run_measurement(
+    parser: argparse.ArgumentParser, measure: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]
+) -> int:
     opts = parser.parse_args()
     opts.redis_server = opts.redis_server or find_redis_server()
-    asyncio.run(run(opts))
+    asyncio.run(measure(opts))
     return 0
+
+
+def main() -> int:
+    parser = redis_parser(__doc__, customers=100_000)
+    parser.add_argument("--calls", type=int, default=5_000)
+    return run_measurement(parser, run)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,8 @@ class Server:
     tmp: Path
     workers: int = 2
     extra_env: dict[str, str] = field(default_factory=dict)
+    catalog: str | None = CATALOG  # published with --catalog at start-up; None: whatever Redis holds
+    args: tuple[str, ...] = ()  # more `nbo serve` flags, e.g. ("--learner",)
     target: str = ""
     metrics_port: int = 0
     proc: subprocess.Popen[str] | None = None
@@ -173,12 +175,15 @@ class Server:
         return self.tmp / "serve.stderr"
 
     def start(self, timeout: float = 120.0) -> None:
-        catalog = self.tmp / "catalog.yaml"
-        catalog.write_text(CATALOG)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.metrics_port = consecutive_free_ports(self.workers + 1)
         env = {**os.environ, "REDIS_URL": self.redis_url, "NBO_LOG_LEVEL": "INFO", **self.extra_env}
-        args = [*NBO, "serve", "--workers", str(self.workers), "--port", "0", "--catalog", str(catalog)]
-        args += ["--metrics-port", str(self.metrics_port)]
+        args = [*NBO, "serve", "--workers", str(self.workers), "--port", "0", "--metrics-port", str(self.metrics_port)]
+        if self.catalog is not None:
+            catalog = self.tmp / "catalog.yaml"
+            catalog.write_text(self.catalog)
+            args += ["--catalog", str(catalog)]
+        args += self.args
         with self.stderr_path.open("w") as stderr:
             self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=self.tmp)
         assert self.proc.stdout is not None
