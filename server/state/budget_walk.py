@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from server.catalog.budgets import DAY, DAY_KEY_TTL_SECONDS, HOUR, HOUR_KEY_TTL_SECONDS, TOTAL, Period, Reservation
 from server.state.keys import Keys
@@ -161,10 +161,16 @@ async def _fit_channel(
             hour_no = next((no for no, c in enumerate(r.checks, 1) if c.key == HOUR), None)
             if r.offer_id not in decided and hour_no is not None:
                 w.refused.append((r.offer_id, hour_no, used))
-    await asyncio.gather(
-        release(w.slots, w.keys, w.period, over, hour=False),
-        _release_units(w, hourly, units - len(w.awarded)),
-    )
+    # most walks give nothing back: no call, and no task for one (a loop turn each)
+    giveback: list[Coroutine[Any, Any, None]] = []
+    if over:
+        giveback.append(release(w.slots, w.keys, w.period, over, hour=False))
+    if units > len(w.awarded):
+        giveback.append(_release_units(w, hourly, units - len(w.awarded)))
+    if len(giveback) == 1:
+        await giveback[0]
+    elif giveback:
+        await asyncio.gather(*giveback)
 
 
 async def _release_units(w: _Walk, hourly: Reservation, units: int) -> None:
@@ -205,6 +211,9 @@ async def release(
         )
         for (kind, name), part in items.items()
     ]
+    if len(calls) == 1:
+        await calls[0]
+        return
     failed = [r for r in await asyncio.gather(*calls, return_exceptions=True) if isinstance(r, BaseException)]
     if failed:
         raise StateUnavailable(str(failed[0])) from failed[0]
