@@ -11,12 +11,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from zoneinfo import ZoneInfo
 
+import redis
+
+from server.catalog.compiled import Catalog
 from server.cli.common import err_console, open_redis, parse_at, plural, print_lines, redis_flags, settings
 from server.state.budget_counters import BudgetReport, ScopeRow, build_report
 from server.state.budget_log import iso_time
 from server.state.budget_migrate import has_legacy, legacy_pattern, migrate
 from server.state.budget_reconcile import Drift, Reconciliation, apply_reconcile, plan_reconcile
 from server.state.catalog_store import NoCatalog, live_catalog
+from server.state.keys import Keys
 
 NAME = "budgets"
 HELP = "budget use and what is left; `nbo budgets reconcile` rebuilds the counters from the log"
@@ -82,12 +86,19 @@ def run(opts: argparse.Namespace) -> int:
     return _reconcile(opts) if opts.budgets_command == "reconcile" else _report(opts)
 
 
+def _live_or_say(client: redis.Redis, keys: Keys) -> Catalog | None:
+    """The live catalog, or None after saying there is none (every subcommand needs it)."""
+    try:
+        return live_catalog(client, keys)
+    except NoCatalog as err:
+        err_console.print(f"error: {err}")
+        return None
+
+
 def _migrate(opts: argparse.Namespace) -> int:
     with open_redis(opts) as (client, keys):
-        try:
-            live = live_catalog(client, keys)
-        except NoCatalog as err:
-            err_console.print(f"error: {err}")
+        live = _live_or_say(client, keys)
+        if live is None:
             return 1
         done = migrate(client, keys, live, dry_run=opts.dry_run)
     lines = [f"{key}: {plural(n, 'field')}" for key, n in sorted(done.moved.items())]
@@ -102,10 +113,8 @@ def _migrate(opts: argparse.Namespace) -> int:
 
 def _report(opts: argparse.Namespace) -> int:
     with open_redis(opts) as (client, keys):
-        try:
-            catalog = live_catalog(client, keys)
-        except NoCatalog as err:
-            err_console.print(f"error: {err}")
+        catalog = _live_or_say(client, keys)
+        if catalog is None:
             return 1
         try:
             now = parse_at(opts.at, catalog.timezone)
@@ -128,10 +137,8 @@ def _report(opts: argparse.Namespace) -> int:
 def _reconcile(opts: argparse.Namespace) -> int:
     chosen = settings(opts)
     with open_redis(opts) as (client, keys):
-        try:
-            live = live_catalog(client, keys)
-        except NoCatalog as err:
-            err_console.print(f"error: {err}")
+        live = _live_or_say(client, keys)
+        if live is None:
             return 1
         plan = plan_reconcile(
             client,
